@@ -1,0 +1,631 @@
+"""Scaling-law fits: E = beta * C^alpha, as the paper fits them, and two variants.
+
+E is the error as a fraction (1 - accuracy or 1 - recall@5), C the total training compute in GMAC
+(GMAC per sample x exact samples seen); only final checkpoints count.
+
+Methods (the ``method`` column of every output):
+
+- ``binned``: the paper's fit (supplement B.2.1, footnote 3). log10 C is cut into ``bins``
+  equal-width bins over [min, max + pad] (pad = 0.1 decades, as in the paper's released plotting
+  code, so the largest run falls inside the last bin); within each bin the best (lowest-error)
+  run is kept; a least-squares line in log-log space goes through (bin centre, best log10 E).
+  The x of a point is the CENTRE of its bin, not the run's own compute. Empty bins are skipped.
+- ``direct``: least squares in log-log space through all points. Used for OpenAI's three models
+  (the paper fits them directly) and for any source with no more distinct compute values than
+  bins (binning would not select anything).
+- ``pareto``: least squares in log-log space through the strict Pareto frontier (runs that no
+  other run beats or ties on both compute and error).
+- ``saturating``: E = a * (C + b)^c + d (a > 0, b >= 0, c < 0, 0 <= d < min E), fitted with
+  scipy's curve_fit on log E through the Pareto frontier, from several starting values; needs
+  at least 5 frontier points.
+
+Uncertainty: a pairs bootstrap (``bootstrap`` resamples of the runs, with replacement, the whole
+method re-applied to each resample, bins included); percentile intervals at level ``ci`` for
+alpha, beta, the saturating parameters and every prediction. Resamples where the method cannot
+fit (e.g. a single distinct compute value) are dropped and counted (``bootstrap_valid``). Each
+fit draws from its own generator seeded with (seed, crc32 of the fit's key), so results do not
+depend on the order or the number of fits.
+
+Command line: ``python -m clipscale.fit --table T.parquet --coefficients C.csv ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from clipscale.config import format_count, parse_count
+from clipscale.table import TableError, read_table
+
+log = logging.getLogger(__name__)
+
+METHODS = ("binned", "direct", "pareto", "saturating")
+DEFAULT_BIN_PAD = 0.1  # decades added above the largest log10 C (the paper's code: eps=0.1)
+DIRECT_SOURCES = ("openai",)
+MIN_SATURATING_POINTS = 5
+
+#: (architecture, samples seen) pairs beyond the published runs, as in the paper's Table 4
+#: (the paper trained up to ViT-H/14 on 34B and ViT-g/14 on 13B samples seen).
+DEFAULT_PUBLISHED_PREDICTIONS = [
+    {"model": "ViT-L/14", "samples_seen": "68B"},
+    {"model": "ViT-H/14", "samples_seen": "68B"},
+    {"model": "ViT-g/14", "samples_seen": "34B"},
+    {"model": "ViT-g/14", "samples_seen": "68B"},
+    {"model": "ViT-G/14", "samples_seen": "34B"},
+    {"model": "ViT-G/14", "samples_seen": "68B"},
+]
+
+COEFFICIENT_COLUMNS = [
+    "input", "source", "task", "dataset", "metric", "method", "n_points", "n_fit", "c_min", "c_max",
+    "alpha", "alpha_lo", "alpha_hi", "beta", "beta_lo", "beta_hi",
+    "sat_a", "sat_b", "sat_c", "sat_c_lo", "sat_c_hi", "sat_d", "sat_d_lo", "sat_d_hi",
+    "r2_log", "rmse_log", "bins", "bootstrap", "bootstrap_valid", "ci", "formula",
+]
+PREDICTION_COLUMNS = [
+    "input", "source", "task", "dataset", "metric", "method", "model", "samples_seen",
+    "samples_seen_label", "gmac_per_sample", "total_gmac", "beyond_data",
+    "error", "error_lo", "error_hi", "value", "value_lo", "value_hi",
+]
+POINT_COLUMNS = [
+    "input", "source", "task", "dataset", "metric", "method", "total_gmac", "error", "bin",
+    "n_in_bin", "run_total_gmac", "model", "data", "samples_seen_label",
+]
+
+
+class FitError(ValueError):
+    """Points that the method cannot fit (too few, or a single compute value)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the fits on arrays
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least squares y = slope * x + intercept (the paper's lstsq)."""
+    if len(x) < 2 or np.ptp(x) == 0:
+        raise FitError(f"a line needs at least two distinct x values, got {len(np.unique(x))}")
+    A = np.vstack([x, np.ones(len(x))]).T
+    (slope, intercept), *_ = np.linalg.lstsq(A, y, rcond=None)
+    return float(slope), float(intercept)
+
+
+def _check(C: np.ndarray, E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    C = np.asarray(C, dtype=float)
+    E = np.asarray(E, dtype=float)
+    if C.shape != E.shape:
+        raise FitError("compute and error arrays differ in length")
+    if not (np.all(np.isfinite(C)) and np.all(C > 0)):
+        raise FitError("compute must be finite and > 0")
+    if not (np.all(np.isfinite(E)) and np.all(E > 0) and np.all(E <= 1)):
+        raise FitError("errors must be fractions in (0, 1]")
+    return C, E
+
+
+@dataclass
+class Selection:
+    """Points a method fitted through: x = log10 C used, y = log10 E, and which run each is."""
+
+    log_c: np.ndarray
+    log_e: np.ndarray
+    index: np.ndarray  # index into the input arrays of the run behind each point
+    bin: np.ndarray  # bin number (1-based) or -1
+    n_in_bin: np.ndarray
+
+
+def bin_edges(log_c: np.ndarray, bins: int, pad: float = DEFAULT_BIN_PAD) -> np.ndarray:
+    """Equal-width bin edges over [min, max + pad] of log10 C."""
+    if bins < 1:
+        raise FitError(f"bins must be >= 1, got {bins}")
+    lo, hi = float(np.min(log_c)), float(np.max(log_c)) + pad
+    if hi <= lo:
+        raise FitError("all points have the same compute: nothing to bin")
+    return np.histogram_bin_edges(log_c, bins=bins, range=(lo, hi))
+
+
+def select_binned(C, E, bins: int = 5, pad: float = DEFAULT_BIN_PAD) -> Selection:
+    """The paper's selection: best (lowest-error) run per equal-width bin of log10 C; x = bin centre."""
+    C, E = _check(C, E)
+    log_c, log_e = np.log10(C), np.log10(E)
+    edges = bin_edges(log_c, bins, pad)
+    which = np.clip(np.digitize(log_c, edges), 1, bins)  # 1-based, like the paper's code
+    xs, ys, idx, nums, counts = [], [], [], [], []
+    for i in range(1, bins + 1):
+        members = np.flatnonzero(which == i)
+        if len(members) == 0:
+            continue
+        best = members[np.argmin(log_e[members])]
+        xs.append((edges[i - 1] + edges[i]) / 2.0)
+        ys.append(log_e[best])
+        idx.append(best)
+        nums.append(i)
+        counts.append(len(members))
+    return Selection(np.array(xs), np.array(ys), np.array(idx, dtype=int), np.array(nums), np.array(counts))
+
+
+def select_all(C, E) -> Selection:
+    C, E = _check(C, E)
+    n = len(C)
+    return Selection(np.log10(C), np.log10(E), np.arange(n), -np.ones(n, dtype=int), np.ones(n, dtype=int))
+
+
+def pareto_mask(C, E) -> np.ndarray:
+    """Strict Pareto frontier: True for runs that no other run matches or beats on both compute
+    (lower is better) and error (lower is better) while beating it on one."""
+    C, E = np.asarray(C, float), np.asarray(E, float)
+    mask = np.ones(len(C), dtype=bool)
+    for i in range(len(C)):
+        dominated = (C <= C[i]) & (E <= E[i]) & ((C < C[i]) | (E < E[i]))
+        # of exact duplicates keep the first only
+        same = (C == C[i]) & (E == E[i])
+        if dominated.any() or (same & (np.arange(len(C)) < i)).any():
+            mask[i] = False
+    return mask
+
+
+def select_pareto(C, E) -> Selection:
+    C, E = _check(C, E)
+    idx = np.flatnonzero(pareto_mask(C, E))
+    idx = idx[np.argsort(C[idx])]
+    return Selection(np.log10(C[idx]), np.log10(E[idx]), idx, -np.ones(len(idx), dtype=int),
+                     np.ones(len(idx), dtype=int))
+
+
+def power_law(sel: Selection) -> dict[str, float]:
+    """alpha, beta of E = beta * C^alpha through the selected points."""
+    slope, intercept = _line(sel.log_c, sel.log_e)
+    return {"alpha": slope, "beta": 10.0 ** intercept}
+
+
+def _sat_log_model(x, a, b, c, d):
+    return np.log(a * np.power(x + b, c) + d)
+
+
+def saturating(sel: Selection, start: Mapping[str, float] | None = None) -> dict[str, float]:
+    """a, b, c, d of E = a * (C + b)^c + d through the selected points (b in GMAC).
+
+    Fitted on log E with compute scaled by its smallest value; several starting values (d at
+    0, 30, 60, 90 % of the smallest error, the others from a log-log line) unless ``start`` is
+    given; the best least-squares solution wins.
+    """
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    n = len(sel.log_c)
+    if n < MIN_SATURATING_POINTS:
+        raise FitError(f"the saturating form needs at least {MIN_SATURATING_POINTS} points, got {n}")
+    C = 10.0 ** sel.log_c
+    E = 10.0 ** sel.log_e
+    scale = float(C.min())
+    x = C / scale
+    y = np.log(E)
+    e_min = float(E.min())
+    lower = [1e-12, 0.0, -5.0, 0.0]
+    upper = [np.inf, 1e3, -1e-6, e_min * (1 - 1e-9)]
+    starts = []
+    if start is not None:
+        starts.append([start["sat_a"] * scale ** start["sat_c"], start["sat_b"] / scale, start["sat_c"],
+                       start["sat_d"]])
+    else:
+        for frac in (0.0, 0.3, 0.6, 0.9):
+            d0 = frac * e_min
+            try:
+                slope, intercept = _line(np.log(x + 1e-3), np.log(E - d0))
+            except FitError:
+                continue
+            starts.append([math.exp(intercept), 1e-3, min(max(slope, -4.9), -1e-3), d0])
+    best, best_sse = None, math.inf
+    for p0 in starts:
+        p0 = np.clip(p0, np.array(lower) + 1e-12, np.array(upper) - 1e-12)
+        p0[0] = max(p0[0], 1e-9)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", OptimizeWarning)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p, _ = curve_fit(_sat_log_model, x, y, p0=p0, bounds=(lower, upper), method="trf",
+                                 maxfev=5000)
+        except (RuntimeError, ValueError):
+            continue
+        resid = _sat_log_model(x, *p) - y
+        sse = float(np.sum(resid**2))
+        if np.isfinite(sse) and sse < best_sse:
+            best, best_sse = p, sse
+    if best is None:
+        raise FitError("the saturating form did not converge from any starting value")
+    a, b, c, d = (float(v) for v in best)
+    return {"sat_a": a * scale ** (-c), "sat_b": b * scale, "sat_c": c, "sat_d": d}
+
+
+def predict(params: Mapping[str, float], C) -> np.ndarray:
+    """Predicted error fraction at compute C for power-law or saturating parameters."""
+    C = np.asarray(C, dtype=float)
+    if "alpha" in params:
+        return params["beta"] * np.power(C, params["alpha"])
+    return params["sat_a"] * np.power(C + params["sat_b"], params["sat_c"]) + params["sat_d"]
+
+
+SELECTORS: dict[str, Callable[..., Selection]] = {
+    "binned": select_binned,
+    "direct": lambda C, E, **_: select_all(C, E),
+    "pareto": lambda C, E, **_: select_pareto(C, E),
+    "saturating": lambda C, E, **_: select_pareto(C, E),
+}
+
+
+def fit_arrays(C, E, method: str, bins: int = 5, pad: float = DEFAULT_BIN_PAD,
+               start: Mapping[str, float] | None = None) -> tuple[dict[str, float], Selection]:
+    """Fit one method to arrays of compute and error; returns (parameters, selected points)."""
+    if method not in SELECTORS:
+        raise FitError(f"unknown method {method!r} (expected one of {list(SELECTORS)})")
+    sel = SELECTORS[method](C, E, bins=bins, pad=pad) if method == "binned" else SELECTORS[method](C, E)
+    if method == "saturating":
+        return saturating(sel, start), sel
+    return power_law(sel), sel
+
+
+# ---------------------------------------------------------------------------------------------
+# fits with bootstrap intervals
+
+
+@dataclass
+class Fit:
+    """One fitted scaling law with its bootstrap draws."""
+
+    key: dict  # input, source, task, dataset, metric
+    method: str
+    params: dict[str, float]
+    selection: Selection
+    points: pd.DataFrame  # the final runs it was fitted on
+    bins: int
+    ci: float
+    bootstrap: int
+    draws: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def c_range(self) -> tuple[float, float]:
+        return float(self.points["total_gmac"].min()), float(self.points["total_gmac"].max())
+
+    def predict(self, C) -> np.ndarray:
+        return predict(self.params, C)
+
+    def interval(self, C) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile bootstrap interval of the prediction at C (NaN without draws)."""
+        C = np.atleast_1d(np.asarray(C, dtype=float))
+        if len(self.draws) < 2:
+            nan = np.full(C.shape, np.nan)
+            return nan, nan
+        preds = np.vstack([predict(d, C) for d in self.draws])
+        q = (1 - self.ci) / 2
+        return np.quantile(preds, q, axis=0), np.quantile(preds, 1 - q, axis=0)
+
+    def param_interval(self, name: str) -> tuple[float, float]:
+        vals = np.array([d[name] for d in self.draws if name in d])
+        if len(vals) < 2:
+            return math.nan, math.nan
+        q = (1 - self.ci) / 2
+        return float(np.quantile(vals, q)), float(np.quantile(vals, 1 - q))
+
+    def formula(self, digits: int = 2) -> str:
+        p = self.params
+        if "alpha" in p:
+            return f"E = {_fmt(p['beta'], digits)}·C^{p['alpha']:.{digits}f}"
+        return (f"E = {_fmt(p['sat_a'], digits)}·(C + {_fmt(p['sat_b'], digits)})^{p['sat_c']:.{digits}f}"
+                f" + {p['sat_d']:.{digits + 1}f}")
+
+    def goodness(self) -> tuple[float, float]:
+        """R^2 and RMSE in log10 E over the selected points."""
+        y = self.selection.log_e
+        yhat = np.log10(self.predict(10.0 ** self.selection.log_c))
+        resid = y - yhat
+        ss_tot = float(np.sum((y - y.mean()) ** 2))
+        r2 = 1 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else math.nan
+        return r2, float(np.sqrt(np.mean(resid**2)))
+
+
+def _fmt(v: float, digits: int) -> str:
+    if v == 0 or (1e-3 <= abs(v) < 1e4):
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}e}"
+
+
+def _seed(seed: int, key: Mapping) -> np.random.Generator:
+    text = "|".join(str(key[k]) for k in ("source", "task", "dataset", "metric")) + "|"
+    return np.random.default_rng([int(seed), zlib.crc32(text.encode())])
+
+
+def paper_method(source: str, n_distinct: int, bins: int, direct_sources: Sequence[str] = DIRECT_SOURCES) -> str:
+    """The paper's method for a source: direct for OpenAI (or too few points to bin), else binned."""
+    return "direct" if source in direct_sources or n_distinct <= bins else "binned"
+
+
+def fit_points(points: pd.DataFrame, method: str, key: Mapping, bins: int = 5, bootstrap: int = 1000,
+               ci: float = 0.95, seed: int = 0, pad: float = DEFAULT_BIN_PAD) -> Fit:
+    """Fit final runs (rows of a results table) with a method and its bootstrap."""
+    points = points.reset_index(drop=True)
+    C = points["total_gmac"].to_numpy(float)
+    E = points["error"].to_numpy(float)
+    params, sel = fit_arrays(C, E, method, bins=bins, pad=pad)
+    fit = Fit(dict(key), method, params, sel, points, bins, ci, bootstrap)
+    rng = _seed(seed, key)
+    n = len(C)
+    for _ in range(bootstrap):
+        idx = rng.integers(0, n, n)
+        try:
+            p, _ = fit_arrays(C[idx], E[idx], method, bins=bins, pad=pad,
+                              start=params if method == "saturating" else None)
+        except FitError:
+            continue
+        fit.draws.append(p)
+    return fit
+
+
+def final_points(df: pd.DataFrame) -> pd.DataFrame:
+    """Final checkpoints with a usable error (0 < E <= 1) and compute."""
+    ok = df["final"].astype(bool) & (df["error"] > 0) & (df["error"] <= 1) & (df["total_gmac"] > 0)
+    return df[ok]
+
+
+def fit_table(df: pd.DataFrame, input_name: str = "published", bins: int = 5, bootstrap: int = 1000,
+              ci: float = 0.95, seed: int = 0, methods: Iterable[str] = ("paper", "pareto", "saturating"),
+              direct_sources: Sequence[str] = DIRECT_SOURCES, pad: float = DEFAULT_BIN_PAD,
+              where: Mapping[str, Iterable[str]] | None = None) -> list[Fit]:
+    """Fit every (source, task, dataset, metric) of a results table with each method.
+
+    ``methods`` may hold "paper" (binned or direct, see ``paper_method``), "binned", "direct",
+    "pareto", "saturating". ``where`` restricts columns to values (e.g. {"dataset": [...]}).
+    Groups that a method cannot fit are logged and skipped.
+    """
+    df = final_points(df)
+    for col, values in (where or {}).items():
+        df = df[df[col].isin(list(values))]
+    fits = []
+    for (source, task, dataset, metric), points in df.groupby(["source", "task", "dataset", "metric"], sort=True):
+        key = {"input": input_name, "source": source, "task": task, "dataset": dataset, "metric": metric}
+        n_distinct = points["total_gmac"].nunique()
+        for m in methods:
+            method = paper_method(source, n_distinct, bins, direct_sources) if m == "paper" else m
+            try:
+                fits.append(fit_points(points, method, key, bins=bins, bootstrap=bootstrap, ci=ci, seed=seed,
+                                       pad=pad))
+            except FitError as e:
+                log.info("no %s fit for %s/%s/%s (%d runs): %s", method, source, dataset, metric, len(points), e)
+    return fits
+
+
+def find_fit(fits: Iterable[Fit], source: str, dataset: str, metric: str, method: str | None = None) -> Fit | None:
+    """The fit of a source/dataset/metric; method None means the paper's (binned or direct)."""
+    for f in fits:
+        if (f.key["source"], f.key["dataset"], f.key["metric"]) != (source, dataset, metric):
+            continue
+        if (method is None and f.method in ("binned", "direct")) or f.method == method:
+            return f
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# output tables
+
+
+def coefficients_frame(fits: Sequence[Fit]) -> pd.DataFrame:
+    rows = []
+    for f in fits:
+        r2, rmse = f.goodness()
+        row = dict(f.key, method=f.method, n_points=len(f.points), n_fit=len(f.selection.log_c),
+                   c_min=f.c_range[0], c_max=f.c_range[1], r2_log=r2, rmse_log=rmse, bins=f.bins,
+                   bootstrap=f.bootstrap, bootstrap_valid=len(f.draws), ci=f.ci, formula=f.formula())
+        for name in ("alpha", "beta", "sat_a", "sat_b", "sat_c", "sat_d"):
+            row[name] = f.params.get(name, math.nan)
+        for name in ("alpha", "beta", "sat_c", "sat_d"):
+            lo, hi = f.param_interval(name) if name in f.params else (math.nan, math.nan)
+            row[f"{name}_lo"], row[f"{name}_hi"] = lo, hi
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COEFFICIENT_COLUMNS)
+
+
+def points_frame(fits: Sequence[Fit]) -> pd.DataFrame:
+    rows = []
+    for f in fits:
+        sel = f.selection
+        for x, y, i, b, n in zip(sel.log_c, sel.log_e, sel.index, sel.bin, sel.n_in_bin):
+            run = f.points.iloc[int(i)]
+            rows.append(dict(f.key, method=f.method, total_gmac=10.0**x, error=10.0**y, bin=int(b),
+                             n_in_bin=int(n), run_total_gmac=float(run["total_gmac"]), model=run["model"],
+                             data=run["data"], samples_seen_label=run["samples_seen_label"]))
+    return pd.DataFrame(rows, columns=POINT_COLUMNS)
+
+
+def resolve_targets(targets: Iterable[Mapping], df: pd.DataFrame, arch_gmac: Mapping[str, float],
+                    model_gmac: Mapping[str, float] | None = None) -> list[dict]:
+    """(model, samples seen) pairs -> dicts with GMAC per sample and total compute.
+
+    GMAC per sample comes from ``model_gmac`` (e.g. the config's models), else from the table's
+    rows of that model, else from the paper's Table 25 (``arch_gmac``, by "ViT-H/14" or
+    "ViT-H-14"). Pairs whose model is found nowhere are logged and skipped.
+    """
+    table_gmac = {}
+    for col in ("model", "arch_id"):
+        for name, g in df.groupby(col)["gmac_per_sample"]:
+            table_gmac.setdefault(name, float(g.median()))
+    out = []
+    for t in targets:
+        name = str(t["model"])
+        samples = parse_count(t["samples_seen"])
+        gmac = (model_gmac or {}).get(name) or table_gmac.get(name) or arch_gmac.get(name)
+        if not gmac:
+            log.warning("prediction target %s: no GMAC per sample known for this model; skipped", name)
+            continue
+        label = t["samples_seen"] if isinstance(t["samples_seen"], str) else format_count(samples)
+        out.append({"model": name, "samples_seen": samples, "samples_seen_label": label,
+                    "gmac_per_sample": float(gmac), "total_gmac": float(gmac) * samples})
+    return out
+
+
+def default_targets(df: pd.DataFrame, input_name: str) -> list[dict]:
+    """Prediction targets when the config names none: the Table 4 style pairs for the published
+    input; each of our models at 2x and 4x the largest samples seen for ours."""
+    if input_name == "published":
+        return list(DEFAULT_PUBLISHED_PREDICTIONS)
+    out = []
+    if len(df):
+        most = int(df["samples_seen"].max())
+        for model in sorted(df["model"].unique()):
+            for factor in (2, 4):
+                out.append({"model": model, "samples_seen": format_count(most * factor)})
+    return out
+
+
+def predictions_frame(fits: Sequence[Fit], targets: Sequence[Mapping]) -> pd.DataFrame:
+    rows = []
+    for f in fits:
+        if not targets:
+            break
+        C = np.array([t["total_gmac"] for t in targets])
+        est = f.predict(C)
+        lo, hi = f.interval(C)
+        for t, e, l, h in zip(targets, est, lo, hi):
+            rows.append(dict(f.key, method=f.method, model=t["model"], samples_seen=int(t["samples_seen"]),
+                             samples_seen_label=t["samples_seen_label"], gmac_per_sample=t["gmac_per_sample"],
+                             total_gmac=t["total_gmac"], beyond_data=bool(t["total_gmac"] > f.c_range[1]),
+                             error=float(e), error_lo=float(l), error_hi=float(h), value=100 * (1 - float(e)),
+                             value_lo=100 * (1 - float(h)), value_hi=100 * (1 - float(l))))
+    return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+
+
+def to_markdown(df: pd.DataFrame, columns: Sequence[str] | None = None, floatfmt: str = ".4g") -> str:
+    """A GitHub-flavoured Markdown table (no tabulate needed)."""
+    df = df[list(columns)] if columns else df
+
+    def cell(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if math.isnan(v) else format(float(v), floatfmt)
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def coefficients_markdown(coef: pd.DataFrame) -> str:
+    """Readable Markdown of the coefficient table: estimate [lo, hi] per parameter."""
+    if coef.empty:
+        return "_no fit_\n"
+
+    def ci(est, lo, hi, fmt):
+        if math.isnan(est):
+            return ""
+        if math.isnan(lo):
+            return format(est, fmt)
+        return f"{format(est, fmt)} [{format(lo, fmt)}, {format(hi, fmt)}]"
+
+    out = pd.DataFrame({
+        "input": coef["input"], "source": coef["source"], "dataset": coef["dataset"], "metric": coef["metric"],
+        "method": coef["method"], "runs": coef["n_points"], "fit pts": coef["n_fit"],
+        "alpha": [ci(*v, ".3f") for v in zip(coef["alpha"], coef["alpha_lo"], coef["alpha_hi"])],
+        "beta": [ci(*v, ".3g") for v in zip(coef["beta"], coef["beta_lo"], coef["beta_hi"])],
+        "c (saturating)": [ci(*v, ".3f") for v in zip(coef["sat_c"], coef["sat_c_lo"], coef["sat_c_hi"])],
+        "d (saturating)": [ci(*v, ".3f") for v in zip(coef["sat_d"], coef["sat_d_lo"], coef["sat_d_hi"])],
+        "R² (log)": coef["r2_log"], "formula": coef["formula"],
+    })
+    level = coef["ci"].iloc[0]
+    head = f"Scaling-law fits, E = β·C^α (C in GMAC, E error fraction); [{level:.0%} bootstrap interval]\n\n"
+    return head + to_markdown(out, floatfmt=".3f")
+
+
+def predictions_markdown(pred: pd.DataFrame) -> str:
+    if pred.empty:
+        return "_no prediction_\n"
+    out = pd.DataFrame({
+        "input": pred["input"], "source": pred["source"], "dataset": pred["dataset"], "metric": pred["metric"],
+        "method": pred["method"], "model": pred["model"], "samples seen": pred["samples_seen_label"],
+        "compute (GMAC)": [f"{v:.3g}" for v in pred["total_gmac"]],
+        "predicted value %": [
+            f"{v:.1f}" + ("" if math.isnan(lo) else f" [{lo:.1f}, {hi:.1f}]")
+            for v, lo, hi in zip(pred["value"], pred["value_lo"], pred["value_hi"])
+        ],
+        "beyond data": pred["beyond_data"],
+    })
+    return "Predicted performance (value = 100·(1 − E)) with bootstrap intervals\n\n" + to_markdown(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole step, as run by the pipeline
+
+
+def run(table: pd.DataFrame, input_name: str, fit_config: Mapping, seed: int, arch_gmac: Mapping[str, float],
+        model_gmac: Mapping[str, float] | None = None, groups: Mapping[str, Iterable[str]] | None = None
+        ) -> dict[str, pd.DataFrame]:
+    """Fit a results table as configured; returns coefficients, predictions and points frames."""
+    from clipscale.table import add_group_means
+
+    if groups:
+        table = add_group_means(table, groups)
+    fits = fit_table(table, input_name=input_name, bins=int(fit_config.get("bins", 5)),
+                     bootstrap=int(fit_config.get("bootstrap", 1000)), ci=float(fit_config.get("ci", 0.95)),
+                     seed=seed, methods=fit_config.get("methods", ("paper", "pareto", "saturating")))
+    wanted = list(fit_config.get("predictions") or []) or default_targets(table, input_name)
+    targets = resolve_targets(wanted, table, arch_gmac, model_gmac)
+    return {
+        "coefficients": coefficients_frame(fits),
+        "predictions": predictions_frame(fits, targets),
+        "points": points_frame(fits),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clipscale.fit", description=__doc__.split("\n")[0])
+    parser.add_argument("--table", required=True, help="results table (.parquet or .csv)")
+    parser.add_argument("--input-name", default="published", help="name of the input in the outputs")
+    parser.add_argument("--coefficients", required=True, help="output CSV of fitted coefficients")
+    parser.add_argument("--predictions", help="output CSV of predictions")
+    parser.add_argument("--points", help="output CSV of the points each fit went through")
+    parser.add_argument("--markdown-dir", help="also write coefficients.md and predictions.md here")
+    parser.add_argument("--bins", type=int, default=5)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--ci", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--targets", default="[]",
+                        help='JSON list of {"model": ..., "samples_seen": ...} to predict')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from clipscale.reference import gmac_lookup
+
+    try:
+        table = read_table(args.table)
+        out = run(table, args.input_name, {"bins": args.bins, "bootstrap": args.bootstrap, "ci": args.ci,
+                                           "predictions": json.loads(args.targets)}, args.seed, gmac_lookup())
+    except (TableError, FitError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    write_outputs(out, args.coefficients, args.predictions, args.points, args.markdown_dir)
+    return 0
+
+
+def write_outputs(out: Mapping[str, pd.DataFrame], coefficients: str, predictions: str | None = None,
+                  points: str | None = None, markdown_dir: str | None = None,
+                  markdown_names: tuple[str, str] = ("coefficients.md", "predictions.md")) -> None:
+    Path(coefficients).parent.mkdir(parents=True, exist_ok=True)
+    out["coefficients"].to_csv(coefficients, index=False)
+    if predictions:
+        Path(predictions).parent.mkdir(parents=True, exist_ok=True)
+        out["predictions"].to_csv(predictions, index=False)
+    if points:
+        Path(points).parent.mkdir(parents=True, exist_ok=True)
+        out["points"].to_csv(points, index=False)
+    if markdown_dir:
+        d = Path(markdown_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / markdown_names[0]).write_text(coefficients_markdown(out["coefficients"]))
+        (d / markdown_names[1]).write_text(predictions_markdown(out["predictions"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The grid of training runs: one run per (model, data scale, samples seen), with its hyper-parameters.
+
+This is the one place that turns a config into runs; the Snakefile, the trainer, the evaluator and
+the results table all go through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clipscale.config import format_count, parse_count
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    model: str
+    scale: str
+    samples_seen: int  # nominal samples seen, as configured
+
+    @property
+    def samples_label(self) -> str:
+        return format_count(self.samples_seen)
+
+    @property
+    def wildcards(self) -> dict:
+        return {"model": self.model, "scale": self.scale, "samples": self.samples_label}
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.scale}/{self.samples_label}"
+
+    @classmethod
+    def from_wildcards(cls, model: str, scale: str, samples: str) -> "Run":
+        return cls(model, scale, parse_count(samples))
+
+
+def _matches(entry: dict, run: Run) -> bool:
+    if "model" in entry and entry["model"] != run.model:
+        return False
+    if "scale" in entry and entry["scale"] != run.scale:
+        return False
+    if "samples_seen" in entry and parse_count(entry["samples_seen"]) != run.samples_seen:
+        return False
+    return True
+
+
+def runs(config: dict) -> list[Run]:
+    """All runs of the grid, minus grid.exclude, in a stable order."""
+    grid = config["grid"]
+    out = []
+    for model in grid["models"]:
+        for scale in grid["scales"]:
+            for samples in grid["samples_seen"]:
+                run = Run(model, scale, parse_count(samples))
+                if not any(_matches(e, run) for e in grid.get("exclude", [])):
+                    out.append(run)
+    return out
+
+
+def hparams(config: dict, run: Run) -> dict:
+    """Training settings of one run: config.train with every matching override applied in order.
+
+    Adds the derived schedule: ``train_num_samples`` per virtual epoch and ``epochs`` such that
+    epochs x train_num_samples is the run's exact samples seen (``samples_seen_exact``).
+    """
+    settings = {k: v for k, v in config["train"].items() if k != "overrides"}
+    for entry in config["train"].get("overrides", []):
+        if _matches(entry, run):
+            settings.update({k: v for k, v in entry.items() if k not in ("model", "scale", "samples_seen")})
+    epochs = settings["checkpoints"]
+    per_epoch = max(1, run.samples_seen // epochs)
+    settings["epochs"] = epochs
+    settings["train_num_samples"] = per_epoch
+    settings["samples_seen_exact"] = per_epoch * epochs
+    settings["world_size"] = settings.get("nproc", 1) * settings.get("nodes", 1)
+    settings["global_batch_size"] = settings["batch_size"] * settings["world_size"]
+    return settings
+
+
+def find_run(config: dict, model: str, scale: str, samples: str) -> Run:
+    run = Run.from_wildcards(model, scale, samples)
+    if run not in runs(config):
+        raise KeyError(f"{run.name} is not a run of the configured grid")
+    return run

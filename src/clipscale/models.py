@@ -1,0 +1,95 @@
+"""Model definitions: custom open_clip configs (registered per process) and compute per sample.
+
+GMAC per sample (image + text forward, the paper's Table 25 measure) comes from one place,
+``gmac_per_sample``: the config's explicit value, else the paper's Table 25 for its
+architectures, else measured on the model itself with torch's FLOP counter.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+_REGISTERED: set[str] = set()
+
+
+def open_clip_name(name: str) -> str:
+    return name
+
+
+def register(config: dict) -> list[str]:
+    """Register every custom model of the config with open_clip in this process."""
+    import open_clip
+
+    todo = {n: m["open_clip"] for n, m in config["models"].items() if "open_clip" in m}
+    new = {n: c for n, c in todo.items() if n not in _REGISTERED}
+    if new:
+        folder = Path(tempfile.mkdtemp(prefix="clipscale-models-"))
+        for name, cfg in new.items():
+            (folder / f"{name}.json").write_text(json.dumps(cfg))
+        open_clip.add_model_config(folder)
+        _REGISTERED.update(new)
+    return sorted(todo)
+
+
+@lru_cache(maxsize=1)
+def table25() -> pd.DataFrame:
+    path = resources.files("clipscale") / "data" / "reference" / "table25_architectures.csv"
+    with resources.as_file(path) as p:
+        return pd.read_csv(p)
+
+
+def paper_gmac(arch_id: str) -> float | None:
+    t = table25()
+    row = t[(t["arch_id"] == arch_id) | (t["model"] == arch_id)]
+    return float(row["gmac_per_sample"].iloc[0]) if len(row) else None
+
+
+def measure_gmac(model_name: str) -> dict:
+    """Image + text forward MACs of one sample (batch of 1), counted by torch's FlopCounterMode
+    (a multiply-accumulate is 2 FLOPs), and the parameter count."""
+    import open_clip
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+    # train mode: in eval mode nn.MultiheadAttention takes a fused fast path whose FLOPs the
+    # counter does not see (dropout is 0 in these models, so the forward is the same).
+    model.train()
+    cfg = open_clip.get_model_config(model_name)
+    size = cfg["vision_cfg"]["image_size"]
+    size = size if isinstance(size, (list, tuple)) else (size, size)
+    ctx = cfg.get("text_cfg", {}).get("context_length", 77)
+    image = torch.zeros(1, 3, *size)
+    text = torch.zeros(1, ctx, dtype=torch.long)
+    counts = {}
+    with torch.no_grad():
+        for part, fn in (("image", lambda: model.encode_image(image)),
+                         ("text", lambda: model.encode_text(text))):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                fn()
+            counts[part] = counter.get_total_flops() / 2 / 1e9
+    params = sum(p.numel() for p in model.parameters())
+    return {"model": model_name, "gmac_image": counts["image"], "gmac_text": counts["text"],
+            "gmac_per_sample": counts["image"] + counts["text"], "params": params}
+
+
+def gmac_per_sample(config: dict, name: str, profile: dict | None = None) -> float:
+    """GMAC per sample of model `name`: explicit config value, Table 25, or the measured profile."""
+    spec = config["models"][name]
+    if spec.get("gmac_per_sample"):
+        return float(spec["gmac_per_sample"])
+    if "open_clip" not in spec:
+        value = paper_gmac(name)
+        if value is not None:
+            return value
+    if profile is None:
+        register(config)
+        profile = measure_gmac(name)
+    return float(profile["gmac_per_sample"])

@@ -1,0 +1,62 @@
+"""Where every artifact lives under results/: the one map of the pipeline's outputs.
+
+Rules, scripts and the package take their paths from here; the README's artifact map mirrors it.
+Patterns use Snakemake's {wildcard} syntax; ``fill`` formats them.
+"""
+
+from __future__ import annotations
+
+RESULTS = "results"
+
+# 1. data ---------------------------------------------------------------------------------------
+WORLD = f"{RESULTS}/world"
+WORLD_POOL = f"{WORLD}/pool"                       # NNNNN.tar + NNNNN.parquet + NNNNN_stats.json
+WORLD_DOWNSTREAM = f"{WORLD}/downstream/{{dataset}}"  # clip_benchmark wds layout
+WORLD_DONE = f"{WORLD}/world.json"                 # what was generated, counts, seed
+WORLD_DUPLICATES = f"{WORLD}/planted_duplicates.csv"  # ground truth of planted near-duplicates
+POOL_INDEX = f"{RESULTS}/data/pool_index.parquet"  # shard, path, n_samples of the pool
+SUBSET = f"{RESULTS}/data/subsets/{{scale}}"       # manifest.json + shards/ (links or re-shards)
+SUBSET_MANIFEST = f"{SUBSET}/manifest.json"
+SUBSET_DEDUP = f"{RESULTS}/data/subsets_dedup/{{scale}}"
+SUBSET_DEDUP_MANIFEST = f"{SUBSET_DEDUP}/manifest.json"
+
+# 2. dedup --------------------------------------------------------------------------------------
+DEDUP = f"{RESULTS}/dedup"
+POOL_HASHES = f"{DEDUP}/hashes/pool/{{group}}.parquet"
+DOWNSTREAM_HASHES = f"{DEDUP}/hashes/downstream/{{dataset}}.parquet"
+ALL_POOL_HASHES = f"{DEDUP}/pool_hashes.parquet"
+MATCHES = f"{DEDUP}/matches.parquet"
+OVERLAP_TABLE = f"{DEDUP}/overlap.csv"
+CONTACT_SHEET = f"{DEDUP}/contact_sheet.png"
+PLANTED_RECALL = f"{DEDUP}/planted_recall.json"
+
+# 3. train --------------------------------------------------------------------------------------
+RUN_DIR = f"{RESULTS}/train/{{model}}/{{scale}}/{{samples}}"
+RUN_DONE = f"{RUN_DIR}/run.json"                  # written last: final checkpoint, samples, GMAC
+RUN_CHECKPOINTS = f"{RUN_DIR}/checkpoints"         # epoch_N.pt, kept across failures (not an output)
+MODEL_CONFIGS = f"{RESULTS}/models"                # open_clip JSON configs of custom models
+MODEL_PROFILE = f"{RESULTS}/models/{{model}}.profile.json"  # measured GMAC per sample, params
+
+# 4. evaluate -----------------------------------------------------------------------------------
+EVAL = f"{RESULTS}/eval/{{source}}/{{model}}/{{scale}}/{{samples}}/epoch_{{epoch}}/{{dataset}}/{{task}}.json"
+RESULTS_TABLE = f"{RESULTS}/results/results.parquet"
+RESULTS_CSV = f"{RESULTS}/results/results.csv"
+RESULTS_LOG = f"{RESULTS}/results/results_log.txt"
+PUBLISHED_TABLE = f"{RESULTS}/results/published.parquet"
+
+# 5. fit ----------------------------------------------------------------------------------------
+FIT = f"{RESULTS}/fit"
+FIT_COEFFICIENTS = f"{FIT}/coefficients.csv"
+FIT_PREDICTIONS = f"{FIT}/predictions.csv"
+
+# 6. figures and tables -------------------------------------------------------------------------
+FIGURE = f"{RESULTS}/figures/{{figure}}.{{ext}}"
+TABLE = f"{RESULTS}/tables/{{table}}.{{ext}}"
+
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+
+
+def fill(pattern: str, **wildcards) -> str:
+    """Format a pattern: fill(RUN_DONE, model='tiny-s', scale='S', samples='8k')."""
+    return pattern.format(**wildcards)
