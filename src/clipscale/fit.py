@@ -17,7 +17,9 @@ Methods (the ``method`` column of every output):
   other run beats or ties on both compute and error).
 - ``saturating``: E = a * (C + b)^c + d (a > 0, b >= 0, c < 0, 0 <= d < min E), fitted with
   scipy's curve_fit on log E through the Pareto frontier, from several starting values; needs
-  at least 5 frontier points.
+  at least 6 frontier points.
+
+The Pareto and saturating variants are not fitted for OpenAI (three models, fitted directly).
 
 Uncertainty: a pairs bootstrap (``bootstrap`` resamples of the runs, with replacement, the whole
 method re-applied to each resample, bins included); percentile intervals at level ``ci`` for
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 METHODS = ("binned", "direct", "pareto", "saturating")
 DEFAULT_BIN_PAD = 0.1  # decades added above the largest log10 C (the paper's code: eps=0.1)
 DIRECT_SOURCES = ("openai",)
-MIN_SATURATING_POINTS = 5
+MIN_SATURATING_POINTS = 6  # 4 parameters + 2 degrees of freedom
 
 #: (architecture, samples seen) pairs beyond the published runs, as in the paper's Table 4
 #: (the paper trained up to ViT-H/14 on 34B and ViT-g/14 on 13B samples seen).
@@ -191,6 +193,13 @@ def _sat_log_model(x, a, b, c, d):
     return np.log(a * np.power(x + b, c) + d)
 
 
+def _sat_log_jac(x, a, b, c, d):
+    base = x + b
+    powc = np.power(base, c)
+    h = a * powc + d
+    return np.column_stack([powc / h, a * c * powc / base / h, a * powc * np.log(base) / h, 1.0 / h])
+
+
 def saturating(sel: Selection, start: Mapping[str, float] | None = None) -> dict[str, float]:
     """a, b, c, d of E = a * (C + b)^c + d through the selected points (b in GMAC).
 
@@ -232,7 +241,7 @@ def saturating(sel: Selection, start: Mapping[str, float] | None = None) -> dict
                 warnings.simplefilter("ignore", OptimizeWarning)
                 warnings.simplefilter("ignore", RuntimeWarning)
                 p, _ = curve_fit(_sat_log_model, x, y, p0=p0, bounds=(lower, upper), method="trf",
-                                 maxfev=5000)
+                                 jac=_sat_log_jac, max_nfev=2000)
         except (RuntimeError, ValueError):
             continue
         resid = _sat_log_model(x, *p) - y
@@ -314,12 +323,17 @@ class Fit:
         q = (1 - self.ci) / 2
         return float(np.quantile(vals, q)), float(np.quantile(vals, 1 - q))
 
-    def formula(self, digits: int = 2) -> str:
+    def formula(self, digits: int = 2, tex: bool = False) -> str:
+        """"E = 5.86·C^-0.11" (tex: matplotlib mathtext, for legends)."""
         p = self.params
         if "alpha" in p:
-            return f"E = {_fmt(p['beta'], digits)}·C^{p['alpha']:.{digits}f}"
-        return (f"E = {_fmt(p['sat_a'], digits)}·(C + {_fmt(p['sat_b'], digits)})^{p['sat_c']:.{digits}f}"
-                f" + {p['sat_d']:.{digits + 1}f}")
+            beta, alpha = _fmt(p["beta"], digits), f"{p['alpha']:.{digits}f}"
+            return f"$E = {beta} \\cdot C^{{{alpha}}}$" if tex else f"E = {beta}·C^{alpha}"
+        a, b = _fmt(p["sat_a"], digits), _fmt(p["sat_b"], digits)
+        c, d = f"{p['sat_c']:.{digits}f}", f"{p['sat_d']:.{digits + 1}f}"
+        if tex:
+            return f"$E = {a} \\cdot (C + {b})^{{{c}}} + {d}$"
+        return f"E = {a}·(C + {b})^{c} + {d}"
 
     def goodness(self) -> tuple[float, float]:
         """R^2 and RMSE in log10 E over the selected points."""
@@ -350,7 +364,9 @@ def paper_method(source: str, n_distinct: int, bins: int, direct_sources: Sequen
 def fit_points(points: pd.DataFrame, method: str, key: Mapping, bins: int = 5, bootstrap: int = 1000,
                ci: float = 0.95, seed: int = 0, pad: float = DEFAULT_BIN_PAD) -> Fit:
     """Fit final runs (rows of a results table) with a method and its bootstrap."""
-    points = points.reset_index(drop=True)
+    # a canonical order, so that the bootstrap draws do not depend on the table's row order
+    order = [c for c in ("total_gmac", "error", "model", "data", "checkpoint") if c in points]
+    points = points.sort_values(order, kind="mergesort").reset_index(drop=True)
     C = points["total_gmac"].to_numpy(float)
     E = points["error"].to_numpy(float)
     params, sel = fit_arrays(C, E, method, bins=bins, pad=pad)
@@ -393,6 +409,8 @@ def fit_table(df: pd.DataFrame, input_name: str = "published", bins: int = 5, bo
         n_distinct = points["total_gmac"].nunique()
         for m in methods:
             method = paper_method(source, n_distinct, bins, direct_sources) if m == "paper" else m
+            if source in direct_sources and method in ("pareto", "saturating"):
+                continue
             try:
                 fits.append(fit_points(points, method, key, bins=bins, bootstrap=bootstrap, ci=ci, seed=seed,
                                        pad=pad))
@@ -570,7 +588,8 @@ def run(table: pd.DataFrame, input_name: str, fit_config: Mapping, seed: int, ar
         table = add_group_means(table, groups)
     fits = fit_table(table, input_name=input_name, bins=int(fit_config.get("bins", 5)),
                      bootstrap=int(fit_config.get("bootstrap", 1000)), ci=float(fit_config.get("ci", 0.95)),
-                     seed=seed, methods=fit_config.get("methods", ("paper", "pareto", "saturating")))
+                     seed=seed, methods=fit_config.get("methods", ("paper", "pareto", "saturating")),
+                     pad=float(fit_config.get("bin_pad", DEFAULT_BIN_PAD)))
     wanted = list(fit_config.get("predictions") or []) or default_targets(table, input_name)
     targets = resolve_targets(wanted, table, arch_gmac, model_gmac)
     return {
@@ -578,6 +597,56 @@ def run(table: pd.DataFrame, input_name: str, fit_config: Mapping, seed: int, ar
         "predictions": predictions_frame(fits, targets),
         "points": points_frame(fits),
     }
+
+
+def model_gmac_of(config: Mapping) -> dict[str, float]:
+    """GMAC per sample that the config states for its models, by name and by label."""
+    out = {}
+    for name, spec in config.get("models", {}).items():
+        if spec.get("gmac_per_sample"):
+            out[name] = float(spec["gmac_per_sample"])
+            if spec.get("label"):
+                out[spec["label"]] = float(spec["gmac_per_sample"])
+    return out
+
+
+def run_step(table_path: str, input_name: str, config: Mapping, coefficients: str, predictions: str,
+             points: str, coefficients_md: str | None = None, predictions_md: str | None = None) -> None:
+    """The pipeline's fit of one input ("published" or "ours"): read, fit, write CSV and Markdown."""
+    from clipscale.reference import gmac_lookup
+    from clipscale.table import groups_of
+
+    table = read_table(table_path)
+    fit_config = dict(config.get("fit", {}))
+    groups = groups_of(config) if input_name == "ours" else None
+    out = run(table, input_name, fit_config, int(config.get("seed", 0)), gmac_lookup(),
+              model_gmac=model_gmac_of(config), groups=groups)
+    write_outputs(out, coefficients, predictions, points)
+    if coefficients_md:
+        Path(coefficients_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(coefficients_md).write_text(coefficients_markdown(out["coefficients"]))
+    if predictions_md:
+        Path(predictions_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(predictions_md).write_text(predictions_markdown(out["predictions"]))
+    log.info("%s: %d fits, %d predictions", input_name, len(out["coefficients"]), len(out["predictions"]))
+
+
+def collect_step(coefficient_csvs: Sequence[str], prediction_csvs: Sequence[str], coefficients: str,
+                 predictions: str, coefficients_md: str | None = None, predictions_md: str | None = None) -> None:
+    """Concatenate the per-input fits into the pipeline's coefficient and prediction tables."""
+    coef = pd.concat([pd.read_csv(p) for p in coefficient_csvs], ignore_index=True) if coefficient_csvs \
+        else pd.DataFrame(columns=COEFFICIENT_COLUMNS)
+    pred = pd.concat([pd.read_csv(p) for p in prediction_csvs], ignore_index=True) if prediction_csvs \
+        else pd.DataFrame(columns=PREDICTION_COLUMNS)
+    for path, frame in ((coefficients, coef), (predictions, pred)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+    if coefficients_md:
+        Path(coefficients_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(coefficients_md).write_text(coefficients_markdown(coef))
+    if predictions_md:
+        Path(predictions_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(predictions_md).write_text(predictions_markdown(pred))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ the results table all go through it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from clipscale.config import format_count, parse_count
@@ -71,10 +72,20 @@ def hparams(config: dict, run: Run) -> dict:
     per_epoch = max(1, run.samples_seen // epochs)
     settings["epochs"] = epochs
     settings["train_num_samples"] = per_epoch
-    settings["samples_seen_exact"] = per_epoch * epochs
     settings["world_size"] = settings.get("nproc", 1) * settings.get("nodes", 1)
     settings["global_batch_size"] = settings["batch_size"] * settings["world_size"]
+    settings["samples_seen_exact"] = epochs * samples_per_epoch(
+        per_epoch, settings["global_batch_size"], settings.get("workers", 1))
     return settings
+
+
+def samples_per_epoch(train_num_samples: int, global_batch_size: int, workers: int) -> int:
+    """Samples open_clip_train really draws per (virtual) epoch with --dataset-resampled: it
+    rounds up to whole global batches, then to a multiple of the dataloader workers
+    (open_clip_train/data.py, get_wds_dataset). This is the paper's exact samples seen."""
+    batches = math.ceil(train_num_samples / global_batch_size)
+    workers = max(1, workers)
+    return math.ceil(batches / workers) * workers * global_batch_size
 
 
 def find_run(config: dict, model: str, scale: str, samples: str) -> Run:

@@ -25,6 +25,7 @@ DEDUP = f"{RESULTS}/dedup"
 POOL_HASHES = f"{DEDUP}/hashes/pool/{{group}}.parquet"
 DOWNSTREAM_HASHES = f"{DEDUP}/hashes/downstream/{{dataset}}.parquet"
 ALL_POOL_HASHES = f"{DEDUP}/pool_hashes.parquet"
+HASH_REPORT = f"{DEDUP}/hash_report.json"          # what every hash job read, hashed, skipped
 MATCHES = f"{DEDUP}/matches.parquet"
 OVERLAP_TABLE = f"{DEDUP}/overlap.csv"
 CONTACT_SHEET = f"{DEDUP}/contact_sheet.png"
@@ -39,6 +40,7 @@ MODEL_PROFILE = f"{RESULTS}/models/{{model}}.profile.json"  # measured GMAC per 
 
 # 4. evaluate -----------------------------------------------------------------------------------
 EVAL = f"{RESULTS}/eval/{{source}}/{{model}}/{{scale}}/{{samples}}/epoch_{{epoch}}/{{dataset}}/{{task}}.json"
+EVAL_FEATURES = f"{RESULTS}/features/{{source}}/{{model}}/{{scale}}/{{samples}}/epoch_{{epoch}}/{{dataset}}"  # linear-probe cache
 RESULTS_TABLE = f"{RESULTS}/results/results.parquet"
 RESULTS_CSV = f"{RESULTS}/results/results.csv"
 RESULTS_LOG = f"{RESULTS}/results/results_log.txt"
@@ -46,8 +48,12 @@ PUBLISHED_TABLE = f"{RESULTS}/results/published.parquet"
 
 # 5. fit ----------------------------------------------------------------------------------------
 FIT = f"{RESULTS}/fit"
-FIT_COEFFICIENTS = f"{FIT}/coefficients.csv"
+FIT_COEFFICIENTS = f"{FIT}/coefficients.csv"     # all inputs (published if enabled, ours)
 FIT_PREDICTIONS = f"{FIT}/predictions.csv"
+FIT_INPUT = f"{FIT}/{{input}}"                      # input: "published" or "ours"
+FIT_INPUT_COEFFICIENTS = f"{FIT_INPUT}/coefficients.csv"
+FIT_INPUT_PREDICTIONS = f"{FIT_INPUT}/predictions.csv"
+FIT_INPUT_POINTS = f"{FIT_INPUT}/points.csv"        # the points each fit went through
 
 # 6. figures and tables -------------------------------------------------------------------------
 FIGURE = f"{RESULTS}/figures/{{figure}}.{{ext}}"

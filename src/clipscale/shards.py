@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,6 +59,10 @@ def split_name(name: str) -> tuple[str, str]:
     return prefix + stem, ext.lower()
 
 
+def _round_up(n: int) -> int:
+    return -(-n // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
 def iter_samples(path: str | Path, skipped: SkipCounter | None = None) -> Iterator[tuple[str, dict]]:
     """Yield (key, {ext: bytes}) for each sample of a tar shard, in order.
 
@@ -69,7 +74,9 @@ def iter_samples(path: str | Path, skipped: SkipCounter | None = None) -> Iterat
     current_key, current = None, {}
     try:
         with tarfile.open(path, "r|*") as tar:
+            end = 0
             for member in tar:
+                end = member.offset_data + member.size
                 if not member.isfile():
                     continue
                 key, ext = split_name(member.name)
@@ -82,6 +89,11 @@ def iter_samples(path: str | Path, skipped: SkipCounter | None = None) -> Iterat
                     continue
                 data = tar.extractfile(member).read()
                 current[ext] = data
+        # a complete tar ends with two zero blocks after its last member; tarfile silently stops
+        # at a cut header, so a shard cut mid-way is detected here
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        if size is not None and size < _round_up(end) + 2 * tarfile.BLOCKSIZE:
+            skipped.add("truncated tar (no end-of-archive marker)", f"{path} after key {current_key}")
     except (tarfile.TarError, EOFError, OSError) as e:
         skipped.add(f"unreadable tar ({type(e).__name__})", f"{path} after key {current_key}: {e}")
     if current:

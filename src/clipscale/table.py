@@ -8,8 +8,9 @@ and drawn whatever produced it.
 =================== ======= =====================================================================
 column              dtype   meaning
 =================== ======= =====================================================================
-source              str     "published" (the paper's OpenCLIP runs), "openai" (OpenAI CLIP) or
-                            "ours" (runs of this pipeline)
+source              str     "published" (the paper's OpenCLIP runs), "openai" (OpenAI CLIP),
+                            "ours" (runs of this pipeline) or "released" (checkpoints released
+                            with the paper, evaluated by this pipeline)
 model               str     architecture as shown in figures ("ViT-B/32", or our model's label)
 arch_id             str     open_clip name of the architecture ("ViT-B-32", our model name)
 data                str     training set ("LAION-400M", "CLIP-WIT", our scale's name)
@@ -85,7 +86,7 @@ DTYPES: dict[str, str] = {
 #: Optional columns understood by the fit and the figures.
 OPTIONAL_COLUMNS: dict[str, str] = {"data_size": "Int64"}
 
-SOURCES = ("published", "openai", "ours")
+SOURCES = ("published", "openai", "ours", "released")
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
 
 #: Columns that identify one row.
@@ -263,14 +264,15 @@ def add_group_means(df: pd.DataFrame, groups: Mapping[str, Iterable[str]]) -> pd
 
     For each checkpoint x task x metric that has a value for every dataset of the group, one row
     with the average value (e.g. "imagenet_robustness" over ImageNet-V2, -R, -Sketch, -A,
-    ObjectNet, as the paper's Table 20). Groups already present as a dataset are left alone.
+    ObjectNet, as the paper's Table 20). Groups already present as a dataset, and groups of a
+    single dataset (their mean is that dataset), are left alone.
     """
     out = [df]
     present = set(df["dataset"])
     ident = [c for c in KEY if c not in ("dataset",)]
     for group, members in groups.items():
         members = sorted(set(members))
-        if group in present or not members:
+        if group in present or len(members) < 2:
             continue
         sub = df[df["dataset"].isin(members)]
         if sub.empty:
@@ -286,6 +288,15 @@ def add_group_means(df: pd.DataFrame, groups: Mapping[str, Iterable[str]]) -> pd
         rows["dataset"] = group
         out.append(rows[df.columns])
     return validate_table(pd.concat(out, ignore_index=True), where="(with group means)")
+
+
+def groups_of(config: Mapping) -> dict[str, list[str]]:
+    """config.downstream groups: group name -> member datasets (for ``add_group_means``)."""
+    groups: dict[str, list[str]] = {}
+    for name, spec in config.get("downstream", {}).items():
+        if spec.get("group"):
+            groups.setdefault(spec["group"], []).append(name)
+    return groups
 
 
 _COUNT_IN_NAME = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKMBG])\b")

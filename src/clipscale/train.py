@@ -204,6 +204,10 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path) -> dict:
             log.warning("precision %s on CPU is slow (bf16 autocast); fp32 is advised",
                         hp["precision"])
     models.register(config)
+    if hp["world_size"] > 1:
+        from clipscale.launch import apply_env
+
+        apply_env()  # rank, world size, MASTER_ADDR/PORT from torchrun's or srun's variables
     args = open_clip_args(config, run, manifest, hp)
     if rank() == 0:
         drop_corrupt_latest(run)
@@ -247,10 +251,43 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path) -> dict:
     return record
 
 
+def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
+           log_file: str | Path | None = None) -> None:
+    """Start the run's processes (python, torchrun, or srun inside a Slurm job) and wait.
+
+    The resolved config travels as JSON beside the run so every process sees the same one.
+    """
+    import subprocess
+
+    from clipscale.launch import build_command
+
+    hp = grid.hparams(config, run)
+    folder = run_dir(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    resolved = folder / "config.json"
+    resolved.write_text(json.dumps(config, indent=1, default=str))
+    args = ["--config-json", str(resolved), "--model", run.model, "--scale", run.scale,
+            "--samples", run.samples_label, "--manifest", str(manifest), "--out", str(out)]
+    cmd = build_command(["-m", "clipscale.train"], args, nproc=hp["nproc"], nodes=hp["nodes"],
+                        cpus_per_task=hp.get("threads"))
+    log.info("launching: %s", " ".join(cmd))
+    if log_file:
+        with open(log_file, "a") as sink:  # the processes' progress goes to the job's log
+            status = subprocess.call(cmd, stdout=sink, stderr=subprocess.STDOUT)
+    else:
+        status = subprocess.call(cmd)
+    if status != 0:
+        raise TrainingError(f"run {run.name}: training processes exited with status {status}; "
+                            f"re-running the workflow resumes from the latest checkpoint in "
+                            f"{checkpoint_dir(run)}")
+    if not Path(out).exists():
+        raise TrainingError(f"run {run.name}: training ended without writing {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipscale.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="config YAML (validated)")
+    parser.add_argument("--config", help="config YAML (validated)")
     parser.add_argument("--config-json", help="the resolved config as JSON (Snakemake passes it)")
     parser.add_argument("--model", required=True)
     parser.add_argument("--scale", required=True)
@@ -259,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="run.json to write on success")
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not (a.config or a.config_json):
+        parser.error("one of --config or --config-json is required")
     if a.config_json:
         cfg = config_mod.validate(json.loads(Path(a.config_json).read_text()), a.config_json)
     else:

@@ -1,0 +1,621 @@
+"""Figures from tidy results tables: the paper's scaling plots, for its numbers and for ours.
+
+A figure is described by a ``FigureSpec`` (name, kind, sources, datasets, metrics) and drawn from
+results tables (``clipscale.table`` format) keyed by input: "published" (the paper's numbers,
+sources "published" and "openai") and "ours" (source "ours"). Nothing here knows dataset names:
+which task/dataset/metric a figure shows comes from its spec, so the same code draws the paper's
+ImageNet figure and our embedded world's "shapes" figure.
+
+Kinds:
+
+- ``compute``: error (%) vs total compute C (GMAC), log-log, one panel per dataset x metric;
+  points coloured by training data, marker by model, size by samples seen; one fitted line per
+  source (the paper's fit: binned, or direct for OpenAI) with its bootstrap band, the formula in
+  the legend ("OpenCLIP (LAION): E = 5.86·C^-0.11").
+- ``data_bottleneck``: error vs samples seen, one line per data scale, one panel per model.
+- ``samples_bottleneck``: error vs data scale, one line per samples seen, one panel per model.
+- ``overlap``: the near-duplicate overlap table (dataset, overlap_pct) as a bar chart.
+
+Built-in specs: ``published_specs()`` (the paper's figures, "<name>_published") and
+``default_our_specs(config)`` (derived from config.downstream). ``figure_specs(config)`` gives the
+configured list: built-ins, with config.figures entries added or replacing those of same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from clipscale import fit as fitting  # noqa: E402
+from clipscale.table import add_group_means, data_size, groups_of  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+KINDS = ("compute", "data_bottleneck", "samples_bottleneck", "overlap")
+INPUT_OF_SOURCE = {"published": "published", "openai": "published", "ours": "ours"}
+
+SOURCE_LABELS = {"published": "OpenCLIP (LAION)", "openai": "OpenAI CLIP (WIT)", "ours": "ours"}
+SOURCE_COLORS = {"published": "#D55E00", "openai": "#0072B2", "ours": "#CC79A7"}
+SOURCE_LINESTYLES = {"published": "-", "openai": "--", "ours": "-."}
+KNOWN_DATA_COLORS = {"LAION-80M": "#1f77b4", "LAION-400M": "#ff7f0e", "LAION-2B": "#2ca02c",
+                     "CLIP-WIT": "#000000"}
+EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#d62728", "#1f77b4",
+                "#ff7f0e", "#2ca02c"]
+MARKERS = ["v", "o", "s", "P", "*", "D", "^", "X", "h", "<", ">", "p"]
+
+DATASET_LABELS = {
+    "imagenet1k": "ImageNet",
+    "imagenet_robustness": "ImageNet robustness (avg. of 5 sets)",
+    "vtab+": "VTAB+ (avg. of 35 tasks)",
+    "vtab": "VTAB",
+    "mscoco_captions": "MS-COCO",
+    "flickr30k": "Flickr30K",
+    "cifar100": "CIFAR-100",
+}
+METRIC_LABELS = {
+    "acc1": "zero-shot top-1",
+    "image_retrieval_recall@5": "image retrieval R@5",
+    "text_retrieval_recall@5": "text retrieval R@5",
+    "lp_acc1": "linear probe top-1",
+    "lp_acc1_full": "linear probe, full",
+}
+TITLE_FONTSIZE = 12
+LABEL_FONTSIZE = 11
+
+
+class FigureError(ValueError):
+    """A figure that cannot be drawn from the given tables, or a bad figure spec."""
+
+
+@dataclass
+class FigureSpec:
+    name: str
+    kind: str
+    sources: list[str]
+    datasets: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=lambda: ["acc1"])
+    title: str | None = None
+    models: list[str] | None = None  # bottleneck kinds: panels for these models only
+    fit: bool = True  # compute kind: draw the fitted lines
+    band: bool = True  # compute kind: draw the bootstrap band of each fit
+    description: str | None = None
+
+    @property
+    def inputs(self) -> list[str]:
+        """Tables the figure reads: "published" and/or "ours"."""
+        return sorted({INPUT_OF_SOURCE[s] for s in self.sources})
+
+    def caption(self) -> str:
+        if self.description:
+            return self.description
+        sources = ", ".join(SOURCE_LABELS.get(s, s) for s in self.sources)
+        sets = ", ".join(dataset_label(d, "ours" in self.sources) for d in self.datasets)
+        metrics = ", ".join(metric_label(m) for m in self.metrics)
+        if self.kind == "compute":
+            return (f"Error ({metrics}) on {sets} against total training compute C (GMAC per sample x "
+                    f"samples seen), final checkpoints of {sources}. Lines: power laws E = beta C^alpha "
+                    f"fitted as in the paper (best run per equal-width bin of log10 C; OpenAI's models "
+                    f"directly), shaded: bootstrap interval.")
+        if self.kind == "data_bottleneck":
+            return (f"Error ({metrics}) on {sets} against samples seen, one line per training data scale, "
+                    f"one panel per model ({sources}): a small data scale limits what more samples seen give.")
+        if self.kind == "samples_bottleneck":
+            return (f"Error ({metrics}) on {sets} against training data scale, one line per number of "
+                    f"samples seen, one panel per model ({sources}): few samples seen limit what more data give.")
+        return f"Share of each downstream test set found as a near-duplicate in the training pool ({sources})."
+
+
+def dataset_label(name: str, ours: bool = False) -> str:
+    """Readable name of a dataset; our sets keep their own names (ours may reuse "vtab+" as a
+    group name without being the paper's VTAB+)."""
+    return name if ours else DATASET_LABELS.get(name, name)
+
+
+def metric_label(name: str) -> str:
+    if name in METRIC_LABELS:
+        return METRIC_LABELS[name]
+    if name.startswith("lp_acc1_") and name.endswith("shot"):
+        return f"linear probe, {name[len('lp_acc1_'):-len('shot')]}-shot"
+    if "recall@" in name:
+        return name.replace("_retrieval_recall@", " retrieval R@")
+    return name
+
+
+def error_label(metric: str) -> str:
+    if "recall@" in metric:
+        return f"100 − R@{metric.rsplit('@', 1)[1]} (%)"
+    return "100 − top-1 accuracy (%)"
+
+
+# ---------------------------------------------------------------------------------------------
+# specs
+
+
+def published_specs() -> list[FigureSpec]:
+    """The paper's figures, drawn from its published numbers."""
+    both = ["published", "openai"]
+    return [
+        FigureSpec("imagenet_zeroshot_published", "compute", both, ["imagenet1k"], ["acc1"],
+                   title="Zero-shot ImageNet classification"),
+        FigureSpec("robustness_zeroshot_published", "compute", both, ["imagenet_robustness"], ["acc1"],
+                   title="Zero-shot ImageNet robustness"),
+        FigureSpec("vtab_zeroshot_published", "compute", both, ["vtab+"], ["acc1"],
+                   title="Zero-shot VTAB+"),
+        FigureSpec("retrieval_published", "compute", both, ["mscoco_captions", "flickr30k"],
+                   ["image_retrieval_recall@5", "text_retrieval_recall@5"], title="Zero-shot retrieval"),
+        FigureSpec("linear_probe_published", "compute", both, ["imagenet1k", "cifar100"],
+                   ["lp_acc1_10shot", "lp_acc1_25shot", "lp_acc1_full"], title="Linear probing"),
+        FigureSpec("data_bottleneck_published", "data_bottleneck", ["published"], ["imagenet1k"], ["acc1"],
+                   title="Data scale bottleneck (zero-shot ImageNet)"),
+        FigureSpec("samples_bottleneck_published", "samples_bottleneck", ["published"], ["imagenet1k"], ["acc1"],
+                   title="Samples seen bottleneck (zero-shot ImageNet)"),
+        FigureSpec("overlap_published", "overlap", ["published"], title="Test sets found in LAION-400M (pHash)"),
+    ]
+
+
+def _lp_metrics(config: Mapping) -> list[str]:
+    ks = config.get("evaluate", {}).get("linear_probe_k", [10, "full"])
+    return [f"lp_acc1_{k}shot" if k != "full" else "lp_acc1_full" for k in ks]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "", name) or "group"
+
+
+def default_our_specs(config: Mapping) -> list[FigureSpec]:
+    """Figures of our runs, derived from config.downstream (which sets, which tasks, groups):
+    zero-shot classification of every set, the mean of each group of two or more classification
+    sets, retrieval, linear probing, both bottlenecks on the first classification set, overlap."""
+    downstream = config.get("downstream", {})
+    cls = [d for d, s in downstream.items() if "zeroshot_classification" in s["tasks"]]
+    ret = [d for d, s in downstream.items() if "zeroshot_retrieval" in s["tasks"]]
+    lp = [d for d, s in downstream.items() if "linear_probe" in s["tasks"]]
+    specs = []
+    if cls:
+        specs.append(FigureSpec("zeroshot_ours", "compute", ["ours"], cls, ["acc1"],
+                                title="Zero-shot classification (our runs)"))
+    for group, members in groups_of(config).items():
+        members = [m for m in members if m in cls]
+        if len(members) >= 2:
+            specs.append(FigureSpec(f"{_safe(group)}_zeroshot_ours", "compute", ["ours"], [group], ["acc1"],
+                                    title=f"Zero-shot, mean over {group} ({', '.join(members)})"))
+    if ret:
+        specs.append(FigureSpec("retrieval_ours", "compute", ["ours"], ret,
+                                ["image_retrieval_recall@5", "text_retrieval_recall@5"],
+                                title="Zero-shot retrieval (our runs)"))
+    if lp:
+        specs.append(FigureSpec("linear_probe_ours", "compute", ["ours"], lp, _lp_metrics(config),
+                                title="Linear probing (our runs)"))
+    if cls:
+        specs.append(FigureSpec("data_bottleneck_ours", "data_bottleneck", ["ours"], [cls[0]], ["acc1"],
+                                title=f"Data scale bottleneck (zero-shot {cls[0]})"))
+        specs.append(FigureSpec("samples_bottleneck_ours", "samples_bottleneck", ["ours"], [cls[0]], ["acc1"],
+                                title=f"Samples seen bottleneck (zero-shot {cls[0]})"))
+    if any(s.get("dedup", True) for s in downstream.values()):
+        specs.append(FigureSpec("overlap_ours", "overlap", ["ours"], title="Test sets found in our pool (pHash)"))
+    return specs
+
+
+def spec_from_dict(entry: Mapping) -> FigureSpec:
+    known = {f for f in FigureSpec.__dataclass_fields__}
+    unknown = set(entry) - known
+    if unknown:
+        raise FigureError(f"figure {entry.get('name')!r}: unknown keys {sorted(unknown)}")
+    spec = FigureSpec(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in entry.items()})
+    check_spec(spec)
+    return spec
+
+
+def check_spec(spec: FigureSpec) -> None:
+    where = f"figure {spec.name!r}"
+    if spec.kind not in KINDS:
+        raise FigureError(f"{where}: unknown kind {spec.kind!r} (expected one of {list(KINDS)})")
+    if not spec.sources or any(s not in INPUT_OF_SOURCE for s in spec.sources):
+        raise FigureError(f"{where}: sources must be a non-empty subset of {list(INPUT_OF_SOURCE)}")
+    if spec.kind != "overlap" and (not spec.datasets or not spec.metrics):
+        raise FigureError(f"{where}: a {spec.kind} figure needs datasets and metrics")
+    if spec.kind == "overlap" and len(spec.inputs) != 1:
+        raise FigureError(f"{where}: an overlap figure shows one input (published or ours)")
+
+
+def figure_specs(config: Mapping) -> list[FigureSpec]:
+    """The configured figures: the paper's (if published.enabled) and ours (config.figures, or the
+    defaults derived from config.downstream); config.figures entries replace same-named ones."""
+    specs: dict[str, FigureSpec] = {}
+    if config.get("published", {}).get("enabled", True):
+        specs.update((s.name, s) for s in published_specs())
+    configured = config.get("figures")
+    if configured is None:
+        specs.update((s.name, s) for s in default_our_specs(config))
+    else:
+        seen = set()
+        for entry in configured:
+            spec = spec_from_dict(entry)
+            if spec.name in seen:
+                raise FigureError(f"figures: the name {spec.name!r} is used twice")
+            seen.add(spec.name)
+            specs[spec.name] = spec
+    return list(specs.values())
+
+
+def find_spec(config: Mapping, name: str) -> FigureSpec:
+    for spec in figure_specs(config):
+        if spec.name == name:
+            return spec
+    raise FigureError(f"no figure named {name!r} (configured: {[s.name for s in figure_specs(config)]})")
+
+
+# ---------------------------------------------------------------------------------------------
+# drawing helpers
+
+
+def _style_maps(df: pd.DataFrame, data_sizes: Mapping[str, int] | None):
+    data = _order_data(df, data_sizes)
+    colors, extra = {}, iter(EXTRA_COLORS * 3)
+    for d in data:
+        colors[d] = KNOWN_DATA_COLORS.get(d) or next(extra)
+    models = (df.groupby("model")["gmac_per_sample"].median().sort_values().index.tolist())
+    markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)}
+    labels = _order_samples(df)
+    sizes = {lab: s for lab, s in zip(labels, np.linspace(35, 160, max(len(labels), 1)))}
+    return colors, markers, sizes
+
+
+def _order_data(df: pd.DataFrame, data_sizes: Mapping[str, int] | None) -> list[str]:
+    names = list(dict.fromkeys(df["data"]))
+    known = dict(data_sizes or {})
+    if "data_size" in df:
+        for d, s in df.groupby("data")["data_size"].first().items():
+            if pd.notna(s):
+                known.setdefault(d, int(s))
+    size = {d: data_size(d, known) for d in names}
+    rank = {"published": 0, "ours": 1, "openai": 2}
+    source = {d: min(rank.get(s, 3) for s in df.loc[df["data"] == d, "source"]) for d in names}
+    return sorted(names, key=lambda d: (source[d], math.isnan(size[d]), 0 if math.isnan(size[d]) else size[d], d))
+
+
+def _order_samples(df: pd.DataFrame) -> list[str]:
+    med = df.groupby("samples_seen_label")["samples_seen"].median().sort_values()
+    return med.index.tolist()
+
+
+def _log_error_axis(ax, values: np.ndarray) -> None:
+    ax.set_yscale("log")
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    span = math.log10(hi / lo) if lo > 0 and hi > lo else 0.0
+    if span < 0.6:
+        subs = tuple(np.arange(1.0, 10.0, 0.5))
+    elif span < 1.2:
+        subs = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+    else:
+        subs = (1.0, 2.0, 3.0, 5.0)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(lo / 10 ** max(0.04, 0.08 * span), hi * 10 ** max(0.04, 0.08 * span))
+
+
+def _grid(n_rows: int, n_cols: int, width: float = 5.2, height: float = 4.2):
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols + 2.6, height * n_rows), squeeze=False)
+    return fig, axes
+
+
+def _legend_handles(colors, markers, sizes, used_data, used_models, used_samples):
+    handles = [Line2D([], [], linestyle="", label="Training data")]
+    handles += [Line2D([], [], color=colors[d], marker="o", linestyle="", markersize=7, label=d)
+                for d in colors if d in used_data]
+    handles += [Line2D([], [], linestyle="", label="Model")]
+    handles += [Line2D([], [], color="0.35", marker=markers[m], linestyle="", markersize=7, label=m)
+                for m in markers if m in used_models]
+    if len([s for s in sizes if s in used_samples]) > 1:
+        handles += [Line2D([], [], linestyle="", label="Samples seen")]
+        handles += [Line2D([], [], color="0.6", marker="o", linestyle="", markersize=math.sqrt(sizes[s]),
+                           label=s) for s in sizes if s in used_samples]
+    return handles
+
+
+def _side_legend(fig, handles) -> None:
+    leg = fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+                     fontsize=9, handletextpad=0.4, borderaxespad=0.2)
+    for text, h in zip(leg.get_texts(), handles):
+        if not h.get_marker() or h.get_marker() == "None":
+            text.set_fontweight("bold")
+
+
+def _panels(spec: FigureSpec, df: pd.DataFrame) -> list[tuple[str, str]]:
+    panels = [(d, m) for d in spec.datasets for m in spec.metrics
+              if ((df["dataset"] == d) & (df["metric"] == m)).any()]
+    if not panels:
+        have = sorted(set(zip(df["dataset"], df["metric"])))[:20]
+        raise FigureError(
+            f"figure {spec.name!r}: no final results for datasets {spec.datasets} x metrics {spec.metrics} "
+            f"from sources {spec.sources} (the tables have {have})"
+        )
+    return panels
+
+
+def _layout(spec: FigureSpec, panels: list[tuple[str, str]]) -> tuple[int, int, dict]:
+    datasets = list(dict.fromkeys(d for d, _ in panels))
+    metrics = list(dict.fromkeys(m for _, m in panels))
+    if len(datasets) > 1 and len(metrics) > 1:
+        return len(datasets), len(metrics), {p: (datasets.index(p[0]), metrics.index(p[1])) for p in panels}
+    n_cols = min(len(panels), 3)
+    n_rows = math.ceil(len(panels) / n_cols)
+    return n_rows, n_cols, {p: divmod(i, n_cols) for i, p in enumerate(panels)}
+
+
+def _select(spec: FigureSpec, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    parts = []
+    for inp in spec.inputs:
+        if inp not in tables:
+            raise FigureError(f"figure {spec.name!r} needs the {inp!r} results table")
+        parts.append(tables[inp])
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    df = fitting.final_points(df)
+    df = df[df["source"].isin(spec.sources) & df["dataset"].isin(spec.datasets) & df["metric"].isin(spec.metrics)]
+    if spec.models:
+        df = df[df["model"].isin(spec.models)]
+    return df
+
+
+# ---------------------------------------------------------------------------------------------
+# the kinds
+
+
+def draw_compute(spec: FigureSpec, tables: Mapping[str, pd.DataFrame], fit_config: Mapping | None = None,
+                 seed: int = 0, data_sizes: Mapping[str, int] | None = None):
+    fit_config = dict(fit_config or {})
+    df = _select(spec, tables)
+    panels = _panels(spec, df)
+    n_rows, n_cols, where = _layout(spec, panels)
+    fig, axes = _grid(n_rows, n_cols)
+    colors, markers, sizes = _style_maps(df, data_sizes)
+    fits = {}
+    for (dataset, metric), (r, c) in where.items():
+        ax = axes[r][c]
+        sub = df[(df["dataset"] == dataset) & (df["metric"] == metric)]
+        for _, row in sub.iterrows():
+            ax.scatter(row["total_gmac"], 100 * row["error"], s=sizes.get(row["samples_seen_label"], 60),
+                       color=colors[row["data"]], marker=markers[row["model"]], alpha=0.85,
+                       edgecolors="white", linewidths=0.6, zorder=3)
+        lo_c, hi_c = sub["total_gmac"].min(), sub["total_gmac"].max()
+        xs = np.logspace(math.log10(lo_c) - 0.15, math.log10(hi_c) + 0.15, 200)
+        yvals = [100 * sub["error"].to_numpy()]
+        fit_handles = []
+        for source in spec.sources:
+            pts = sub[sub["source"] == source]
+            if pts.empty or not spec.fit:
+                continue
+            key = {"input": INPUT_OF_SOURCE[source], "source": source, "task": pts["task"].iloc[0],
+                   "dataset": dataset, "metric": metric}
+            method = fitting.paper_method(source, pts["total_gmac"].nunique(), int(fit_config.get("bins", 5)))
+            try:
+                f = fitting.fit_points(pts, method, key, bins=int(fit_config.get("bins", 5)),
+                                       bootstrap=int(fit_config.get("bootstrap", 1000)) if spec.band else 0,
+                                       ci=float(fit_config.get("ci", 0.95)), seed=seed,
+                                       pad=float(fit_config.get("bin_pad", fitting.DEFAULT_BIN_PAD)))
+            except fitting.FitError as e:
+                log.warning("figure %s, %s/%s, %s: no fit (%s)", spec.name, dataset, metric, source, e)
+                fit_handles.append(Line2D([], [], color=SOURCE_COLORS[source], label=f"{SOURCE_LABELS[source]}: no fit"))
+                continue
+            fits[(source, dataset, metric)] = f
+            y = 100 * f.predict(xs)
+            line, = ax.plot(xs, y, color=SOURCE_COLORS[source], linestyle=SOURCE_LINESTYLES[source], lw=2,
+                            zorder=2, label=f"{SOURCE_LABELS[source]}: {f.formula(tex=True)}")
+            fit_handles.append(line)
+            yvals.append(y)
+            if spec.band and len(f.draws) >= 2:
+                lo, hi = f.interval(xs)
+                ax.fill_between(xs, 100 * lo, 100 * hi, color=SOURCE_COLORS[source], alpha=0.12, lw=0, zorder=1)
+        ax.set_xscale("log")
+        _log_error_axis(ax, np.concatenate(yvals))
+        ax.set_xlabel("Total compute C (GMAC)", fontsize=LABEL_FONTSIZE)
+        ax.set_ylabel(error_label(metric), fontsize=LABEL_FONTSIZE)
+        ours = "ours" in spec.sources
+        ax.set_title(f"{dataset_label(dataset, ours)}, {metric_label(metric)}", fontsize=TITLE_FONTSIZE)
+        ax.grid(True, which="major", alpha=0.3)
+        if fit_handles:
+            ax.legend(handles=fit_handles, loc="lower left", fontsize=8.5, framealpha=0.85)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            if (r, c) not in where.values():
+                axes[r][c].set_visible(False)
+    _side_legend(fig, _legend_handles(colors, markers, sizes, set(df["data"]), set(df["model"]),
+                                      set(df["samples_seen_label"])))
+    if spec.title:
+        fig.suptitle(spec.title, fontsize=TITLE_FONTSIZE + 2)
+    fig.tight_layout()
+    fig.fits = fits
+    return fig
+
+
+def _bottleneck_models(df: pd.DataFrame, spec: FigureSpec) -> list[str]:
+    order = df.groupby("model")["gmac_per_sample"].median().sort_values().index.tolist()
+    keep = [m for m in order
+            if df.loc[df["model"] == m, "data"].nunique() >= 2 and df.loc[df["model"] == m, "samples_seen_label"].nunique() >= 2]
+    if not keep:
+        raise FigureError(
+            f"figure {spec.name!r}: no model has runs at two data scales and two samples-seen values "
+            f"(models: {order})"
+        )
+    return keep
+
+
+def draw_bottleneck(spec: FigureSpec, tables: Mapping[str, pd.DataFrame], data_sizes: Mapping[str, int] | None = None):
+    df = _select(spec, tables)
+    panels = _panels(spec, df)
+    dataset, metric = panels[0]
+    df = df[(df["dataset"] == dataset) & (df["metric"] == metric)]
+    models = _bottleneck_models(df, spec)
+    colors, markers, _ = _style_maps(df, data_sizes)
+    data_order = _order_data(df, data_sizes)
+    sample_order = _order_samples(df)
+    n_cols = min(len(models), 3)
+    n_rows = math.ceil(len(models) / n_cols)
+    fig, axes = _grid(n_rows, n_cols, width=4.6, height=3.9)
+    by_samples = spec.kind == "data_bottleneck"  # x = samples seen, one line per data scale
+    x_order = sample_order if by_samples else data_order
+    line_key, line_order = ("data", data_order) if by_samples else ("samples_seen_label", sample_order)
+    cmap = plt.get_cmap("viridis")
+    line_colors = ({d: colors[d] for d in data_order} if by_samples else
+                   {s: cmap(0.15 + 0.7 * i / max(len(sample_order) - 1, 1)) for i, s in enumerate(sample_order)})
+    for i, model in enumerate(models):
+        ax = axes[i // n_cols][i % n_cols]
+        sub = df[df["model"] == model]
+        for source in spec.sources:
+            ss = sub[sub["source"] == source]
+            for key in line_order:
+                pts = ss[ss[line_key] == key]
+                if pts.empty:
+                    continue
+                xcol = "samples_seen_label" if by_samples else "data"
+                pts = pts.assign(_x=pts[xcol].map({v: j for j, v in enumerate(x_order)})).sort_values("_x")
+                label = key if len(spec.sources) == 1 else f"{key} ({SOURCE_LABELS[source]})"
+                ax.plot(pts["_x"], 100 * pts["error"], marker=markers[model], color=line_colors[key],
+                        linestyle=SOURCE_LINESTYLES[source], lw=2, markersize=7, label=label)
+        ax.set_xticks(range(len(x_order)))
+        ax.set_xticklabels(x_order)
+        ax.set_xlim(-0.3, len(x_order) - 0.7)
+        ax.set_xlabel("Samples seen" if by_samples else "Training data", fontsize=LABEL_FONTSIZE)
+        ax.set_ylabel(error_label(metric), fontsize=LABEL_FONTSIZE)
+        ax.set_title(model, fontsize=TITLE_FONTSIZE)
+        ax.grid(True, alpha=0.3)
+        ax.legend(title="Training data" if by_samples else "Samples seen", fontsize=9, title_fontsize=9)
+    for j in range(len(models), n_rows * n_cols):
+        axes[j // n_cols][j % n_cols].set_visible(False)
+    fig.suptitle(spec.title or f"{dataset_label(dataset, 'ours' in spec.sources)}, {metric_label(metric)}",
+                 fontsize=TITLE_FONTSIZE + 2)
+    fig.tight_layout()
+    return fig
+
+
+def draw_overlap(spec: FigureSpec, overlap: pd.DataFrame):
+    missing = [c for c in ("dataset", "overlap_pct") if c not in overlap.columns]
+    if missing:
+        raise FigureError(f"figure {spec.name!r}: the overlap table lacks columns {missing}")
+    ov = overlap.copy()
+    ov["overlap_pct"] = pd.to_numeric(ov["overlap_pct"], errors="coerce")
+    if ov["overlap_pct"].isna().any():
+        raise FigureError(f"figure {spec.name!r}: non-numeric overlap_pct for {ov.loc[ov['overlap_pct'].isna(), 'dataset'].tolist()}")
+    if ov.empty:
+        raise FigureError(f"figure {spec.name!r}: the overlap table is empty")
+    ov = ov.sort_values("overlap_pct")
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(ov) + 1.6))
+    bars = ax.barh(ov["dataset"].astype(str), ov["overlap_pct"], color=SOURCE_COLORS[spec.sources[0]], alpha=0.85)
+    top = float(ov["overlap_pct"].max()) or 1.0
+    for bar, v in zip(bars, ov["overlap_pct"]):
+        ax.text(bar.get_width() + 0.01 * top, bar.get_y() + bar.get_height() / 2, f"{v:.2f}%", va="center",
+                fontsize=9)
+    ax.set_xlim(0, top * 1.15)
+    ax.set_xlabel("Test images with a near-duplicate in the training pool (%)", fontsize=LABEL_FONTSIZE)
+    ax.set_title(spec.title or "Near-duplicate overlap", fontsize=TITLE_FONTSIZE)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def draw(spec: FigureSpec, tables: Mapping[str, pd.DataFrame] | None = None, overlap: pd.DataFrame | None = None,
+         fit_config: Mapping | None = None, seed: int = 0, data_sizes: Mapping[str, int] | None = None,
+         groups: Mapping[str, Iterable[str]] | None = None):
+    """Draw one figure; returns the matplotlib Figure."""
+    check_spec(spec)
+    if spec.kind == "overlap":
+        if overlap is None:
+            raise FigureError(f"figure {spec.name!r} needs an overlap table (dataset, overlap_pct)")
+        return draw_overlap(spec, overlap)
+    tables = dict(tables or {})
+    if groups and "ours" in tables:
+        tables["ours"] = add_group_means(tables["ours"], groups)
+    if spec.kind == "compute":
+        return draw_compute(spec, tables, fit_config, seed, data_sizes)
+    return draw_bottleneck(spec, tables, data_sizes)
+
+
+def save(fig, outputs: Sequence[str | Path], dpi: int = 150) -> None:
+    """Write a figure to each output (format from the suffix: .pdf, .png, .svg)."""
+    for out in outputs:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=dpi, bbox_inches="tight", metadata=_metadata(out.suffix))
+    plt.close(fig)
+
+
+def _metadata(suffix: str) -> dict:
+    # fixed metadata so that the same inputs give the same bytes
+    if suffix == ".pdf":
+        return {"CreationDate": None, "Producer": "clipscale"}
+    if suffix == ".png":
+        return {"Software": "clipscale"}
+    if suffix == ".svg":
+        return {"Date": None}
+    return {}
+
+
+def make(name: str, config: Mapping, tables: Mapping[str, str], overlap: str | None,
+         outputs: Sequence[str]) -> None:
+    """The pipeline's figure step: draw the configured figure ``name`` from table files.
+
+    ``tables`` maps an input ("published", "ours") to a results table file; ``overlap`` is the
+    overlap CSV (dataset, overlap_pct) of an overlap figure.
+    """
+    from clipscale.table import read_table
+
+    spec = find_spec(config, name)
+    loaded = {inp: read_table(path) for inp, path in tables.items()}
+    ov = None
+    if overlap:
+        try:
+            ov = pd.read_csv(overlap)
+        except Exception as e:
+            raise FigureError(f"figure {name!r}: cannot read the overlap table {overlap}: {e}") from None
+    sizes = dict(config.get("scales", {}))
+    fig = draw(spec, loaded, overlap=ov, fit_config=config.get("fit", {}), seed=int(config.get("seed", 0)),
+               data_sizes=sizes, groups=groups_of(config))
+    save(fig, outputs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Draw one of the built-in published figures (or all) without Snakemake."""
+    parser = argparse.ArgumentParser(prog="python -m clipscale.figures", description=main.__doc__)
+    parser.add_argument("names", nargs="*", help="figure names (default: all published figures)")
+    parser.add_argument("--outdir", default="results/figures")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from clipscale.reference import load_overlap, load_published
+
+    specs = {s.name: s for s in published_specs()}
+    names = args.names or list(specs)
+    try:
+        table = load_published()
+        for name in names:
+            if name not in specs:
+                raise FigureError(f"no published figure named {name!r} (known: {list(specs)})")
+            fig = draw(specs[name], {"published": table}, overlap=load_overlap(),
+                       fit_config={"bootstrap": args.bootstrap}, seed=args.seed)
+            save(fig, [Path(args.outdir) / f"{name}.pdf", Path(args.outdir) / f"{name}.png"])
+            log.info("wrote %s/%s.{pdf,png}", args.outdir, name)
+    except FigureError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

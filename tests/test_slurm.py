@@ -1,0 +1,443 @@
+"""The project's Slurm profile, end to end, on a real single-node Slurm.
+
+The `slurm` tests start munged + slurmctld + slurmd with scripts/slurm/start_slurm.sh (root and the
+Debian packages needed; installed with apt-get when missing), run small workflows with
+``snakemake --profile profiles/slurm`` and stop every daemon they started. Without root or apt
+they skip -- except in CI (CI=true) or with CLIPSCALE_REQUIRE_SLURM=1, where they fail instead.
+
+Evidence that a job went through Slurm does not need accounting (no slurmdbd here): the job
+ids snakemake reports, the jobcomp file (one line per finished job, Slurm state and exit code),
+squeue (finished jobs stay visible for MinJobAge=600 s), the plugin's per-job logs under
+.snakemake/slurm_logs, and SLURM_JOB_ID seen inside the jobs.
+
+Run:  .venv/bin/pytest -m slurm tests/test_slurm.py    (profile checks without Slurm: -m "not slurm")
+
+``run_profile(workdir, targets, configfile, extra_args)`` runs snakemake with the profile under a
+time limit (SIGINT, which makes snakemake scancel its jobs) for other tests to reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+import yaml
+
+from clipscale import launch
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiles" / "slurm"
+START = ROOT / "scripts" / "slurm" / "start_slurm.sh"
+STOP = ROOT / "scripts" / "slurm" / "stop_slurm.sh"
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+PY = sys.executable
+
+# The profile polls at the plugin's pace for real clusters (first check 40 s after submission,
+# then +10 s per idle check); tests poll every second.
+FAST_POLL = ["--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1"]
+
+
+def _require_slurm() -> bool:
+    return os.environ.get("CLIPSCALE_REQUIRE_SLURM") == "1" or os.environ.get("CI", "").lower() in ("1", "true")
+
+
+def _skip_or_fail(reason: str):
+    if _require_slurm():
+        pytest.fail(f"Slurm tests are required here (CI / CLIPSCALE_REQUIRE_SLURM=1) but: {reason}")
+    pytest.skip(reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# the cluster
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SlurmCluster:
+    base: Path
+    env: dict
+    started_by_us: bool
+
+    @property
+    def jobcomp_file(self) -> Path:
+        return self.base / "log" / "jobcomp.txt"
+
+    def jobcomp(self) -> dict[str, dict[str, str]]:
+        """Slurm job id -> fields of its jobcomp line (JobState, ExitCode, Name, Tres, ...)."""
+        out = {}
+        if self.jobcomp_file.exists():
+            for line in self.jobcomp_file.read_text().splitlines():
+                rec = dict(re.findall(r"(\w+)=(\S*)", line))
+                if "JobId" in rec:
+                    out[rec["JobId"]] = rec
+        return out
+
+    def wait_jobcomp(self, ids: Sequence[str], timeout_s: float = 30) -> dict[str, dict[str, str]]:
+        """jobcomp lines are written when a job ends; squeue can report COMPLETED a little earlier."""
+        deadline = time.time() + timeout_s
+        while True:
+            recs = self.jobcomp()
+            if all(i in recs for i in ids) or time.time() > deadline:
+                return recs
+            time.sleep(0.5)
+
+    def squeue(self, name: str) -> dict[str, str]:
+        """Slurm job id -> state, for the jobs named ``name`` (the plugin's run id)."""
+        res = subprocess.run(
+            ["squeue", "--states=all", "--noheader", "--format=%i|%T", "--name", name],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert res.returncode == 0, res.stderr
+        return dict(line.split("|", 1) for line in res.stdout.split())
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A running single-node Slurm for the session; stops the daemons it started, always."""
+    if os.geteuid() != 0:
+        _skip_or_fail("needs root: start_slurm.sh installs Debian packages and runs slurmctld/slurmd")
+    if not shutil.which("apt-get") and not shutil.which("sbatch"):
+        _skip_or_fail("no apt-get to install Slurm (Debian packages slurmctld slurmd slurm-client munge)")
+    base = Path(os.environ.get("SLURM_TEST_BASE") or tmp_path_factory.mktemp("slurm"))
+    env = {**os.environ, "SLURM_TEST_BASE": str(base)}
+    ctld_pid = base / "run" / "slurmctld.pid"
+    already_up = ctld_pid.exists() and _pid_alive(ctld_pid)
+    t0 = time.time()
+    try:
+        res = subprocess.run(["bash", str(START)], env=env, capture_output=True, text=True, timeout=900)
+        if res.returncode in (2, 3):
+            _skip_or_fail(f"start_slurm.sh exit {res.returncode}: {res.stderr.strip()[-2000:]}")
+        assert res.returncode == 0, f"start_slurm.sh failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+        print(f"\n[slurm] up in {time.time() - t0:.1f} s (base {base})")
+        yield SlurmCluster(base=base, env=env, started_by_us=not already_up)
+    finally:
+        if not already_up:
+            stop = subprocess.run(["bash", str(STOP)], env=env, capture_output=True, text=True, timeout=300)
+            print(f"[slurm] stop_slurm.sh exit {stop.returncode}\n{stop.stdout}{stop.stderr}")
+
+
+def _pid_alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text().strip()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# running snakemake with the profile
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProfileRun:
+    cmd: list[str]
+    returncode: int
+    output: str  # stdout and stderr of snakemake, interleaved
+    seconds: float
+    timed_out: bool
+    run_id: str | None = None  # the plugin's Slurm job name for this run
+    jobs: dict[str, str] = field(default_factory=dict)  # Slurm job id -> its .snakemake/slurm_logs file
+
+    def rule_of(self, job_id: str) -> str:
+        """Rule of a submitted job, from the log path .../slurm_logs/rule_<rule>/..."""
+        m = re.search(r"/rule_([^/]+)/", self.jobs[job_id])
+        assert m, self.jobs[job_id]
+        return m.group(1)
+
+    def jobs_of(self, rule: str) -> list[str]:
+        return [j for j in self.jobs if self.rule_of(j) == rule]
+
+
+def run_profile(
+    workdir: Path | str,
+    targets: Sequence[str] = (),
+    configfile: Path | str | None = None,
+    extra_args: Sequence[str] = (),
+    *,
+    timeout_s: float = 600,
+    snakefile: Path | str | None = None,
+    fast_poll: bool = True,
+    env: dict | None = None,
+) -> ProfileRun:
+    """``snakemake --profile profiles/slurm`` in ``workdir``, stopped with SIGINT after timeout_s.
+
+    The Snakefile is ``snakefile``, else ``workdir/Snakefile`` if present, else the project's.
+    SIGINT makes snakemake scancel the jobs it submitted; 60 s later ``timeout`` sends SIGKILL.
+    """
+    workdir = Path(workdir)
+    if snakefile is None:
+        snakefile = workdir / "Snakefile" if (workdir / "Snakefile").exists() else ROOT / "Snakefile"
+    cmd = ["timeout", "-s", "INT", "-k", "60", str(int(timeout_s)), SNAKEMAKE]
+    cmd += ["--profile", str(PROFILE), "--snakefile", str(snakefile), "--directory", str(workdir)]
+    if fast_poll:
+        cmd += FAST_POLL
+    if configfile is not None:
+        cmd += ["--configfile", str(configfile)]
+    cmd += [*extra_args, *targets]
+    t0 = time.time()
+    res = subprocess.run(
+        cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    run = ProfileRun(cmd, res.returncode, res.stdout, time.time() - t0, res.returncode in (124, 137))
+    m = re.search(r"SLURM run ID: (\S+)", res.stdout)
+    run.run_id = m.group(1) if m else None
+    for jid, log in re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.", res.stdout):
+        run.jobs[jid] = log
+    return run
+
+
+def _explain(run: ProfileRun) -> str:
+    return f"command: {' '.join(run.cmd)}\nexit {run.returncode} after {run.seconds:.0f} s\n{run.output[-6000:]}"
+
+
+def _write_workflow(workdir: Path, snakefile: str) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "Snakefile").write_text(textwrap.dedent(snakefile))
+
+
+# ---------------------------------------------------------------------------------------------
+# tests with a real Slurm
+# ---------------------------------------------------------------------------------------------
+
+GOOD_WORKFLOW = f"""
+    PY = {PY!r}
+
+    localrules: all
+
+    rule all:
+        input: "out/a.txt", "out/b.txt", "out/train.json", "out/launch.json"
+
+    # single-task jobs: the plugin runs the rule inside `srun -n1`
+    rule one:
+        output: "out/{{name}}.txt"
+        log: "logs/one_{{name}}.log"
+        resources: mem_mb=200, runtime=5
+        shell: "(echo $SLURM_JOB_ID; hostname) > {{output}} 2> {{log}}"
+
+    # named like the pipeline's training rule: its resources come from the profile's
+    # set-resources (tasks=2, mpi="srun", nodes=1, cpus_per_task=1)
+    rule train:
+        output: "out/train.json"
+        log: "logs/train.log"
+        shell:
+            "{{resources.mpi}} -n {{resources.tasks}} {{PY}} -m clipscale.launch check --timeout 60"
+            " --out out/train_rank{{{{rank}}}}.json > {{log}} 2>&1"
+            " && cat out/train_rank0.json out/train_rank1.json > {{output}}"
+
+    # the srun command that clipscale.launch builds, inside a 2-task job
+    rule launch_check:
+        output: "out/launch.json"
+        log: "logs/launch_check.log"
+        resources: tasks=2, mpi="srun", cpus_per_task=1, mem_mb=1000, runtime=5
+        shell:
+            "eval $({{PY}} -m clipscale.launch command --nproc {{resources.tasks}}"
+            " -- -m clipscale.launch check --timeout 60 --out out/launch_rank{{{{rank}}}}.json) > {{log}} 2>&1"
+            " && cat out/launch_rank0.json out/launch_rank1.json > {{output}}"
+"""
+
+
+@pytest.mark.slurm
+def test_profile_runs_jobs_through_sbatch(slurm_cluster, tmp_path):
+    wd = tmp_path / "good"
+    _write_workflow(wd, GOOD_WORKFLOW)
+    run = run_profile(wd, timeout_s=300)
+    assert run.returncode == 0, _explain(run)
+    assert run.run_id and run.run_id.startswith("clipscale_"), _explain(run)  # slurm-jobname-prefix
+    # every non-local job went through sbatch: 2 x one, train, launch_check
+    assert len(run.jobs) == 4, _explain(run)
+    assert sorted(run.rule_of(j) for j in run.jobs) == ["launch_check", "one", "one", "train"]
+
+    # accounting-free evidence: jobcomp (Slurm's own record of each finished job) ...
+    recs = slurm_cluster.wait_jobcomp(list(run.jobs))
+    for jid in run.jobs:
+        assert jid in recs, f"job {jid} missing from {slurm_cluster.jobcomp_file}"
+        assert recs[jid]["Name"] == run.run_id
+        assert recs[jid]["JobState"] == "COMPLETED" and recs[jid]["ExitCode"] == "0:0", recs[jid]
+    # ... squeue (finished jobs stay listed for MinJobAge) ...
+    assert slurm_cluster.squeue(run.run_id) == {j: "COMPLETED" for j in run.jobs}
+    # ... the plugin's per-job Slurm logs (kept by slurm-keep-successful-logs) ...
+    for jid, log in run.jobs.items():
+        assert Path(log).is_file() and Path(log).parent.is_relative_to(wd / ".snakemake" / "slurm_logs")
+        assert "Finished jobid: 0" in Path(log).read_text(), log
+    # ... and the jobs saw their own SLURM_JOB_ID
+    seen = {(wd / f"out/{n}.txt").read_text().split()[0] for n in "ab"}
+    assert seen == set(run.jobs_of("one"))
+
+    # resources reached sbatch: the profile's train block and launch_check's own
+    (train_id,) = run.jobs_of("train")
+    assert "cpu=2" in recs[train_id]["Tres"] and "mem=4000M" in recs[train_id]["Tres"], recs[train_id]
+    assert recs[train_id]["TimeLimit"] == "120"  # runtime "120 * attempt", attempt 1
+    for jid in run.jobs_of("one"):
+        assert "mem=200M" in recs[jid]["Tres"] and recs[jid]["TimeLimit"] == "5", recs[jid]
+
+    # the 2-task jobs: two ranks that met at the same MASTER_ADDR:MASTER_PORT and all-reduced
+    for rule, out in (("train", "out/train.json"), ("launch_check", "out/launch.json")):
+        ranks = [json.loads(line) for line in (wd / out).read_text().splitlines()]
+        assert sorted(r["rank"] for r in ranks) == [0, 1], ranks
+        assert {r["world_size"] for r in ranks} == {2}
+        assert {r["launcher"] for r in ranks} == {"slurm"}
+        assert {r["rank_sum"] for r in ranks} == {1}
+        assert len({(r["master_addr"], r["master_port"]) for r in ranks}) == 1
+        (jid,) = run.jobs_of(rule)
+        ports = {launch.port_for_job(jid, step) for step in range(4)}
+        assert ranks[0]["master_port"] in ports, (ranks, jid)
+
+
+FAILING_WORKFLOW = """
+    localrules: all
+
+    rule all:
+        input: "out/ok.txt", "out/fail.txt"
+
+    rule ok:
+        output: "out/ok.txt"
+        log: "logs/ok.log"
+        resources: mem_mb=200, runtime=5
+        shell: "echo fine > {output} 2> {log}"
+
+    rule fail:
+        output: "out/fail.txt"
+        log: "logs/fail.log"
+        resources: mem_mb=200, runtime=5
+        shell: "echo 'clipscale test: failing on purpose' > {log}; exit 3"
+"""
+
+
+@pytest.mark.slurm
+def test_failing_job_is_reported(slurm_cluster, tmp_path):
+    wd = tmp_path / "failing"
+    _write_workflow(wd, FAILING_WORKFLOW)
+    run = run_profile(wd, timeout_s=300)
+    assert not run.timed_out, _explain(run)
+    assert run.returncode != 0, _explain(run)
+    assert "Error in rule fail" in run.output, _explain(run)
+    # keep-going: the independent job still ran and succeeded
+    assert (wd / "out/ok.txt").read_text().strip() == "fine"
+    assert not (wd / "out/fail.txt").exists()
+    # retries: 1 -> the failing job was submitted twice, both failed in Slurm
+    fail_ids = run.jobs_of("fail")
+    assert len(fail_ids) == 2, _explain(run)
+    recs = slurm_cluster.wait_jobcomp(fail_ids)
+    for jid in fail_ids:
+        assert recs[jid]["JobState"] == "FAILED" and recs[jid]["ExitCode"] != "0:0", recs.get(jid)
+        slurm_log = Path(run.jobs[jid]).read_text()
+        assert "Error in rule fail" in slurm_log and "exit status 3" in slurm_log, slurm_log[-3000:]
+    assert (wd / "logs/fail.log").read_text().strip() == "clipscale test: failing on purpose"
+    assert f"SLURM-job '{fail_ids[0]}' failed" in run.output, _explain(run)
+    (ok_id,) = run.jobs_of("ok")
+    assert recs.get(ok_id, slurm_cluster.wait_jobcomp([ok_id])[ok_id])["JobState"] == "COMPLETED"
+
+
+HANGING_WORKFLOW = """
+    rule hang:
+        output: "out/never.txt"
+        log: "logs/hang.log"
+        resources: mem_mb=200, runtime=10
+        shell: "sleep 600 > {log} 2>&1; touch {output}"
+"""
+
+
+@pytest.mark.slurm
+def test_time_limit_sigint_cancels_jobs(slurm_cluster, tmp_path):
+    """A run stopped by `timeout -s INT` ends promptly and leaves no job behind in Slurm."""
+    wd = tmp_path / "hanging"
+    _write_workflow(wd, HANGING_WORKFLOW)
+    run = run_profile(wd, timeout_s=25)
+    assert run.timed_out and run.seconds < 25 + 60, _explain(run)
+    (jid,) = run.jobs
+    recs = slurm_cluster.wait_jobcomp([jid])
+    assert recs[jid]["JobState"] == "CANCELLED", recs.get(jid)
+    assert slurm_cluster.squeue(run.run_id) == {jid: "CANCELLED"}
+
+
+# ---------------------------------------------------------------------------------------------
+# profile checks that need no Slurm
+# ---------------------------------------------------------------------------------------------
+
+
+def _profile() -> dict:
+    return yaml.safe_load((PROFILE / "config.yaml").read_text())
+
+
+def _plugin_settings() -> set[str]:
+    from snakemake_executor_plugin_slurm import ExecutorSettings
+
+    return {f.name for f in ExecutorSettings.__dataclass_fields__.values()}
+
+
+def test_profile_options_exist_in_plugin():
+    """Every slurm-* key of the profile is a setting of the installed plugin (typos fail here)."""
+    settings = _plugin_settings()
+    keys = [k for k in _profile() if k.startswith("slurm-")]
+    assert keys, "profile sets no slurm-* option"
+    for k in keys:
+        assert k.removeprefix("slurm-").replace("-", "_") in settings, f"{k} is not a plugin setting"
+    prof = _profile()
+    assert prof["executor"] == "slurm"
+    assert prof["slurm-status-command"] == "squeue"
+    assert prof["retries"] >= 1 and prof["rerun-incomplete"] is True
+
+
+def test_profile_resources_in_dry_run(tmp_path):
+    """The profile parses and its per-rule resources reach the jobs (dry run, no Slurm needed)."""
+    _write_workflow(
+        tmp_path,
+        """
+        rule all:
+            input: "t.txt", "e.txt"
+        rule train:
+            output: "t.txt"
+            shell: "touch {output}"
+        rule evaluate:
+            output: "e.txt"
+            shell: "touch {output}"
+        """,
+    )
+    env = {**os.environ, "CLIPSCALE_SLURM_PARTITION": "gpu-test", "CLIPSCALE_SLURM_ACCOUNT": "proj-test"}
+    res = subprocess.run(
+        [SNAKEMAKE, "--profile", str(PROFILE), "-n", "--directory", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = res.stdout + res.stderr
+    blocks = {m.group(1): m.group(2) for m in re.finditer(r"rule (\w+):\n(.*?)\n\n", text + "\n\n", re.S)}
+    train = blocks["train"]
+    for item in ("tasks=2", "mpi=srun", "nodes=1", "cpus_per_task=1", "gpu=0", "mem_mb=4000", "runtime=120"):
+        assert re.search(rf"\b{item}\b", train), (item, train)
+    for item in ("slurm_partition=gpu-test", "slurm_account=proj-test"):
+        assert item in train, (item, train)
+    assert re.search(r"\bruntime=60\b", blocks["evaluate"]), blocks["evaluate"]
+
+
+def test_profile_rules_exist_in_pipeline():
+    """set-resources names rules of the real pipeline (snakemake ignores unknown rule names)."""
+    if not (ROOT / "Snakefile").exists():
+        pytest.skip("the pipeline's Snakefile is not there yet")
+    res = subprocess.run(
+        [SNAKEMAKE, "--list-rules", "--snakefile", str(ROOT / "Snakefile")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    rules = set(res.stdout.split())
+    missing = set(_profile()["set-resources"]) - rules
+    assert not missing, f"profiles/slurm/config.yaml set-resources names unknown rules {sorted(missing)}"

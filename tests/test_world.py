@@ -1,0 +1,118 @@
+import hashlib
+import io
+import json
+
+import pandas as pd
+from PIL import Image
+
+from clipscale import world
+from clipscale.shards import iter_samples
+from conftest import SMALL_WORLD
+
+
+def digest(folder):
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_generation_is_deterministic(small_world, tmp_path):
+    again = tmp_path / "again"
+    world.generate(SMALL_WORLD, again, progress=False)
+    assert digest(small_world) == digest(again)
+    other = tmp_path / "other"
+    world.generate(world.WorldSpec(**{**SMALL_WORLD.__dict__, "seed": 4}), other, progress=False)
+    assert digest(small_world / "pool") != digest(other / "pool")
+
+
+def test_pool_is_img2dataset_like(small_world):
+    shards = sorted((small_world / "pool").glob("*.tar"))
+    assert [s.name for s in shards] == [f"{i:05d}.tar" for i in range(6)]
+    n = 0
+    for shard in shards:
+        meta = pd.read_parquet(shard.with_suffix(".parquet"))
+        stats = json.loads(shard.with_name(shard.stem + "_stats.json").read_text())
+        samples = list(iter_samples(shard))
+        assert len(samples) == len(meta) == stats["successes"] == 100
+        for (key, files), row in zip(samples, meta.itertuples()):
+            assert set(files) == {"jpg", "txt", "json"}
+            assert key == row.key and files["txt"].decode() == row.caption
+            img = Image.open(io.BytesIO(files["jpg"]))
+            meta_json = json.loads(files["json"])
+            if meta_json.get("transform") != "resize":  # planted resized copies differ
+                assert img.size == (32, 32)
+        n += len(samples)
+    assert n == SMALL_WORLD.pool_size
+
+
+def test_captions_describe_the_images(small_world):
+    """Full captions name the drawn attributes: the structure a CLIP can learn."""
+    full = 0
+    for key, files in iter_samples(small_world / "pool" / "00000.tar"):
+        meta = json.loads(files["json"])
+        text = files["txt"].decode()
+        if meta["kind"] == "synthetic" and meta["caption_kind"] == "full":
+            full += 1
+            for attr in ("shape", "colour", "size") + (("count",) if meta["count"] != "one" else ("position",)):
+                assert meta[attr] in text, (text, meta)
+        if meta["kind"] == "digit":
+            assert meta["digit"] in text
+    assert full > 50
+
+
+def test_downstream_sets_in_clip_benchmark_layout(small_world):
+    root = small_world / "downstream"
+    assert sorted(p.name for p in root.iterdir()) == sorted(world.DOWNSTREAM_SETS)
+    for name, (kind, classes, templates, _group) in world.DOWNSTREAM_SETS.items():
+        d = root / name
+        assert (d / "dataset_type.txt").read_text().strip() == kind
+        nshards = int((d / "test" / "nshards.txt").read_text())
+        samples = [s for i in range(nshards) for s in iter_samples(d / "test" / f"{i}.tar")]
+        assert samples
+        if kind == "classification":
+            assert (d / "classnames.txt").read_text().split("\n")[:-1] == classes
+            assert all("{c}" in t for t in (d / "zeroshot_classification_templates.txt").read_text().split("\n")[:-1])
+            labels = {int(f["cls"]) for _k, f in samples}
+            assert labels == set(range(len(classes)))
+        else:
+            assert all(len(f["txt"].decode().splitlines()) == 2 for _k, f in samples)
+
+
+def test_clip_benchmark_reads_the_sets(small_world):
+    from clip_benchmark.datasets.builder import build_dataset
+
+    ds = build_dataset("wds/shapes", root=str(small_world / "downstream" / "shapes"),
+                       transform=lambda im: im.size, split="test", task="zeroshot_classification")
+    items = list(ds)
+    assert len(items) == 4 * len(world.SHAPES)
+    assert ds.classes == world.SHAPES
+
+
+def test_digits_are_real_images(small_world):
+    from sklearn.datasets import load_digits
+
+    test = small_world / "downstream" / "digits" / "test"
+    n_test = sum(1 for shard in test.glob("*.tar") for _ in iter_samples(shard))
+    assert n_test == len(load_digits().target) - int(0.4 * 1797) - int(0.3 * 1797)
+
+
+def test_planted_duplicates_are_recorded(small_world):
+    truth = pd.read_csv(small_world / "planted_duplicates.csv", dtype=str)
+    assert len(truth) == SMALL_WORLD.near_duplicates
+    assert set(truth["transform"]) == set(world.NEAR_DUPLICATE_TRANSFORMS)
+    by_key = {}
+    for shard in sorted((small_world / "pool").glob("*.tar")):
+        for key, files in iter_samples(shard):
+            by_key[key] = json.loads(files["json"])
+    test_keys = {}
+    for name in world.DOWNSTREAM_SETS:
+        for shard in (small_world / "downstream" / name / "test").glob("*.tar"):
+            for key, _f in iter_samples(shard):
+                test_keys.setdefault(name, set()).add(key)
+    for row in truth.itertuples():
+        meta = by_key[row.pool_key]
+        assert meta["kind"] == "planted" and meta["test_key"] == row.test_key
+        assert row.test_key in test_keys[row.dataset]

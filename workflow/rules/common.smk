@@ -1,0 +1,63 @@
+# Config validation (before any job) and the helpers every rule file uses.
+import json
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from clipscale import config as cs_config
+from clipscale import grid, paths
+from clipscale.world import WorldSpec
+
+
+# Snakemake's own schema validation (fills defaults), then clipscale's cross-reference checks;
+# a bad config stops here, naming the key, before any job is scheduled.
+validate(config, str(cs_config.SCHEMA_PATH))
+try:
+    cs_config.validate(config, source="config (config/config.yaml + --configfile/--config)")
+except cs_config.ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+RUNS = grid.runs(config)
+USE_WORLD = config["pool"]["source"] == "world"
+
+wildcard_constraints:
+    model="[^/]+",
+    scale="[^/]+",
+    samples="[0-9.]+[kMBG]?",
+    dataset="[^/]+",
+    epoch="[0-9]+",
+    group="[0-9]+",
+
+
+def pool_shards():
+    """The pool's tar shards: made by the world generator, or found in the user's directory."""
+    if USE_WORLD:
+        spec = WorldSpec.from_config(config)
+        return [f"{paths.WORLD_POOL}/{i:05d}.tar" for i in range(spec.n_shards)]
+    folder = Path(config["pool"]["source"])
+    shards = sorted(str(p) for p in folder.glob("*.tar"))
+    if not shards:
+        raise WorkflowError(f"pool.source {folder}: no .tar shards found")
+    return shards
+
+
+def pool_dir():
+    return paths.WORLD_POOL if USE_WORLD else config["pool"]["source"]
+
+
+def downstream_dir(dataset):
+    spec = config["downstream"][dataset]
+    return spec.get("path", paths.fill(paths.WORLD_DOWNSTREAM, dataset=dataset))
+
+
+def downstream_input(dataset):
+    """What a job reading a downstream set waits for (the world, or nothing for user sets)."""
+    return [paths.WORLD_DONE] if "path" not in config["downstream"][dataset] else []
+
+
+def log_path(rule_name, *parts):
+    return "/".join([paths.LOGS, rule_name, *parts]) + ".log"
+
+
+def bench_path(rule_name, *parts):
+    return "/".join([paths.BENCHMARKS, rule_name, *parts]) + ".tsv"

@@ -1,0 +1,61 @@
+# 1. data: the embedded default world (when pool.source is "world") and nested subsets.
+
+
+def data_targets():
+    return expand(paths.SUBSET_MANIFEST, scale=config["grid"]["scales"])
+
+
+rule make_world:
+    output:
+        done=paths.WORLD_DONE,
+        duplicates=paths.WORLD_DUPLICATES,
+        shards=pool_shards() if USE_WORLD else [],
+    log:
+        log_path("make_world", "world"),
+    benchmark:
+        bench_path("make_world", "world")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../scripts/make_world.py"
+
+
+rule index_pool:
+    input:
+        pool_shards(),
+    output:
+        paths.POOL_INDEX,
+    params:
+        pool=pool_dir(),
+    log:
+        log_path("index_pool", "pool"),
+    benchmark:
+        bench_path("index_pool", "pool")
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    script:
+        "../scripts/index_pool.py"
+
+
+rule subset:
+    input:
+        paths.POOL_INDEX,
+    output:
+        paths.SUBSET_MANIFEST,
+    params:
+        size=lambda wc: config["scales"][wc.scale],
+        seed=config["seed"],
+    log:
+        log_path("subset", "{scale}"),
+    benchmark:
+        bench_path("subset", "{scale}")
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    script:
+        "../scripts/subset.py"

@@ -1,0 +1,182 @@
+# 2. dedup: are the downstream test images in the pool? (the paper's Sec. 3 and Table 3)
+# pHash every pool image (one job per dedup.shards_per_job shards) and every downstream test
+# image (one job per set), gather the pool hashes, match within dedup.radius, then report.
+from clipscale import dedup as cs_dedup
+
+DEDUP_GROUPS = cs_dedup.group_shards(pool_shards(), config["dedup"]["shards_per_job"])
+DEDUP_SETS = [n for n, spec in config["downstream"].items() if spec.get("dedup", True)]
+DEDUP_TESTS = expand(paths.DOWNSTREAM_HASHES, dataset=DEDUP_SETS)
+DEDUP_POOL_SHARDS = sum(len(group) for group in DEDUP_GROUPS.values())
+# what reading a downstream set waits for (the world, or nothing for a user's set)
+DEDUP_SET_INPUTS = sorted({f for name in DEDUP_SETS for f in downstream_input(name)})
+# walltimes (min): hashing ~10k LAION images per shard at ~700 images/s; streaming the whole
+# pool's hashes (gather, match) or copying its shards (filter)
+DEDUP_STREAM_MINUTES = max(10, DEDUP_POOL_SHARDS // 1000)
+DEDUP_COPY_MINUTES = max(10, DEDUP_POOL_SHARDS // 10)
+
+
+def dedup_targets():
+    if not DEDUP_SETS:
+        return []
+    targets = [paths.OVERLAP_TABLE, paths.CONTACT_SHEET, paths.HASH_REPORT]
+    if USE_WORLD:
+        targets.append(paths.PLANTED_RECALL)
+    if config["dedup"]["remove_duplicates"]:
+        targets += expand(paths.SUBSET_DEDUP_MANIFEST, scale=config["grid"]["scales"])
+    return targets
+
+
+rule dedup_hash_pool:
+    input:
+        lambda wc: DEDUP_GROUPS[wc.group],
+    output:
+        paths.POOL_HASHES,
+    log:
+        log_path("dedup_hash_pool", "{group}"),
+    benchmark:
+        bench_path("dedup_hash_pool", "{group}")
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=lambda wc: max(10, 5 * len(DEDUP_GROUPS[wc.group])),
+    script:
+        "../scripts/dedup_hash.py"
+
+
+rule dedup_hash_downstream:
+    input:
+        lambda wc: downstream_input(wc.dataset),
+    output:
+        paths.DOWNSTREAM_HASHES,
+    log:
+        log_path("dedup_hash_downstream", "{dataset}"),
+    benchmark:
+        bench_path("dedup_hash_downstream", "{dataset}")
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    params:
+        dataset_dir=lambda wc: downstream_dir(wc.dataset),
+    script:
+        "../scripts/dedup_hash.py"
+
+
+rule dedup_gather:
+    input:
+        pool=expand(paths.POOL_HASHES, group=list(DEDUP_GROUPS)),
+        downstream=DEDUP_TESTS,
+    output:
+        hashes=paths.ALL_POOL_HASHES,
+        report=paths.HASH_REPORT,
+    log:
+        log_path("dedup_gather", "pool"),
+    benchmark:
+        bench_path("dedup_gather", "pool")
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=DEDUP_STREAM_MINUTES,
+    script:
+        "../scripts/dedup_gather.py"
+
+
+rule dedup_match:
+    input:
+        pool=paths.ALL_POOL_HASHES,
+        tests=DEDUP_TESTS,
+    output:
+        paths.MATCHES,
+    log:
+        log_path("dedup_match", "matches"),
+    benchmark:
+        bench_path("dedup_match", "matches")
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=DEDUP_STREAM_MINUTES,
+    params:
+        radius=config["dedup"]["radius"],
+    script:
+        "../scripts/dedup_match.py"
+
+
+rule dedup_overlap:
+    input:
+        matches=paths.MATCHES,
+        tests=DEDUP_TESTS,
+    output:
+        paths.OVERLAP_TABLE,
+    log:
+        log_path("dedup_overlap", "overlap"),
+    benchmark:
+        bench_path("dedup_overlap", "overlap")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        radius=config["dedup"]["radius"],
+    script:
+        "../scripts/dedup_overlap.py"
+
+
+rule dedup_contact_sheet:
+    input:
+        matches=paths.MATCHES,
+        images=DEDUP_SET_INPUTS,
+    output:
+        paths.CONTACT_SHEET,
+    log:
+        log_path("dedup_contact_sheet", "contact_sheet"),
+    benchmark:
+        bench_path("dedup_contact_sheet", "contact_sheet")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        pairs=config["dedup"]["contact_sheet_pairs"],
+        seed=config["seed"],
+    script:
+        "../scripts/dedup_contact_sheet.py"
+
+
+rule dedup_planted_recall:
+    input:
+        matches=paths.MATCHES,
+        planted=paths.WORLD_DUPLICATES,
+        pool=paths.ALL_POOL_HASHES,
+        tests=DEDUP_TESTS,
+    output:
+        paths.PLANTED_RECALL,
+    log:
+        log_path("dedup_planted_recall", "planted_recall"),
+    benchmark:
+        bench_path("dedup_planted_recall", "planted_recall")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        radius=config["dedup"]["radius"],
+    script:
+        "../scripts/dedup_planted_recall.py"
+
+
+rule dedup_filter_subset:
+    input:
+        manifest=paths.SUBSET_MANIFEST,
+        matches=paths.MATCHES,
+    output:
+        paths.SUBSET_DEDUP_MANIFEST,
+    log:
+        log_path("dedup_filter_subset", "{scale}"),
+    benchmark:
+        bench_path("dedup_filter_subset", "{scale}")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=DEDUP_COPY_MINUTES,
+    script:
+        "../scripts/dedup_filter_subset.py"

@@ -1,0 +1,84 @@
+# 4. evaluate: clip_benchmark on every checkpoint x downstream set x task (clipscale.evaluate),
+# then one tidy results table. Checkpoints: each run's final one (all of them with
+# evaluate.all_checkpoints) and the released ones of evaluate.released (clipscale.released).
+# A failed evaluation writes its reason to its result file; aggregate_results lists it, and every
+# missing result, in results/results/results_log.txt.
+from clipscale import evaluate as cs_eval
+
+EVAL_TARGETS = cs_eval.target_paths(config)
+EVAL_CONFIG = config["evaluate"]
+
+
+def evaluate_targets():
+    return [paths.RESULTS_TABLE, paths.RESULTS_CSV, paths.RESULTS_LOG]
+
+
+def evaluate_inputs(wildcards):
+    return cs_eval.job_inputs(
+        config,
+        wildcards.source,
+        wildcards.model,
+        wildcards.scale,
+        wildcards.samples,
+        wildcards.epoch,
+        wildcards.dataset,
+    )
+
+
+rule evaluate:
+    input:
+        unpack(evaluate_inputs),
+    output:
+        paths.EVAL,
+    log:
+        log_path(
+            "evaluate",
+            "{source}",
+            "{model}",
+            "{scale}",
+            "{samples}",
+            "epoch_{epoch}",
+            "{dataset}",
+            "{task}",
+        ),
+    benchmark:
+        bench_path(
+            "evaluate",
+            "{source}",
+            "{model}",
+            "{scale}",
+            "{samples}",
+            "epoch_{epoch}",
+            "{dataset}",
+            "{task}",
+        )
+    wildcard_constraints:
+        source="ours|released",
+        epoch="[0-9]+|final",
+        task="zeroshot_classification|zeroshot_retrieval|linear_probe",
+    threads: EVAL_CONFIG["threads"]
+    resources:
+        mem_mb=EVAL_CONFIG["mem_mb"],
+        runtime=EVAL_CONFIG["runtime"],
+        gpus=EVAL_CONFIG["gpus"],
+    script:
+        "../scripts/evaluate.py"
+
+
+rule aggregate_results:
+    input:
+        EVAL_TARGETS,
+    output:
+        table=paths.RESULTS_TABLE,
+        csv=paths.RESULTS_CSV,
+        results_log=paths.RESULTS_LOG,
+    log:
+        log_path("aggregate_results", "results"),
+    benchmark:
+        bench_path("aggregate_results", "results")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/aggregate_results.py"

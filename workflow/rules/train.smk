@@ -1,0 +1,65 @@
+# 3. train: one open_clip run per (model, data scale, samples seen) of the grid.
+# Only run.json is an output: checkpoints stay in the run folder when a job fails, is killed or
+# hits its walltime, and the next attempt resumes from the latest one.
+
+
+def train_targets():
+    return [paths.fill(paths.RUN_DONE, **run.wildcards) for run in RUNS]
+
+
+def train_manifest(wildcards):
+    pattern = (
+        paths.SUBSET_DEDUP_MANIFEST
+        if config["dedup"]["remove_duplicates"]
+        else paths.SUBSET_MANIFEST
+    )
+    return paths.fill(pattern, scale=wildcards.scale)
+
+
+def train_hparams(wildcards):
+    return grid.hparams(config, grid.Run.from_wildcards(**wildcards))
+
+
+def model_profile(wildcards):
+    spec = config["models"][wildcards.model]
+    if "open_clip" in spec and not spec.get("gmac_per_sample"):
+        return paths.fill(paths.MODEL_PROFILE, model=wildcards.model)
+    return []
+
+
+rule model_profile:
+    output:
+        paths.MODEL_PROFILE,
+    log:
+        log_path("model_profile", "{model}"),
+    benchmark:
+        bench_path("model_profile", "{model}")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/model_profile.py"
+
+
+rule train:
+    input:
+        manifest=train_manifest,
+        profile=model_profile,
+    output:
+        paths.RUN_DONE,
+    log:
+        log_path("train", "{model}", "{scale}", "{samples}"),
+    benchmark:
+        bench_path("train", "{model}", "{scale}", "{samples}")
+    threads: lambda wc: train_hparams(wc)["threads"] * train_hparams(wc)["nproc"]
+    resources:
+        mem_mb=lambda wc: train_hparams(wc)["mem_mb"],
+        runtime=lambda wc: train_hparams(wc)["runtime"],
+        nodes=lambda wc: train_hparams(wc)["nodes"],
+        tasks=lambda wc: train_hparams(wc)["nproc"] * train_hparams(wc)["nodes"],
+        gpus=lambda wc: train_hparams(wc)["gpus_per_node"] * train_hparams(wc)["nodes"],
+        cpus_per_task=lambda wc: train_hparams(wc)["threads"],
+        mpi="srun",
+    script:
+        "../scripts/train.py"

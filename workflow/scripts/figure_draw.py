@@ -1,0 +1,15 @@
+"""Adapter: rules figure_* -> clipscale.figures.make (draw one configured figure)."""
+
+from clipscale.figures import make
+from clipscale.logs import job_logging
+
+with job_logging(snakemake.log[0]):  # noqa: F821
+    sm = snakemake  # noqa: F821
+    names = sm.input.keys()
+    make(
+        sm.wildcards.figure,
+        sm.config,
+        {name: sm.input[name] for name in ("published", "ours") if name in names},
+        sm.input["overlap"] if "overlap" in names else None,
+        [sm.output.pdf, sm.output.png],
+    )

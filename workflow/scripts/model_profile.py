@@ -1,0 +1,12 @@
+"""Adapter: rule model_profile -> clipscale.models.measure_gmac (GMAC per sample, params)."""
+import json
+
+from clipscale import models
+from clipscale.logs import job_logging
+
+with job_logging(snakemake.log[0]):  # noqa: F821
+    sm = snakemake  # noqa: F821
+    models.register(sm.config)
+    profile = models.measure_gmac(sm.wildcards.model)
+    with open(sm.output[0], "w") as f:
+        json.dump(profile, f, indent=1)
