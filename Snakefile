@@ -5,7 +5,10 @@
 # Logic lives in the clipscale package (src/clipscale); rules only wire artifacts together.
 
 
-configfile: "config/config.yaml"
+# --configfile replaces this default (it is not merged into it); --config key=value amends it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -120,3 +120,23 @@ def test_groups_of_and_data_size():
     assert table.data_size("LAION-2B") == 2e9
     assert math.isnan(table.data_size("CLIP-WIT"))
     assert table.data_size("S", {"S": 3000}) == 3000
+
+
+def test_columns_are_defined_once():
+    from clipscale import reference
+
+    assert RESULTS_COLUMNS == list(table.DTYPES)
+    assert reference.RESULTS_COLUMNS is RESULTS_COLUMNS  # the published table: the same definition
+    assert set(table.SOURCES) == {"published", "openai", "ours", "released"}
+    empty = table.empty_table()
+    assert list(empty.columns) == RESULTS_COLUMNS and len(validate_table(empty)) == 0
+
+
+def test_released_rows_and_extra_columns():
+    df = make_rows(source="released", epoch=None, checkpoint="Model-XS_Data-12k_Samples-30k_lr-2e-3_bs-256.pt")
+    df["checkpoint"] = [f"c{i}.pt" for i in range(3)]
+    df["data_size"] = 12000
+    out = validate_table(df)
+    assert list(out.columns) == RESULTS_COLUMNS + ["data_size"]
+    assert set(out["source"]) == {"released"} and out["epoch"].isna().all()
+    assert str(out["data_size"].dtype) == "Int64"

@@ -197,6 +197,17 @@ EOF
 fi
 
 # ---- 5. slurmctld + slurmd ----------------------------------------------------------------------
+stop_pid() {  # stop the daemon of a pid file of ours, wait for it
+  local f=$1 pid; alive "$f" || return 0; pid=$(cat "$f"); kill -TERM "$pid"
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"; rm -f "$f"
+}
+if [ "$conf_changed" = 1 ] && { alive "$BASE/run/slurmctld.pid" || alive "$BASE/run/slurmd.pid"; }; then
+  # some parameters (AccountingStorageType, SelectType, node definitions) need a restart, not
+  # `scontrol reconfigure`; queued jobs survive it (state is saved in StateSaveLocation)
+  log "slurm.conf changed: restarting slurmd and slurmctld"
+  stop_pid "$BASE/run/slurmd.pid"; stop_pid "$BASE/run/slurmctld.pid"
+fi
 if ! alive "$BASE/run/slurmctld.pid"; then
   if scontrol ping 2>/dev/null | grep -q 'is UP'; then
     die 1 "a slurmctld not started from $BASE answers 'scontrol ping'; stop it first"
@@ -204,9 +215,6 @@ if ! alive "$BASE/run/slurmctld.pid"; then
   /usr/sbin/slurmctld || { show_log "$BASE/log/slurmctld.log"; die 1 "slurmctld failed to start"; }
   waitfor 60 scontrol ping || { show_log "$BASE/log/slurmctld.log"; die 1 "slurmctld does not answer"; }
   log "slurmctld pid $(cat "$BASE/run/slurmctld.pid")"
-elif [ "$conf_changed" = 1 ]; then
-  log "slurm.conf changed: scontrol reconfigure"
-  scontrol reconfigure
 fi
 if ! alive "$BASE/run/slurmd.pid"; then
   /usr/sbin/slurmd -N "$NODE" || { show_log "$BASE/log/slurmd.log"; die 1 "slurmd failed to start"; }

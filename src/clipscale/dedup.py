@@ -266,10 +266,12 @@ def hash_report(pool: str | Path, downstream: Sequence[str | Path]) -> dict:
 
 def _flip_masks(bits: int, rho: int) -> np.ndarray:
     """All masks of `bits` bits with at most `rho` ones (the chunk's Hamming ball)."""
-    masks = [0]
+    masks = [np.zeros(1, dtype=np.uint64)]
+    singles = np.uint64(1) << np.arange(bits, dtype=np.uint64)
     for k in range(1, rho + 1):
-        masks += [sum(1 << i for i in c) for c in combinations(range(bits), k)]
-    return np.array(masks, dtype=np.uint64)
+        combos = np.array(list(combinations(range(bits), k)), dtype=np.int64).reshape(-1, k)
+        masks.append(np.bitwise_or.reduce(singles[combos], axis=1))
+    return np.concatenate(masks)
 
 
 def _chunk_widths(m: int) -> list[int]:
@@ -352,6 +354,10 @@ class HammingIndex:
         if not 1 <= self.m <= radius + 1:
             raise DedupError(f"n_chunks must be in [1, radius + 1 = {radius + 1}], got {self.m}")
         self.rho = radius // self.m
+        entries = len(self.uniq) * sum(_ball(b, self.rho) for b in _chunk_widths(self.m))
+        if self.rho > 0 and entries > max_entries:
+            raise DedupError(f"{self.m} chunks at radius {radius} need {entries} table entries "
+                             f"(> {max_entries}); use more chunks")
         self.max_candidates = max_candidates
         self.tables: list[_Table] = []
         lo = 0
@@ -395,9 +401,9 @@ class HammingIndex:
         pos = np.searchsorted(t.keys, v)
         hit = pos < len(t.keys)
         hit[hit] = t.keys[pos[hit]] == v[hit]
-        pos = np.where(hit, pos, 0)
-        start = t.indptr[pos]
-        return start, np.where(hit, t.indptr[pos + 1] - start, 0)
+        start = t.indptr[np.where(hit, pos, 0)]
+        end = t.indptr[np.where(hit, pos + 1, 0)]
+        return start, np.where(hit, end - start, 0)
 
     def search_unique(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(query index, distinct-hash id, distance) of every pair within the radius."""
@@ -447,15 +453,14 @@ def match_exact(test: pd.DataFrame, pool: pd.DataFrame) -> pd.DataFrame:
 
 def load_test_hashes(paths: Sequence[str | Path]) -> pd.DataFrame:
     """Hashes of the downstream sets: dataset, key, shard, phash (dataset from each report)."""
-    frames = []
+    frames, names = [], []
     for path in paths:
-        name = read_report(path)["name"]
-        df = pd.read_parquet(path)
-        df.insert(0, "dataset", name)
+        names.append(read_report(path)["name"])
+        df = open_hashes(path).read().to_pandas()
+        df.insert(0, "dataset", names[-1])
         frames.append(df)
     if not frames:
         raise DedupError("no downstream hash files given")
-    names = [f["dataset"].iat[0] for f in frames if len(f)]
     if len(names) != len(set(names)):
         raise DedupError(f"two downstream hash files have the same dataset name: {names}")
     test = pd.concat(frames, ignore_index=True)
@@ -653,8 +658,8 @@ def contact_sheet(matches: pd.DataFrame, out: str | Path, n_pairs: int = 24, see
 
     n = len(sample)
     rows = max(1, math.ceil(n / columns))
-    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2 * columns * 1.3, rows * 1.55),
-                             squeeze=False)
+    height = rows * 1.55 + 0.7
+    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2 * columns * 1.3, height), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i, pair in enumerate(sample.itertuples(index=False)):
@@ -673,8 +678,9 @@ def contact_sheet(matches: pd.DataFrame, out: str | Path, n_pairs: int = 24, see
     if n == 0:
         axes[0, 0].text(0, 0.5, "no test image was found in the pool", fontsize=9)
     fig.suptitle(f"pHash matches: test image (left) beside pool image (right), "
-                 f"{n} of {len(matches)} pairs", fontsize=8)
-    fig.tight_layout()
+                 f"{n} of {len(matches)} pairs", fontsize=8, y=1 - 0.12 / height)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.75 / height, wspace=0.08,
+                        hspace=0.45)
     fig.savefig(out, dpi=150)
     plt.close(fig)
     return n
@@ -779,41 +785,49 @@ def filter_subset(manifest_path: str | Path, matches: pd.DataFrame, out_dir: str
     """Write ``out_dir`` (shards/ + manifest.json, the format of clipscale.subsets) holding the
     subset of ``manifest_path`` without the pool samples in ``matches``.
 
-    Shards keep their boundaries: a whole pool shard that loses nothing is linked, any other one
-    (a shard with a matched sample, or the cut last shard of the subset) is re-written, streamed.
-    A shard left empty is dropped."""
+    Shards keep their boundaries: a whole pool shard with no matched sample is linked without
+    being read; a shard with one (or the cut last shard of the subset) is re-written, streamed,
+    and its entry says how many samples it lost ("removed"). A shard left empty is dropped. With
+    a pool_shard column in ``matches`` only those shards are read; without it, every shard is.
+    """
     from clipscale.subsets import read_manifest
 
     manifest = read_manifest(manifest_path)
-    remove = set(matches["pool_key"].astype(str))
+    keys = matches["pool_key"].astype(str)
+    if "pool_shard" in matches:
+        by_shard: dict[str, set[str]] = {}
+        for shard, key in zip(matches["pool_shard"].astype(str), keys):
+            by_shard.setdefault(_resolved(shard), set()).add(key)
+    else:
+        by_shard = None
+        everywhere = set(keys)
     out_dir = Path(out_dir)
     shard_dir = out_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     for old in shard_dir.iterdir():
         old.unlink()
-    entries, removed_total, removed_keys = [], 0, []
+    entries, removed_keys = [], []
     for entry in manifest["shards"]:
-        src, n_in = entry["file"], int(entry["n_samples"])
+        src, n_in, partial = entry["file"], int(entry["n_samples"]), bool(entry.get("partial"))
         if not Path(src).exists():
             raise DedupError(f"{manifest_path}: shard {src} not found")
+        drop = everywhere if by_shard is None else by_shard.get(_resolved(entry["path"]), set())
         dst = shard_dir / f"{len(entries):06d}.tar"
-        keys_here = _first_keys(src, n_in)
-        drop = [k for k in keys_here if k in remove]
-        if len(keys_here) < n_in:
-            raise DedupError(f"{src}: manifest says {n_in} samples, found {len(keys_here)}")
-        if not drop and not entry.get("partial") and Path(entry["path"]).exists():
+        if by_shard is not None and not drop and not partial:
             os.symlink(Path(entry["path"]).resolve(), dst)
-            kept = n_in
+            kept, dropped = n_in, []
         else:
-            if len(drop) == n_in:
-                removed_total += n_in
-                removed_keys += drop
+            kept, dropped = _copy_without(src, dst, n_in, drop)
+            if kept == 0:
+                dst.unlink()
+                removed_keys += dropped
                 continue
-            kept = _copy_without(src, dst, n_in, set(drop))
-        removed_total += len(drop)
-        removed_keys += drop
-        entries.append({**entry, "n_samples": kept, "partial": bool(entry.get("partial")) or bool(drop),
-                        "removed": len(drop), "file": str(dst.absolute())})
+            if kept == n_in and not partial and Path(entry["path"]).exists():
+                dst.unlink()  # nothing removed after all: link the pool's shard instead
+                os.symlink(Path(entry["path"]).resolve(), dst)
+        removed_keys += dropped
+        entries.append({**entry, "n_samples": kept, "partial": partial or bool(dropped),
+                        "removed": len(dropped), "file": str(dst.absolute())})
     if not entries:
         raise DedupError(f"{manifest_path}: every sample of the subset matched a test image")
     out = {
@@ -823,29 +837,24 @@ def filter_subset(manifest_path: str | Path, matches: pd.DataFrame, out_dir: str
         "n_shards": len(entries),
         "url": str(shard_dir.absolute() / f"{{000000..{len(entries) - 1:06d}}}.tar"),
         "shards": entries,
-        "dedup": {"source_manifest": str(manifest_path), "removed": removed_total,
+        "dedup": {"source_manifest": str(manifest_path), "removed": len(removed_keys),
                   "n_samples_before": int(manifest["n_samples"]),
                   "removed_examples": removed_keys[:20]},
     }
     (out_dir / "manifest.json").write_text(json.dumps(out, indent=1))
-    log.info("%s: %d of %d samples removed, %d left", manifest_path, removed_total,
+    log.info("%s: %d of %d samples removed, %d left", manifest_path, len(removed_keys),
              manifest["n_samples"], out["n_samples"])
     return out
 
 
-def _first_keys(tar: str, n: int) -> list[str]:
-    keys = []
-    for key, files in iter_samples(tar):
-        if len(keys) == n:
-            break
-        if files:
-            keys.append(key)
-    return keys
+def _resolved(path: str) -> str:
+    return str(Path(path).resolve())
 
 
-def _copy_without(src: str, dst: Path, n: int, drop: set[str]) -> int:
-    """Stream the first n samples of src into dst, leaving out the keys in drop."""
-    seen = written = 0
+def _copy_without(src: str, dst: Path, n: int, drop: set[str]) -> tuple[int, list[str]]:
+    """Stream the first n samples of src into dst, leaving out the keys in drop.
+    Returns (samples written, keys left out); fewer than n samples in src is an error."""
+    seen, written, dropped = 0, 0, []
     with ShardWriter(dst) as w:
         for key, files in iter_samples(src):
             if seen == n:
@@ -853,10 +862,15 @@ def _copy_without(src: str, dst: Path, n: int, drop: set[str]) -> int:
             if not files:
                 continue
             seen += 1
-            if key not in drop:
+            if key in drop:
+                dropped.append(key)
+            else:
                 w.write(key, files)
                 written += 1
-    return written
+    if seen < n:
+        dst.unlink(missing_ok=True)
+        raise DedupError(f"{src}: the subset manifest says {n} samples, the shard has {seen}")
+    return written, dropped
 
 
 # 5. command line --------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ import datetime
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -107,6 +106,12 @@ def dataset_dir(config: dict, dataset: str) -> str:
     """The clip_benchmark webdataset directory of a downstream set."""
     spec = config["downstream"][dataset]
     return spec.get("path", paths.fill(paths.WORLD_DOWNSTREAM, dataset=dataset))
+
+
+def benchmark_name(config: dict, dataset: str) -> str:
+    """clip_benchmark's name of a downstream set: downstream.<name>.benchmark_name, else
+    ``wds/<name>`` (a webdataset folder: the world's sets, or the set's path)."""
+    return config["downstream"][dataset].get("benchmark_name") or f"wds/{dataset}"
 
 
 def our_epochs(config: dict, run: grid.Run) -> list[int]:
@@ -395,15 +400,16 @@ def _device_context(cli, device: str) -> Iterator[None]:
 
 
 def clip_benchmark_argv(model: str, checkpoint: str, dataset: str, root: str, task: str, output: str,
-                        *, device: str, batch_size: int, workers: int, recall_k: Iterable[int],
+                        *, batch_size: int, workers: int, recall_k: Iterable[int],
                         fewshot_k: int, fewshot_epochs: int, fewshot_lr: float, feature_root: str,
                         seed: int, amp: bool, verbose: bool = True) -> list[str]:
-    """The clip_benchmark command line of one evaluation (``clip_benchmark eval ...``)."""
+    """The clip_benchmark command line of one evaluation (``clip_benchmark eval ...``);
+    ``dataset`` is clip_benchmark's name of the set (``wds/<name>`` for a webdataset folder)."""
     for value, what in ((checkpoint, "checkpoint"), (output, "output"), (root, "dataset root")):
         if "{" in str(value) or "}" in str(value):
             raise ConfigError(f"{what} path {value!r} contains braces, which clip_benchmark formats")
     argv = [
-        "eval", "--dataset", f"wds/{dataset}", "--dataset_root", root, "--task", task,
+        "eval", "--dataset", dataset, "--dataset_root", root, "--task", task,
         "--model", model, "--pretrained", checkpoint, "--output", output,
         "--batch_size", str(batch_size), "--num_workers", str(workers),
         "--recall_k", *[str(k) for k in recall_k],
@@ -532,9 +538,11 @@ def evaluate_checkpoint(config: dict, info: CheckpointInfo, dataset: str, task: 
     ev = config.get("evaluate", {})
     device = device or resolve_device(ev.get("device", "auto"))
     root = dataset_dir(config, dataset)
-    check_downstream(root, dataset, task)
+    name = benchmark_name(config, dataset)
+    if name.startswith("wds/"):
+        check_downstream(root, dataset, task)
     models.register(config)
-    common = dict(device=device, batch_size=ev.get("batch_size", 256), workers=ev.get("workers", 0),
+    common = dict(batch_size=ev.get("batch_size", 256), workers=ev.get("workers", 0),
                   recall_k=ev.get("recall_k", [1, 5, 10]),
                   fewshot_epochs=ev.get("linear_probe_epochs", 10),
                   fewshot_lr=ev.get("linear_probe_lr", 0.1), feature_root=str(feature_root),
@@ -545,7 +553,7 @@ def evaluate_checkpoint(config: dict, info: CheckpointInfo, dataset: str, task: 
         prepare_feature_cache(Path(feature_root), info.path)
         for k in ev.get("linear_probe_k", [10, "full"]):
             suffix = _shot_suffix(k)
-            argv = clip_benchmark_argv(info.model, info.path, dataset, root, task, output,
+            argv = clip_benchmark_argv(info.model, info.path, name, root, task, output,
                                        fewshot_k=-1 if k == "full" else int(k), **common)
             t0 = time.time()
             dump = run_clip_benchmark(argv, device)
@@ -566,7 +574,7 @@ def evaluate_checkpoint(config: dict, info: CheckpointInfo, dataset: str, task: 
             out["metrics"].update(metrics)
             out["undefined"].update(undefined)
     else:
-        argv = clip_benchmark_argv(info.model, info.path, dataset, root, task, output,
+        argv = clip_benchmark_argv(info.model, info.path, name, root, task, output,
                                    fewshot_k=-1, **common)
         t0 = time.time()
         dump = run_clip_benchmark(argv, device)
@@ -795,6 +803,18 @@ def _add_config(p) -> None:
     p.add_argument("--config-json", help="the resolved config as JSON (instead of --config)")
 
 
+def _reported(func):
+    """A command that prints a clear error (no traceback) and exits 1 on a known failure."""
+    def wrapper(a) -> int:
+        try:
+            return func(a)
+        except (ConfigError, EvaluationError, UpstreamChanged, table.TableError, KeyError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    return wrapper
+
+
+@_reported
 def _cmd_run(a) -> int:
     cfg = _load_config(a)
     target = Target(a.source, a.model, a.scale, a.samples, str(a.epoch), a.dataset, a.task)
@@ -804,6 +824,7 @@ def _cmd_run(a) -> int:
     return 0
 
 
+@_reported
 def _cmd_aggregate(a) -> int:
     cfg = _load_config(a)
     files = a.files or target_paths(cfg)
@@ -811,6 +832,7 @@ def _cmd_aggregate(a) -> int:
     return 0
 
 
+@_reported
 def _cmd_targets(a) -> int:
     for path in target_paths(_load_config(a)):
         print(path)
@@ -853,6 +875,7 @@ def add_commands(subparsers, short: bool = False) -> None:
     p.set_defaults(func=_cmd_targets)
 
 
+@_reported
 def _cmd_run_default_epoch(a) -> int:
     if a.epoch is None:
         if a.source == "released":
@@ -869,11 +892,7 @@ def main(argv: list[str] | None = None) -> int:
     add_commands(parser.add_subparsers(dest="command", required=True), short=True)
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        return a.func(a)
-    except (ConfigError, EvaluationError, UpstreamChanged, table.TableError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return a.func(a)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import logging
 import math
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -47,15 +47,15 @@ from clipscale.table import add_group_means, data_size, groups_of  # noqa: E402
 log = logging.getLogger(__name__)
 
 KINDS = ("compute", "data_bottleneck", "samples_bottleneck", "overlap")
-INPUT_OF_SOURCE = {"published": "published", "openai": "published", "ours": "ours"}
+# "released": the paper's released checkpoints evaluated by this pipeline (in our results table)
+INPUT_OF_SOURCE = {"published": "published", "openai": "published", "ours": "ours", "released": "ours"}
 
-SOURCE_LABELS = {"published": "OpenCLIP (LAION)", "openai": "OpenAI CLIP (WIT)", "ours": "ours"}
-SOURCE_COLORS = {"published": "#D55E00", "openai": "#0072B2", "ours": "#CC79A7"}
-SOURCE_LINESTYLES = {"published": "-", "openai": "--", "ours": "-."}
+SOURCE_LABELS = {"published": "OpenCLIP (LAION)", "openai": "OpenAI CLIP (WIT)", "ours": "ours",
+                 "released": "released, re-evaluated"}
+SOURCE_COLORS = {"published": "#D55E00", "openai": "#0072B2", "ours": "#B5006B", "released": "#009E73"}
+SOURCE_LINESTYLES = {"published": "-", "openai": "--", "ours": "-.", "released": ":"}
 KNOWN_DATA_COLORS = {"LAION-80M": "#1f77b4", "LAION-400M": "#ff7f0e", "LAION-2B": "#2ca02c",
                      "CLIP-WIT": "#000000"}
-EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#d62728", "#1f77b4",
-                "#ff7f0e", "#2ca02c"]
 MARKERS = ["v", "o", "s", "P", "*", "D", "^", "X", "h", "<", ">", "p"]
 
 DATASET_LABELS = {
@@ -74,6 +74,8 @@ METRIC_LABELS = {
     "lp_acc1": "linear probe top-1",
     "lp_acc1_full": "linear probe, full",
 }
+PUBLISHED_CLASSIFICATION = ["imagenet1k", "imagenet_robustness", "vtab+"]
+PUBLISHED_RETRIEVAL = ["mscoco_captions", "flickr30k"]
 TITLE_FONTSIZE = 12
 LABEL_FONTSIZE = 11
 
@@ -117,7 +119,10 @@ class FigureSpec:
         if self.kind == "samples_bottleneck":
             return (f"Error ({metrics}) on {sets} against training data scale, one line per number of "
                     f"samples seen, one panel per model ({sources}): few samples seen limit what more data give.")
-        return f"Share of each downstream test set found as a near-duplicate in the training pool ({sources})."
+        if self.inputs == ["published"]:
+            return ("Share of each downstream test set found as a near-duplicate in LAION-400M by perceptual "
+                    "hashing, as the paper reports it (Table 3).")
+        return "Share of each downstream test set found as a near-duplicate in our training pool."
 
 
 def dataset_label(name: str, ours: bool = False) -> str:
@@ -180,7 +185,9 @@ def _safe(name: str) -> str:
 def default_our_specs(config: Mapping) -> list[FigureSpec]:
     """Figures of our runs, derived from config.downstream (which sets, which tasks, groups):
     zero-shot classification of every set, the mean of each group of two or more classification
-    sets, retrieval, linear probing, both bottlenecks on the first classification set, overlap."""
+    sets, retrieval, linear probing, both bottlenecks on the first classification set, overlap,
+    and, when published.enabled and the sets are real ones (not the embedded world's), our runs
+    beside the paper's on the sets both evaluate."""
     downstream = config.get("downstream", {})
     cls = [d for d, s in downstream.items() if "zeroshot_classification" in s["tasks"]]
     ret = [d for d, s in downstream.items() if "zeroshot_retrieval" in s["tasks"]]
@@ -208,6 +215,26 @@ def default_our_specs(config: Mapping) -> list[FigureSpec]:
                                 title=f"Samples seen bottleneck (zero-shot {cls[0]})"))
     if any(s.get("dedup", True) for s in downstream.values()):
         specs.append(FigureSpec("overlap_ours", "overlap", ["ours"], title="Test sets found in our pool (pHash)"))
+    real_sets = config.get("pool", {}).get("source", "world") != "world"  # the world's sets only borrow names
+    if real_sets and config.get("published", {}).get("enabled", True):
+        # our runs beside the paper's where we evaluate the same sets (e.g. config/paper.yaml)
+        shown = cls + [g for g, m in groups_of(config).items() if len([x for x in m if x in cls]) >= 2]
+        same = [d for d in PUBLISHED_CLASSIFICATION if d in shown]
+        if same:
+            specs.append(FigureSpec("zeroshot_vs_published", "compute", ["published", "openai", "ours"], same,
+                                    ["acc1"], title="Zero-shot classification: our runs and the paper's"))
+        released = config.get("evaluate", {}).get("released", {})
+        same = [d for d in PUBLISHED_CLASSIFICATION + PUBLISHED_RETRIEVAL if d in shown + ret]
+        if same and (released.get("dir") or released.get("files")):
+            metrics = (["acc1"] if any(d in shown for d in same) else []) + (
+                ["image_retrieval_recall@5", "text_retrieval_recall@5"] if any(d in ret for d in same) else [])
+            specs.append(FigureSpec("released_vs_published", "compute", ["published", "released"], same, metrics,
+                                    title="Released checkpoints: our evaluation and the paper's numbers"))
+        same = [d for d in PUBLISHED_RETRIEVAL if d in ret]
+        if same:
+            specs.append(FigureSpec("retrieval_vs_published", "compute", ["published", "openai", "ours"], same,
+                                    ["image_retrieval_recall@5", "text_retrieval_recall@5"],
+                                    title="Zero-shot retrieval: our runs and the paper's"))
     return specs
 
 
@@ -266,9 +293,13 @@ def find_spec(config: Mapping, name: str) -> FigureSpec:
 
 def _style_maps(df: pd.DataFrame, data_sizes: Mapping[str, int] | None):
     data = _order_data(df, data_sizes)
-    colors, extra = {}, iter(EXTRA_COLORS * 3)
-    for d in data:
-        colors[d] = KNOWN_DATA_COLORS.get(d) or next(extra)
+    # the paper's sets keep the paper's colours; others (our scales) a sequential palette in
+    # order of size, light (small) to dark (large)
+    unknown = [d for d in data if d not in KNOWN_DATA_COLORS]
+    cmap = plt.get_cmap("viridis")
+    colors = {d: KNOWN_DATA_COLORS[d] for d in data if d in KNOWN_DATA_COLORS}
+    for i, d in enumerate(unknown):
+        colors[d] = cmap(0.85 - 0.7 * i / max(len(unknown) - 1, 1))
     models = (df.groupby("model")["gmac_per_sample"].median().sort_values().index.tolist())
     markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)}
     labels = _order_samples(df)
@@ -284,7 +315,7 @@ def _order_data(df: pd.DataFrame, data_sizes: Mapping[str, int] | None) -> list[
             if pd.notna(s):
                 known.setdefault(d, int(s))
     size = {d: data_size(d, known) for d in names}
-    rank = {"published": 0, "ours": 1, "openai": 2}
+    rank = {"published": 0, "released": 1, "ours": 2, "openai": 3}
     source = {d: min(rank.get(s, 3) for s in df.loc[df["data"] == d, "source"]) for d in names}
     return sorted(names, key=lambda d: (source[d], math.isnan(size[d]), 0 if math.isnan(size[d]) else size[d], d))
 
@@ -299,7 +330,7 @@ def _log_error_axis(ax, values: np.ndarray) -> None:
     lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
     span = math.log10(hi / lo) if lo > 0 and hi > lo else 0.0
     if span < 0.6:
-        subs = tuple(np.arange(1.0, 10.0, 0.5))
+        subs = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
     elif span < 1.2:
         subs = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
     else:
@@ -307,7 +338,10 @@ def _log_error_axis(ax, values: np.ndarray) -> None:
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_ylim(lo / 10 ** max(0.04, 0.08 * span), hi * 10 ** max(0.04, 0.08 * span))
+    top = hi * 10 ** max(0.04, 0.08 * span)
+    if hi <= 100:  # an error rate: fitted lines may overshoot 100 % at small compute
+        top = min(top, 100.0 * 10 ** 0.02)
+    ax.set_ylim(lo / 10 ** max(0.04, 0.08 * span), top)
 
 
 def _grid(n_rows: int, n_cols: int, width: float = 5.2, height: float = 4.2):
@@ -418,7 +452,7 @@ def draw_compute(spec: FigureSpec, tables: Mapping[str, pd.DataFrame], fit_confi
             line, = ax.plot(xs, y, color=SOURCE_COLORS[source], linestyle=SOURCE_LINESTYLES[source], lw=2,
                             zorder=2, label=f"{SOURCE_LABELS[source]}: {f.formula(tex=True)}")
             fit_handles.append(line)
-            yvals.append(y)
+            yvals.append(np.clip(y, None, 100.0))
             if spec.band and len(f.draws) >= 2:
                 lo, hi = f.interval(xs)
                 ax.fill_between(xs, 100 * lo, 100 * hi, color=SOURCE_COLORS[source], alpha=0.12, lw=0, zorder=1)
@@ -487,7 +521,8 @@ def draw_bottleneck(spec: FigureSpec, tables: Mapping[str, pd.DataFrame], data_s
                 pts = pts.assign(_x=pts[xcol].map({v: j for j, v in enumerate(x_order)})).sort_values("_x")
                 label = key if len(spec.sources) == 1 else f"{key} ({SOURCE_LABELS[source]})"
                 ax.plot(pts["_x"], 100 * pts["error"], marker=markers[model], color=line_colors[key],
-                        linestyle=SOURCE_LINESTYLES[source], lw=2, markersize=7, label=label)
+                        linestyle=SOURCE_LINESTYLES[source] if len(spec.sources) > 1 else "-", lw=2,
+                        markersize=7, label=label)
         ax.set_xticks(range(len(x_order)))
         ax.set_xticklabels(x_order)
         ax.set_xlim(-0.3, len(x_order) - 0.7)

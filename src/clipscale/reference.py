@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipscale.config import format_count, parse_count
+from clipscale.config import format_count
 from clipscale.table import RESULTS_COLUMNS, TableError, validate_table, write_table
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def load_published(directory: Path | None = None) -> pd.DataFrame:
         [load_zeroshot(directory), load_openai(directory), load_linear_probe(directory)], ignore_index=True
     )
     df["data_size"] = df["data"].map(DATA_SIZES).astype("Int64")
-    return validate_table(df, where=str(directory or REFERENCE_DIR))
+    return validate_table(df[RESULTS_COLUMNS + ["data_size"]], where=str(directory or REFERENCE_DIR))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ Models of the config with an ``open_clip`` dict are registered before the checkp
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -160,7 +160,6 @@ class ReleasedCheckpoint:
     samples_seen_source: str  # "table18" or "name"
     batch_size: int
     table18: bool
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def wildcards(self) -> dict:

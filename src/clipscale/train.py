@@ -106,6 +106,23 @@ def open_clip_args(config: dict, run: grid.Run, manifest: dict, hp: dict) -> lis
     return args + list(hp.get("extra_args", []))
 
 
+def check_shards(manifest: dict, manifest_path: str | Path) -> None:
+    """Every local shard of the subset must be a non-empty file: with --dataset-resampled,
+    open_clip skips unreadable shards forever (a hang that floods the log), so fail first."""
+    from braceexpand import braceexpand
+
+    missing = []
+    for source in manifest["url"].split("::"):  # open_clip's separator of several sources
+        if "://" in source or source.startswith("pipe:"):
+            continue  # remote shards: open_clip reads them, nothing to check here
+        missing += [u for u in braceexpand(source)
+                    if not os.path.isfile(u) or os.path.getsize(u) == 0]
+    if missing:
+        raise TrainingError(
+            f"subset {manifest_path}: {len(missing)} shard(s) missing or empty, e.g. {missing[0]}; "
+            f"re-make the subset (or the pool it links to)")
+
+
 def drop_corrupt_latest(run: grid.Run) -> None:
     """A job killed while torch.save wrote a checkpoint leaves an unreadable file that
     ``--resume latest`` would pick: move such files aside (kept, renamed *.corrupt)."""
@@ -146,6 +163,9 @@ class LossGuard:
         self.history.append(value)
 
 
+_active_guard: LossGuard | None = None
+
+
 def install_guards(guard: LossGuard) -> None:
     """Hook the loss check into open_clip_train, and make DDP work on CPU (gloo).
 
@@ -156,13 +176,15 @@ def install_guards(guard: LossGuard) -> None:
     import open_clip_train.train as oct_train
     import open_clip_train.main as oct_main
 
+    global _active_guard
     if not hasattr(oct_train, "backward"):
         raise TrainingError("open_clip_train.train.backward not found: open_clip changed; "
                             "update clipscale.train.install_guards")
+    _active_guard = guard  # a second run in this process is checked by its own guard
     original_backward = oct_train.backward
     if not getattr(original_backward, "_clipscale_guard", False):
         def guarded_backward(total_loss, scaler):
-            guard.check(float(total_loss.detach()))
+            _active_guard.check(float(total_loss.detach()))
             return original_backward(total_loss, scaler)
 
         guarded_backward._clipscale_guard = True
@@ -197,6 +219,7 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path) -> dict:
 
     hp = grid.hparams(config, run)
     manifest = read_manifest(manifest_path)
+    check_shards(manifest, manifest_path)
     device = device_of(hp.get("device", "auto"))
     if device == "cpu":
         torch.set_num_threads(hp.get("threads", 1))
@@ -208,7 +231,8 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path) -> dict:
         from clipscale.launch import apply_env
 
         apply_env()  # rank, world size, MASTER_ADDR/PORT from torchrun's or srun's variables
-    args = open_clip_args(config, run, manifest, hp)
+    # open_clip's --device defaults to cuda: without this, train.device: cpu is ignored on GPUs
+    args = ["--device", device] + open_clip_args(config, run, manifest, hp)
     if rank() == 0:
         drop_corrupt_latest(run)
         done = checkpoints(run)

@@ -116,13 +116,14 @@ def _background(rng: np.random.Generator, size: int, photo: np.ndarray | None = 
         y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
         img = Image.fromarray(photo[y : y + crop, x : x + crop]).convert("RGB")
         return img.resize((size, size), Image.BILINEAR)
-    base = rng.uniform(10, 90, size=3)
-    direction = rng.normal(size=2)
-    direction /= np.linalg.norm(direction) + 1e-9
-    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1) - 0.5
-    ramp = (xx * direction[0] + yy * direction[1])[..., None] * rng.uniform(20, 70)
-    noise = rng.normal(0, rng.uniform(2, 12), size=(size, size, 3))
-    arr = np.clip(base + ramp + noise, 0, 255).astype(np.uint8)
+    # a random low-frequency field (an 8x8 grid of colours, smoothly upsampled) makes every
+    # background distinct at the scale pHash sees, plus fine sensor-like noise
+    base = rng.uniform(10, 80, size=3)
+    field = Image.fromarray(rng.uniform(0, 255, size=(8, 8, 3)).astype(np.uint8), "RGB")
+    field = np.asarray(field.resize((size, size), Image.BICUBIC), dtype=float)
+    amplitude = rng.uniform(0.25, 0.4)
+    noise = rng.normal(0, rng.uniform(2, 10), size=(size, size, 3))
+    arr = np.clip(base + amplitude * (field - 128) + noise, 0, 255).astype(np.uint8)
     return Image.fromarray(arr, "RGB")
 
 

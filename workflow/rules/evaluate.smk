@@ -3,26 +3,7 @@
 # evaluate.all_checkpoints) and the released ones of evaluate.released (clipscale.released).
 # A failed evaluation writes its reason to its result file; aggregate_results lists it, and every
 # missing result, in results/results/results_log.txt.
-from clipscale import evaluate as cs_eval
-
-EVAL_TARGETS = cs_eval.target_paths(config)
-EVAL_CONFIG = config["evaluate"]
-
-
-def evaluate_targets():
-    return [paths.RESULTS_TABLE, paths.RESULTS_CSV, paths.RESULTS_LOG]
-
-
-def evaluate_inputs(wildcards):
-    return cs_eval.job_inputs(
-        config,
-        wildcards.source,
-        wildcards.model,
-        wildcards.scale,
-        wildcards.samples,
-        wildcards.epoch,
-        wildcards.dataset,
-    )
+include: "evaluate_functions.smk"
 
 
 rule evaluate:
@@ -31,27 +12,9 @@ rule evaluate:
     output:
         paths.EVAL,
     log:
-        log_path(
-            "evaluate",
-            "{source}",
-            "{model}",
-            "{scale}",
-            "{samples}",
-            "epoch_{epoch}",
-            "{dataset}",
-            "{task}",
-        ),
+        evaluate_log("log"),
     benchmark:
-        bench_path(
-            "evaluate",
-            "{source}",
-            "{model}",
-            "{scale}",
-            "{samples}",
-            "epoch_{epoch}",
-            "{dataset}",
-            "{task}",
-        )
+        evaluate_log("benchmark")
     wildcard_constraints:
         source="ours|released",
         epoch="[0-9]+|final",

@@ -1,48 +1,11 @@
-# Scaling-law fits (clipscale.fit): the published input (the paper's numbers, no training needed)
-# and ours (results/results/results.parquet of the evaluation's aggregate_results rule).
-
+# 5. fit: scaling laws E = beta C^alpha (clipscale.fit) for the published input (the paper's
+# numbers: no data, no training needed) and ours (results/results/results.parquet, made by the
+# evaluation's aggregate_results rule).
 from clipscale import paths
 from clipscale import reference as _reference
 
 
-def fit_inputs():
-    """Inputs fitted: ours always, the paper's numbers when published.enabled."""
-    inputs = ["ours"]
-    if config.get("published", {}).get("enabled", True):
-        inputs.insert(0, "published")
-    return inputs
-
-
-def _table_path(name, ext):
-    return paths.fill(paths.TABLE, table=name, ext=ext)
-
-
-def published_fit_targets():
-    """Fit tables of the paper's numbers alone."""
-    if "published" not in fit_inputs():
-        return []
-    return [
-        paths.fill(paths.FIT_INPUT_COEFFICIENTS, input="published"),
-        paths.fill(paths.FIT_INPUT_PREDICTIONS, input="published"),
-        _table_path("coefficients_published", "md"),
-        _table_path("predictions_published", "md"),
-    ]
-
-
-def fit_targets():
-    """Final fit outputs for rule all: per-input and combined coefficients and predictions."""
-    return [
-        paths.FIT_COEFFICIENTS,
-        paths.FIT_PREDICTIONS,
-        _table_path("coefficients", "md"),
-        _table_path("predictions", "md"),
-    ]
-
-
-def _fit_table_input(wildcards):
-    if wildcards.input == "published":
-        return paths.PUBLISHED_TABLE
-    return paths.RESULTS_TABLE
+include: "fit_functions.smk"
 
 
 rule published_table:
@@ -67,14 +30,13 @@ rule published_table:
     resources:
         mem_mb=1000,
         runtime=5,
-    shell:
-        "python -m clipscale.reference "
-        "--out {output.table} > {log} 2>&1"
+    script:
+        "../scripts/fit_published_table.py"
 
 
 rule fit_input:
     input:
-        table=_fit_table_input,
+        table=fit_table_input,
     output:
         coefficients=paths.FIT_INPUT_COEFFICIENTS,
         predictions=paths.FIT_INPUT_PREDICTIONS,
@@ -91,12 +53,12 @@ rule fit_input:
             category="Tables",
             subcategory="{input}",
         ),
-    wildcard_constraints:
-        input="published|ours",
     log:
         f"{paths.LOGS}/fit/{{input}}.log",
     benchmark:
         f"{paths.BENCHMARKS}/fit/{{input}}.tsv"
+    wildcard_constraints:
+        input="published|ours",
     threads: 1
     resources:
         mem_mb=2000,
@@ -122,8 +84,8 @@ rule fit_collect:
             category="Tables",
             subcategory="all inputs",
         ),
-        coefficients_md=_table_path("coefficients", "md"),
-        predictions_md=_table_path("predictions", "md"),
+        coefficients_md=fit_table_path("coefficients", "md"),
+        predictions_md=fit_table_path("predictions", "md"),
     log:
         f"{paths.LOGS}/fit/collect.log",
     benchmark:

@@ -1,0 +1,316 @@
+"""Figures (clipscale.figures) from the published table and from a synthetic table of our runs,
+and the Snakemake rules that draw them (workflow/rules/fit.smk, figures.smk)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipscale import config as cs_config
+from clipscale import figures, fit, reference
+from clipscale.figures import FigureError, FigureSpec
+from clipscale.table import complete, validate_table
+
+REPO = Path(__file__).resolve().parents[1]
+FAST_FIT = {"bins": 5, "bootstrap": 20, "ci": 0.95}
+
+
+@pytest.fixture(scope="module")
+def published() -> pd.DataFrame:
+    return reference.load_published()
+
+
+@pytest.fixture(scope="module")
+def cfg() -> dict:
+    return cs_config.load(REPO / "config" / "config.yaml", {"fit": {"bootstrap": 20}})
+
+
+GMAC = {"ViT-XS": 0.002, "ViT-S": 0.006, "ViT-M": 0.03}
+SCALES = {"3k": 3000, "12k": 12000, "48k": 48000}
+SAMPLES = [10_000, 30_000, 90_000]
+
+
+def synthetic_ours(cfg: dict, seed: int = 0) -> pd.DataFrame:
+    """Our runs as the evaluation would tabulate them: error falls with compute, more slowly
+    on small data scales (the data bottleneck), a few intermediate checkpoints."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    lp = [f"lp_acc1_{k}shot" if k != "full" else "lp_acc1_full" for k in cfg["evaluate"]["linear_probe_k"]]
+    for model, gmac in GMAC.items():
+        for scale, size in SCALES.items():
+            for samples in SAMPLES:
+                for epoch in (2, 4):
+                    c = gmac * samples * epoch / 4
+                    for dataset, spec in cfg["downstream"].items():
+                        metrics = []
+                        if "zeroshot_classification" in spec["tasks"]:
+                            metrics.append(("zeroshot_classification", "acc1"))
+                        if "zeroshot_retrieval" in spec["tasks"]:
+                            metrics += [("zeroshot_retrieval", "image_retrieval_recall@5"),
+                                        ("zeroshot_retrieval", "text_retrieval_recall@5")]
+                        if "linear_probe" in spec["tasks"]:
+                            metrics += [("linear_probe", m) for m in lp]
+                        for task, metric in metrics:
+                            err = 0.95 * c ** -0.1 * (1 + 3000 / size * 0.3) * rng.uniform(0.97, 1.03)
+                            rows.append({
+                                "source": "ours", "model": model, "arch_id": model.lower(), "data": scale,
+                                "samples_seen": samples, "samples_seen_label": f"{samples // 1000}k",
+                                "gmac_per_sample": gmac, "task": task, "dataset": dataset, "metric": metric,
+                                "value": 100 * (1 - min(err, 0.99)), "epoch": epoch, "final": epoch == 4,
+                                "checkpoint": f"results/train/{model}/{scale}/{samples}/checkpoints/epoch_{epoch}.pt",
+                            })
+    df = complete(pd.DataFrame(rows))
+    df["data_size"] = df["data"].map(SCALES)
+    return validate_table(df)
+
+
+@pytest.fixture(scope="module")
+def ours(cfg) -> pd.DataFrame:
+    return synthetic_ours(cfg)
+
+
+def check_files(paths):
+    for p in paths:
+        data = Path(p).read_bytes()
+        assert len(data) > 5000, p
+        assert data[:4] == (b"%PDF" if str(p).endswith(".pdf") else b"\x89PNG"), p
+
+
+@pytest.mark.parametrize("spec", figures.published_specs(), ids=lambda s: s.name)
+def test_published_figures(spec, published, tmp_path):
+    fig = figures.draw(spec, {"published": published}, overlap=reference.load_overlap(), fit_config=FAST_FIT)
+    out = [tmp_path / f"{spec.name}.pdf", tmp_path / f"{spec.name}.png"]
+    figures.save(fig, out)
+    check_files(out)
+
+
+def test_legend_holds_the_fitted_formula(published):
+    spec = figures.published_specs()[0]
+    fig = figures.draw(spec, {"published": published}, fit_config=FAST_FIT)
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts == ["OpenCLIP (LAION): $E = 5.86 \\cdot C^{-0.11}$",
+                     "OpenAI CLIP (WIT): $E = 23.18 \\cdot C^{-0.16}$"]
+    # the figure's fits are the coefficient table's (same method, seed, points)
+    table_fit = fit.find_fit(fit.fit_table(published, bootstrap=0, methods=["paper"]), "published", "imagenet1k", "acc1")
+    assert fig.fits[("published", "imagenet1k", "acc1")].params == table_fit.params
+    figures.plt.close(fig)
+
+
+def test_retrieval_panels_grid(published):
+    spec = next(s for s in figures.published_specs() if s.name == "retrieval_published")
+    fig = figures.draw(spec, {"published": published}, fit_config={"bootstrap": 0})
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert titles == ["MS-COCO, image retrieval R@5", "MS-COCO, text retrieval R@5",
+                      "Flickr30K, image retrieval R@5", "Flickr30K, text retrieval R@5"]
+    assert len(fig.fits) == 8
+    figures.plt.close(fig)
+
+
+def test_our_default_figures(cfg, ours, tmp_path):
+    specs = figures.default_our_specs(cfg)
+    names = [s.name for s in specs]
+    assert names == ["zeroshot_ours", "vtab_zeroshot_ours", "retrieval_ours", "linear_probe_ours",
+                     "data_bottleneck_ours", "samples_bottleneck_ours", "overlap_ours"]
+    overlap = pd.DataFrame({"dataset": list(cfg["downstream"]), "overlap_pct": np.linspace(0, 4, 7)})
+    for spec in specs:
+        fig = figures.draw(spec, {"ours": ours}, overlap=overlap, fit_config=cfg["fit"],
+                           data_sizes=cfg["scales"], groups=figures.groups_of(cfg))
+        out = [tmp_path / f"{spec.name}.pdf", tmp_path / f"{spec.name}.png"]
+        figures.save(fig, out)
+        check_files(out)
+    # the group mean over colours, counts, positions, digits was fitted: the synthetic law
+    fig = figures.draw(specs[1], {"ours": ours}, fit_config=FAST_FIT, groups=figures.groups_of(cfg))
+    f = fig.fits[("ours", "vtab+", "acc1")]
+    assert f.method == "binned" and -0.15 < f.params["alpha"] < -0.05
+    figures.plt.close(fig)
+
+
+def test_bottleneck_orders_data_by_size(cfg, ours):
+    spec = FigureSpec("s", "samples_bottleneck", ["ours"], ["shapes"], ["acc1"])
+    shuffled = ours.sample(frac=1.0, random_state=3)
+    fig = figures.draw(spec, {"ours": shuffled}, data_sizes=cfg["scales"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["3k", "12k", "48k"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["10k", "30k", "90k"]
+    assert [a.get_title() for a in fig.axes] == ["ViT-XS", "ViT-S", "ViT-M"]
+    figures.plt.close(fig)
+
+
+def test_overlay_published_and_ours(published, ours):
+    spec = FigureSpec("overlay", "compute", ["published", "openai", "ours"], ["imagenet1k", "shapes"], ["acc1"])
+    assert spec.inputs == ["ours", "published"]
+    fig = figures.draw(spec, {"published": published, "ours": ours}, fit_config={"bootstrap": 0})
+    assert set(fig.fits) == {("published", "imagenet1k", "acc1"), ("openai", "imagenet1k", "acc1"),
+                             ("ours", "shapes", "acc1")}
+    figures.plt.close(fig)
+
+
+def test_clear_errors(published, ours):
+    spec = FigureSpec("x", "compute", ["ours"], ["imagenet1k"], ["acc1"])
+    with pytest.raises(FigureError, match="needs the 'ours' results table"):
+        figures.draw(spec, {"published": published})
+    with pytest.raises(FigureError, match=r"figure 'x': no final results for datasets \['imagenet1k'\]"):
+        figures.draw(spec, {"ours": ours})
+    with pytest.raises(FigureError, match="unknown kind"):
+        figures.draw(FigureSpec("y", "pie", ["ours"], ["shapes"]), {"ours": ours})
+    with pytest.raises(FigureError, match="lacks columns"):
+        figures.draw(FigureSpec("o", "overlap", ["ours"]), overlap=pd.DataFrame({"name": ["a"]}))
+    one_scale = ours[ours["data"] == "48k"]
+    with pytest.raises(FigureError, match="two data scales"):
+        figures.draw(FigureSpec("b", "data_bottleneck", ["ours"], ["shapes"]), {"ours": one_scale})
+
+
+def test_configured_figures(cfg):
+    extra = [{"name": "shapes_vs_imagenet", "kind": "compute", "sources": ["published", "ours"],
+              "datasets": ["imagenet1k", "shapes"], "metrics": ["acc1"], "band": False},
+             {"name": "overlap_published", "kind": "overlap", "sources": ["published"], "title": "mine"}]
+    c = cs_config.load(REPO / "config" / "config.yaml", {"figures": extra})
+    specs = {s.name: s for s in figures.figure_specs(c)}
+    assert "zeroshot_ours" not in specs  # configured figures replace the derived defaults
+    assert specs["overlap_published"].title == "mine"
+    assert specs["shapes_vs_imagenet"].band is False and specs["shapes_vs_imagenet"].fit is True
+    assert "imagenet_zeroshot_published" in specs
+    c["published"]["enabled"] = False
+    assert not any(n.endswith("_published") and n != "overlap_published" for n in
+                   (s.name for s in figures.figure_specs(c)))
+    with pytest.raises(cs_config.ConfigError, match="figures.0.kind"):
+        cs_config.load(REPO / "config" / "config.yaml", {"figures": [{"name": "a", "kind": "pie", "sources": ["ours"]}]})
+    with pytest.raises(FigureError, match="used twice"):
+        figures.figure_specs({"figures": [extra[0], extra[0]], "downstream": {}})
+    with pytest.raises(FigureError, match="unknown keys"):
+        figures.spec_from_dict({"name": "a", "kind": "compute", "sources": ["ours"], "colour": "red"})
+
+
+def test_pipeline_figure_step(tmp_path, cfg, ours, published):
+    tables = {"ours": tmp_path / "results.parquet", "published": tmp_path / "published.parquet"}
+    ours.to_parquet(tables["ours"])
+    published.to_parquet(tables["published"])
+    out = [tmp_path / "zeroshot_ours.pdf", tmp_path / "zeroshot_ours.png"]
+    figures.make("zeroshot_ours", cfg, {"ours": str(tables["ours"])}, None, out)
+    check_files(out)
+    bad = ours.copy()
+    bad.loc[0, "error"] = 0.5
+    bad.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(Exception, match="bad.parquet"):
+        figures.make("zeroshot_ours", cfg, {"ours": str(tmp_path / "bad.parquet")}, None, out)
+    with pytest.raises(FigureError, match="no figure named 'nope'"):
+        figures.make("nope", cfg, {}, None, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Snakemake rules
+
+SNAKEFILE = f"""
+from clipscale import config as cs_config
+
+configfile: "{REPO}/config/config.yaml"
+
+cs_config.validate(config)
+
+include: "{REPO}/workflow/rules/fit.smk"
+include: "{REPO}/workflow/rules/figures.smk"
+
+rule all:
+    input:
+        fit_targets(),
+        figure_targets(),
+    default_target: True
+"""
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(workdir / "Snakefile"),
+           "--directory", str(workdir), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture
+def smk_dir(tmp_path) -> Path:
+    (tmp_path / "Snakefile").write_text(SNAKEFILE)
+    (tmp_path / "fast.yaml").write_text("fit:\n  bootstrap: 20\n  methods: [paper, pareto]\n")
+    return tmp_path
+
+
+def test_one_figure_needs_only_its_inputs(smk_dir):
+    r = snakemake(smk_dir, "-n", "results/figures/imagenet_zeroshot_published.pdf")
+    assert r.returncode == 0, r.stderr
+    log = r.stdout + r.stderr
+    assert "published_table" in log and "figure_compute" in log
+    for other in ("fit_input", "aggregate_results", "figure_overlap", "train"):
+        assert f"rule {other}" not in log
+    # our figures wait for the evaluation's results table
+    r = snakemake(smk_dir, "-n", "results/figures/zeroshot_ours.png")
+    assert r.returncode != 0 and "results/results/results.parquet" in r.stdout + r.stderr
+
+
+def test_lint_clean(smk_dir):
+    """Snakemake's linter finds nothing in the fit and figure rule files but the advice to
+    declare a conda environment per rule (the project installs one environment instead)."""
+    r = snakemake(smk_dir, "--lint")
+    blocks = (r.stdout + r.stderr).split("Lints for ")[1:]
+    ours = [b for b in blocks if "workflow/rules/fit" in b.splitlines()[0] or "workflow/rules/figures" in b.splitlines()[0]]
+    assert len(ours) == 7, blocks  # the 7 rules, each with the conda advice only
+    for block in ours:
+        items = [line.strip() for line in block.splitlines() if line.strip().startswith("* ")]
+        assert items == ["* Specify a conda environment or container for each rule.:"], block
+
+
+@pytest.mark.slow
+def test_published_target_and_report(smk_dir):
+    """Redraw the paper's figures and refit its numbers without training, then the HTML report."""
+    r = snakemake(smk_dir, "published", "--configfile", f"{REPO}/config/config.yaml", str(smk_dir / "fast.yaml"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    figs = sorted(p.name for p in (smk_dir / "results" / "figures").iterdir())
+    assert len(figs) == 16 and "imagenet_zeroshot_published.png" in figs
+    coef = pd.read_csv(smk_dir / "results" / "fit" / "published" / "coefficients.csv")
+    row = coef[(coef["source"] == "published") & (coef["dataset"] == "imagenet1k") & (coef["metric"] == "acc1")
+               & (coef["method"] == "binned")]
+    assert row["alpha"].iloc[0] == pytest.approx(-0.11139884981557445, abs=1e-9)
+    r = snakemake(smk_dir, "published", "--configfile", f"{REPO}/config/config.yaml", str(smk_dir / "fast.yaml"),
+                  "--report", str(smk_dir / "report.html"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = (smk_dir / "report.html").read_text(errors="replace")
+    assert "imagenet_zeroshot_published" in html and "coefficients_published" in html
+
+
+def test_comparison_figures_where_sets_match():
+    paper = cs_config.load(REPO / "config" / "paper.yaml")
+    specs = {s.name: s for s in figures.default_our_specs(paper)}
+    assert specs["zeroshot_vs_published"].datasets == ["imagenet1k", "imagenet_robustness", "vtab+"]
+    assert specs["zeroshot_vs_published"].inputs == ["ours", "published"]
+    assert specs["retrieval_vs_published"].datasets == ["mscoco_captions", "flickr30k"]
+    world = cs_config.load(REPO / "config" / "config.yaml")
+    assert not any("vs_published" in s.name for s in figures.default_our_specs(world))
+
+
+def test_released_checkpoints_beside_the_paper(published, tmp_path):
+    """Released checkpoints re-evaluated by the pipeline (source "released", in our results table)
+    drawn over the paper's numbers for the same checkpoints."""
+    pub = published[(published["source"] == "published") & (published["dataset"] == "imagenet1k")
+                     & (published["metric"] == "acc1")]
+    rel = pub.copy()
+    rel["source"] = "released"
+    rel["value"] = rel["value"] - 0.3  # our evaluation: a little lower
+    rel["error"] = 1 - rel["value"] / 100
+    rel = validate_table(rel)
+    spec = FigureSpec("rel", "compute", ["published", "released"], ["imagenet1k"], ["acc1"])
+    assert spec.inputs == ["ours", "published"]
+    fig = figures.draw(spec, {"published": published, "ours": rel}, fit_config={"bootstrap": 0})
+    a = fig.fits[("published", "imagenet1k", "acc1")].params["alpha"]
+    b = fig.fits[("released", "imagenet1k", "acc1")].params["alpha"]
+    assert abs(a - b) < 0.01
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[1].startswith("released, re-evaluated: $E = ")
+    figures.save(fig, [tmp_path / "rel.png"])
+    check_files([tmp_path / "rel.png"])
+    paper = cs_config.load(REPO / "config" / "paper.yaml",
+                           {"evaluate": {"released": {"dir": str(tmp_path)}}})
+    spec = {s.name: s for s in figures.default_our_specs(paper)}["released_vs_published"]
+    assert spec.sources == ["published", "released"] and "imagenet1k" in spec.datasets

@@ -1,0 +1,50 @@
+# Functions of workflow/rules/figures.smk (kept apart: a rule file holds rules only).
+
+import re
+
+from clipscale import figures as _figures
+from clipscale import paths
+from clipscale import reference as _reference
+
+FIGURES = {spec.name: spec for spec in _figures.figure_specs(config)}
+
+
+def figure_path(ext):
+    return paths.fill(paths.FIGURE, figure="{figure}", ext=ext)
+
+
+def figure_names_of(kind):
+    """Wildcard constraint: the configured figures of a kind (a never-matching regex if none)."""
+    names = [re.escape(name) for name, spec in FIGURES.items() if spec.kind == kind]
+    return "|".join(names) if names else "(?!x)x"
+
+
+def figure_targets():
+    """Every configured figure, PDF and PNG (for the top-level target)."""
+    return expand(paths.FIGURE, figure=list(FIGURES), ext=["pdf", "png"])
+
+
+def published_figure_targets():
+    """The paper's figures, drawn from its published numbers without any training."""
+    names = [name for name, spec in FIGURES.items() if spec.inputs == ["published"]]
+    return expand(paths.FIGURE, figure=names, ext=["pdf", "png"])
+
+
+def figure_inputs(wildcards):
+    """Tables a figure reads: published and/or ours, and the overlap CSV of overlap figures."""
+    spec = FIGURES[wildcards.figure]
+    if spec.kind == "overlap":
+        if spec.inputs == ["published"]:
+            return {"overlap": str(_reference.REFERENCE_DIR / _reference.OVERLAP)}
+        return {"overlap": paths.OVERLAP_TABLE}
+    tables = {"published": paths.PUBLISHED_TABLE, "ours": paths.RESULTS_TABLE}
+    return {name: tables[name] for name in spec.inputs}
+
+
+def figure_params(wildcards):
+    spec = FIGURES[wildcards.figure]
+    return {
+        "caption": spec.caption(),
+        "title": spec.title or spec.name,
+        "inputs": spec.inputs,
+    }
