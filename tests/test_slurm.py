@@ -113,6 +113,8 @@ def slurm_cluster(tmp_path_factory):
         _skip_or_fail("no apt-get to install Slurm (Debian packages slurmctld slurmd slurm-client munge)")
     base = Path(os.environ.get("SLURM_TEST_BASE") or tmp_path_factory.mktemp("slurm"))
     env = {**os.environ, "SLURM_TEST_BASE": str(base)}
+    # the 2-task test jobs need 2 CPUs on the node: on a 1-CPU machine advertise 2 (oversubscribed)
+    env.setdefault("SLURM_TEST_CPUS", str(max(2, len(os.sched_getaffinity(0)))))
     ctld_pid = base / "run" / "slurmctld.pid"
     already_up = ctld_pid.exists() and _pid_alive(ctld_pid)
     t0 = time.time()
@@ -548,18 +550,25 @@ def test_profile_rules_exist_in_pipeline():
 
 
 @pytest.mark.parametrize("configfile", ["config/config.yaml", "config/paper.yaml"])
-def test_pipeline_jobs_are_submittable(configfile):
+def test_pipeline_jobs_are_submittable(configfile, tmp_path):
     """Every job of the pipeline, as the profile would submit it, passes the plugin's checks.
 
     snakemake-executor-plugin-slurm 2.6.1 raises inside its submission thread for mpi jobs with
     tasks < 2, and that error is lost: the run then waits forever. It reads GPUs only from `gpu`
-    (or gres/gpu_model): a `gpus` resource never reaches sbatch.
+    (or gres/gpu_model): a `gpus` resource never reaches sbatch. With `gpu` it also passes
+    --ntasks-per-gpu (tasks_per_gpu, else tasks), which must agree with --ntasks and --gpus.
     """
     _pipeline_ready()
     if not (ROOT / configfile).exists():
         pytest.skip(f"{configfile} is not there yet")
+    extra = []
+    pool = (yaml.safe_load((ROOT / configfile).read_text()) or {}).get("pool", {})
+    if pool.get("source", "world") != "world" and not any((ROOT / pool["source"]).glob("*.tar")):
+        for i in range(40):  # a stand-in for the user's pool: the DAG only lists its shards
+            (tmp_path / f"{i:05d}.tar").touch()
+        extra = ["--config", "pool=" + json.dumps({**pool, "source": str(tmp_path)})]
     res = subprocess.run(
-        [SNAKEMAKE, "-n", "--forceall", "--profile", str(PROFILE), "--configfile", configfile],
+        [SNAKEMAKE, "-n", "--forceall", "--profile", str(PROFILE), "--configfile", configfile, *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -577,7 +586,52 @@ def test_pipeline_jobs_are_submittable(configfile):
                 problems.add(f"{rule}: mpi={r['mpi']} with tasks={tasks} (plugin needs > 1; run hangs)")
         if int(r.get("gpus") or 0) > 0 and not r.get("gpu"):
             problems.add(f"{rule}: gpus={r['gpus']} is not read by the slurm plugin (use gpu=)")
+        gpu, tasks = int(r.get("gpu") or 0), int(r.get("tasks") or 1)
+        if gpu > 0:
+            # the plugin adds --ntasks-per-gpu=(tasks_per_gpu, else tasks) next to --gpus=gpu
+            per_gpu = int(r["tasks_per_gpu"]) if r.get("tasks_per_gpu") not in (None, "") else tasks
+            if per_gpu >= 1 and per_gpu * gpu != tasks:
+                problems.add(f"{rule}: --gpus={gpu} --ntasks-per-gpu={per_gpu} --ntasks={tasks} disagree"
+                             " (set tasks_per_gpu = tasks / gpu)")
         for key in ("runtime", "mem_mb"):
             if not r.get(key):
                 problems.add(f"{rule}: no {key}")
     assert not problems, "\n".join(sorted(problems))
+
+
+def test_missing_slurm_skips_locally_but_fails_in_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("CLIPSCALE_REQUIRE_SLURM", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs root"):
+        _skip_or_fail("needs root")
+    for var, value in (("CI", "true"), ("CLIPSCALE_REQUIRE_SLURM", "1")):
+        monkeypatch.setenv(var, value)
+        with pytest.raises(pytest.fail.Exception, match="required here.*needs root"):
+            _skip_or_fail("needs root")
+        monkeypatch.delenv(var)
+
+
+@pytest.mark.slurm
+def test_embedded_default_through_the_profile(slurm_cluster, tmp_path):
+    """The pipeline itself through sbatch: world, subset, a 2-task (srun) training run,
+    evaluations and the results table, on the real Slurm (tests/data/slurm.yaml)."""
+    run = run_profile(tmp_path, ["results/results/results.parquet"], ROOT / "tests" / "data" / "slurm.yaml",
+                      snakefile=ROOT / "Snakefile", timeout_s=1200)
+    assert run.returncode == 0, _explain(run)
+    rules = sorted(run.rule_of(j) for j in run.jobs)
+    for rule in ("make_world", "index_pool", "subset", "model_profile", "train", "aggregate_results"):
+        assert rules.count(rule) == 1, (rule, rules)
+    assert rules.count("evaluate") == 2, rules  # shapes (classification) + world_captions (retrieval)
+    recs = slurm_cluster.wait_jobcomp(list(run.jobs))
+    for jid in run.jobs:
+        assert recs[jid]["JobState"] == "COMPLETED" and recs[jid]["ExitCode"] == "0:0", recs[jid]
+    (train_id,) = run.jobs_of("train")
+    assert "cpu=2" in recs[train_id]["Tres"], recs[train_id]  # 2 tasks x 1 CPU
+    record = json.loads(next((tmp_path / "results" / "train").rglob("run.json")).read_text())
+    assert record["world_size"] == 2 and record["global_batch_size"] == 128
+    train_log = next((tmp_path / "results" / "logs" / "train").rglob("*.log")).read_text()
+    assert "srun" in train_log  # the ranks were started by srun inside the job
+    import pandas as pd
+
+    table = pd.read_parquet(tmp_path / "results" / "results" / "results.parquet")
+    assert set(table.loc[table["source"] == "ours", "dataset"]) >= {"shapes", "world_captions"}

@@ -125,8 +125,8 @@ def hooks_env(tmp_path_factory) -> dict:
     return {"PYTHONPATH": path, "CLIPSCALE_TEST_HOOKS": "1", "CLIPSCALE_TEST_KILL_AT_STEP": None}
 
 
-def launch(cfg, samples, manifest, folder: Path, env=None) -> dict | None:
-    """train.launch in `folder` (the rule's call); returns run.json's record, None if absent."""
+def launch(cfg, samples, manifest, folder: Path, env=None) -> dict:
+    """train.launch in `folder` (the rule's call); returns the record it wrote to run.json."""
     run = run_of(cfg, samples)
     with inside(folder, env):
         train.launch(cfg, run, manifest, "run.json", log_file="train.log")

@@ -62,7 +62,7 @@ fi
 # ---- 2. config ----------------------------------------------------------------------------------
 NODE=$(hostname -s)
 # RealMemory must not exceed what slurmd detects; leave 1 GB to the system
-MEM=$(( $(free -m | awk '/^Mem:/{print $2}') - 1024 ))
+MEM=$(( $(awk '/^MemTotal:/{print int($2 / 1024)}' /proc/meminfo) - 1024 ))
 mkdir -p "$BASE"/{etc,spool/ctld,spool/d,log,run}
 if [ "$WITH_DBD" = 1 ]; then
   ACCT="AccountingStorageType=accounting_storage/slurmdbd

@@ -319,7 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", required=True, help="subset manifest.json")
     parser.add_argument("--out", required=True, help="run.json to write on success")
     a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # our own handler on the clipscale logger only: open_clip_train installs one on the root
+    # logger, and a second root handler would print every line twice
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     if not (a.config or a.config_json):
         parser.error("one of --config or --config-json is required")
     if a.config_json:

@@ -57,9 +57,16 @@ rule train:
         mem_mb=lambda wc: train_hparams(wc)["mem_mb"],
         runtime=lambda wc: train_hparams(wc)["runtime"],
         nodes=lambda wc: train_hparams(wc)["nodes"],
-        tasks=lambda wc: train_hparams(wc)["nproc"] * train_hparams(wc)["nodes"],
-        gpus=lambda wc: train_hparams(wc)["gpus_per_node"] * train_hparams(wc)["nodes"],
+        tasks=lambda wc: train_hparams(wc)["world_size"],
         cpus_per_task=lambda wc: train_hparams(wc)["threads"],
-        mpi="srun",
+        # the slurm plugin reads "gpu" (not "gpus"); one rank per GPU
+        gpu=lambda wc: train_hparams(wc)["gpus_per_node"] * train_hparams(wc)["nodes"],
+        tasks_per_gpu=lambda wc: (
+            train_hparams(wc)["nproc"] // train_hparams(wc)["gpus_per_node"]
+            if train_hparams(wc)["gpus_per_node"]
+            else 0
+        ),
+        # srun starts the ranks inside the job; the plugin refuses mpi for a single task
+        mpi=lambda wc: "srun" if train_hparams(wc)["world_size"] > 1 else "",
     script:
         "../scripts/train.py"
