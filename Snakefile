@@ -21,6 +21,7 @@ include: "workflow/rules/figures.smk"
 
 
 rule all:
+    default_target: True
     input:
         data_targets(),
         dedup_targets(),
@@ -28,4 +29,3 @@ rule all:
         evaluate_targets(),
         fit_targets(),
         figure_targets(),
-    default_target: True

@@ -665,6 +665,7 @@ class Collected:
     lines: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("ok", "partial", "failed", "missing", "unreadable"), 0))
+    undefined: set = field(default_factory=set)  # (source, checkpoint, dataset, metric)
 
 
 def _target_of(path: str | Path) -> Target | None:
@@ -719,6 +720,7 @@ def collect(files: Iterable[str | Path]) -> Collected:
                            f"  ({path})")
         for metric, why in sorted(data.get("undefined", {}).items()):
             c.lines.append(f"UNDEFINED  {target.describe()} [{metric}]: {why}")
+            c.undefined.add((target.source, data["row"].get("checkpoint"), target.dataset, metric))
         row = data["row"]
         for metric, value in data["metrics"].items():
             c.rows.append({**{k: row.get(k) for k in table.RESULTS_COLUMNS if k in row},
@@ -727,19 +729,26 @@ def collect(files: Iterable[str | Path]) -> Collected:
     return c
 
 
-def group_coverage(df: pd.DataFrame, groups: dict[str, list[str]]) -> list[str]:
-    """Log lines for group means left out because a member has no value."""
+def group_coverage(df: pd.DataFrame, config: dict, undefined: set = frozenset()) -> list[str]:
+    """Log lines for group means left out because a member lacks a value it should have: not
+    for members without that task in the config, nor for metrics a member cannot define
+    (top-5 of 4 classes; those are logged as UNDEFINED)."""
     lines = []
     ident = ["source", "model", "data", "samples_seen", "checkpoint", "epoch", "task", "metric"]
-    for group, members in groups.items():
+    for group, members in table.groups_of(config).items():
         sub = df[df["dataset"].isin(members)]
         if sub.empty or len(set(members)) < 2:
             continue
         for key, part in sub.groupby(ident, dropna=False, sort=True):
+            k = dict(zip(ident, key))
             have = set(part["dataset"])
             lacking = sorted(set(members) - have)
+            expected = [m for m in members if k["task"] in config["downstream"][m]["tasks"]]
+            if set(expected) != set(members):
+                continue  # the config does not ask for this task on every member: no mean
+            if any((k["source"], k["checkpoint"], m, k["metric"]) in undefined for m in lacking):
+                continue
             if lacking:
-                k = dict(zip(ident, key))
                 lines.append(f"NO MEAN    {k['source']} {k['model']} {k['data']} {k['samples_seen']} "
                              f"epoch {k['epoch']} {k['task']} {k['metric']}: group {group} lacks "
                              f"{lacking}")
@@ -752,9 +761,8 @@ def build_table(config: dict, files: Iterable[str | Path]) -> tuple[pd.DataFrame
     if c.rows:
         df = table.complete(pd.DataFrame(c.rows))
         df = table.validate_table(df, where="(evaluation results)")
-        groups = table.groups_of(config)
-        lines = group_coverage(df, groups)
-        df = table.add_group_means(df, groups)
+        lines = group_coverage(df, config, c.undefined)
+        df = table.add_group_means(df, table.groups_of(config))
     else:
         df, lines = table.validate_table(table.empty_table(), where="(no evaluation results)"), []
     return df, c.lines + lines, c.counts

@@ -1,5 +1,5 @@
 # Config validation (before any job) and the helpers every rule file uses.
-import json
+import os
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -8,17 +8,19 @@ from clipscale import config as cs_config
 from clipscale import grid, paths
 from clipscale.world import WorldSpec
 
-
 # Snakemake's own schema validation (fills defaults), then clipscale's cross-reference checks;
 # a bad config stops here, naming the key, before any job is scheduled.
 validate(config, str(cs_config.SCHEMA_PATH))
 try:
-    cs_config.validate(config, source="config (config/config.yaml + --configfile/--config)")
+    cs_config.validate(
+        config, source="config (config/config.yaml + --configfile/--config)"
+    )
 except cs_config.ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 RUNS = grid.runs(config)
 USE_WORLD = config["pool"]["source"] == "world"
+
 
 wildcard_constraints:
     model="[^/]+",
@@ -41,10 +43,6 @@ def pool_shards():
     return shards
 
 
-def pool_dir():
-    return paths.WORLD_POOL if USE_WORLD else config["pool"]["source"]
-
-
 def downstream_dir(dataset):
     spec = config["downstream"][dataset]
     return spec.get("path", paths.fill(paths.WORLD_DOWNSTREAM, dataset=dataset))
@@ -56,8 +54,8 @@ def downstream_input(dataset):
 
 
 def log_path(rule_name, *parts):
-    return "/".join([paths.LOGS, rule_name, *parts]) + ".log"
+    return os.path.join(paths.LOGS, rule_name, *parts) + ".log"
 
 
 def bench_path(rule_name, *parts):
-    return "/".join([paths.BENCHMARKS, rule_name, *parts]) + ".tsv"
+    return os.path.join(paths.BENCHMARKS, rule_name, *parts) + ".tsv"

@@ -1,8 +1,7 @@
 # 1. data: the embedded default world (when pool.source is "world") and nested subsets.
 
 
-def data_targets():
-    return expand(paths.SUBSET_MANIFEST, scale=config["grid"]["scales"])
+include: "data_functions.smk"
 
 
 rule make_world:
@@ -27,8 +26,6 @@ rule index_pool:
         pool_shards(),
     output:
         paths.POOL_INDEX,
-    params:
-        pool=pool_dir(),
     log:
         log_path("index_pool", "pool"),
     benchmark:
@@ -46,9 +43,6 @@ rule subset:
         paths.POOL_INDEX,
     output:
         paths.SUBSET_MANIFEST,
-    params:
-        size=lambda wc: config["scales"][wc.scale],
-        seed=config["seed"],
     log:
         log_path("subset", "{scale}"),
     benchmark:
@@ -57,5 +51,8 @@ rule subset:
     resources:
         mem_mb=1000,
         runtime=60,
+    params:
+        size=lambda wc: config["scales"][wc.scale],
+        seed=config["seed"],
     script:
         "../scripts/subset.py"
