@@ -181,9 +181,10 @@ def profile_command(
     cmd = [SNAKEMAKE, "--profile", str(PROFILE), "--snakefile", str(snakefile), "--directory", str(workdir)]
     if fast_poll:
         cmd += FAST_POLL
-    if configfile is not None:
+    cmd = [*cmd, *extra_args, *targets]
+    if configfile is not None:  # last: --configfile takes every value that follows it
         cmd += ["--configfile", str(configfile)]
-    return [*cmd, *extra_args, *targets]
+    return cmd
 
 
 def _parse_run(run: ProfileRun) -> ProfileRun:
@@ -635,3 +636,12 @@ def test_embedded_default_through_the_profile(slurm_cluster, tmp_path):
 
     table = pd.read_parquet(tmp_path / "results" / "results" / "results.parquet")
     assert set(table.loc[table["source"] == "ours", "dataset"]) >= {"shapes", "world_captions"}
+
+
+@pytest.mark.slurm
+def test_expand_nodelist_agrees_with_scontrol(slurm_cluster):
+    """The built-in node-list parser (used where scontrol is missing) agrees with Slurm's own."""
+    for nodelist in ["node[01-03,07]", "a1,b[2-3],c", "r[1-2]-n[08-10]", "node[8-10]"]:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert launch.expand_nodelist(nodelist) == out.stdout.split(), nodelist

@@ -8,15 +8,21 @@ from clipscale import config as cs_config
 from clipscale import grid, paths
 from clipscale.world import WorldSpec
 
-# Snakemake's own schema validation (fills defaults), then clipscale's cross-reference checks;
-# a bad config stops here, naming the key, before any job is scheduled.
-validate(config, str(cs_config.SCHEMA_PATH))
-try:
-    cs_config.validate(
-        config, source="config (config/config.yaml + --configfile/--config)"
+# A bad config stops here, before any job is scheduled: clipscale's validation against the one
+# schema (every error, as dotted keys, naming the config files) with its cross-reference checks,
+# then Snakemake's own validation against the same schema (the convention; fills defaults too).
+_CONFIG_SOURCE = (
+    " + ".join(
+        [str(f) for f in workflow.configfiles]
+        + (["--config"] if workflow.config_settings.config else [])
     )
+    or "config"
+)
+try:
+    cs_config.validate(config, source=_CONFIG_SOURCE)
 except cs_config.ConfigError as error:
     raise WorkflowError(str(error)) from None
+validate(config, str(cs_config.SCHEMA_PATH))
 
 RUNS = grid.runs(config)
 USE_WORLD = config["pool"]["source"] == "world"
