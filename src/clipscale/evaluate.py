@@ -104,8 +104,7 @@ def dataset_tasks(config: dict) -> list[tuple[str, str]]:
 
 def dataset_dir(config: dict, dataset: str) -> str:
     """The clip_benchmark webdataset directory of a downstream set."""
-    spec = config["downstream"][dataset]
-    return spec.get("path", paths.fill(paths.WORLD_DOWNSTREAM, dataset=dataset))
+    return paths.downstream_dir(config, dataset)
 
 
 def benchmark_name(config: dict, dataset: str) -> str:

@@ -34,8 +34,7 @@ PLANTED_RECALL = f"{DEDUP}/planted_recall.json"
 # 3. train --------------------------------------------------------------------------------------
 RUN_DIR = f"{RESULTS}/train/{{model}}/{{scale}}/{{samples}}"
 RUN_DONE = f"{RUN_DIR}/run.json"                  # written last: final checkpoint, samples, GMAC
-RUN_CHECKPOINTS = f"{RUN_DIR}/checkpoints"         # epoch_N.pt, kept across failures (not an output)
-MODEL_CONFIGS = f"{RESULTS}/models"                # open_clip JSON configs of custom models
+RUN_CHECKPOINTS = f"{RUN_DIR}/openclip/checkpoints"  # epoch_N.pt, kept across failures (not an output)
 MODEL_PROFILE = f"{RESULTS}/models/{{model}}.profile.json"  # measured GMAC per sample, params
 
 # 4. evaluate -----------------------------------------------------------------------------------
@@ -61,6 +60,13 @@ TABLE = f"{RESULTS}/tables/{{table}}.{{ext}}"
 
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
+
+
+def downstream_dir(config: dict, dataset: str) -> str:
+    """The clip_benchmark webdataset directory of a downstream set: its configured path, or the
+    world's set of that name."""
+    spec = config["downstream"][dataset]
+    return spec.get("path", fill(WORLD_DOWNSTREAM, dataset=dataset))
 
 
 def fill(pattern: str, **wildcards) -> str:

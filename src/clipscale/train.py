@@ -48,7 +48,7 @@ def run_dir(run: grid.Run) -> Path:
 
 
 def checkpoint_dir(run: grid.Run) -> Path:
-    return run_dir(run) / OPENCLIP_NAME / "checkpoints"
+    return Path(paths.fill(paths.RUN_CHECKPOINTS, **run.wildcards))
 
 
 def checkpoints(run: grid.Run) -> dict[int, Path]:

@@ -50,8 +50,7 @@ def pool_shards():
 
 
 def downstream_dir(dataset):
-    spec = config["downstream"][dataset]
-    return spec.get("path", paths.fill(paths.WORLD_DOWNSTREAM, dataset=dataset))
+    return paths.downstream_dir(config, dataset)
 
 
 def downstream_input(dataset):
