@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_index_pool)
 
     p = sub.add_parser("subset", help="write one nested subset (shard manifest) of a pool")
-    p.add_argument("--pool", help="img2dataset output directory")
-    p.add_argument("--index", help="pool index parquet (from index-pool) instead of --pool")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pool", help="img2dataset output directory")
+    source.add_argument("--index", help="pool index parquet (from index-pool) instead of --pool")
     p.add_argument("--name", required=True)
     p.add_argument("--size", required=True, help="samples, e.g. 12000 or 80M")
     p.add_argument("--seed", type=int, default=0)
@@ -113,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if a.command != "subset" or a.pool or a.index:
-        return a.func(a)
-    parser.error("subset needs --pool or --index")
-    return 2
+    return a.func(a)
 
 
 if __name__ == "__main__":

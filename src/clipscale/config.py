@@ -10,7 +10,6 @@ import copy
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
@@ -127,11 +126,11 @@ def cross_check(config: dict) -> list[str]:
                 problems.append(f"downstream.{name}: needs a path (pool.source is not 'world')")
     sizes = config["scales"]
     if config["pool"]["source"] == "world":
-        pool_size = config.get("world", {}).get("pool_size", 48000)
+        pool_size = config["world"]["pool_size"]  # filled from the schema's default
         for name, size in sizes.items():
             if size > pool_size:
                 problems.append(f"scales.{name}: {size} samples > world.pool_size {pool_size}")
-    for i, pred in enumerate(config.get("fit", {}).get("predictions", [])):
+    for i, pred in enumerate(config["fit"].get("predictions", [])):
         try:
             parse_count(pred["samples_seen"])
         except ConfigError as e:
@@ -165,11 +164,3 @@ def merge(base: dict, extra: dict) -> dict:
             out[key] = copy.deepcopy(value)
     return out
 
-
-def get(config: dict, dotted: str, default: Any = None) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node

@@ -18,10 +18,6 @@ import pandas as pd
 _REGISTERED: set[str] = set()
 
 
-def open_clip_name(name: str) -> str:
-    return name
-
-
 def register(config: dict) -> list[str]:
     """Register every custom model of the config with open_clip in this process."""
     import open_clip

@@ -362,7 +362,7 @@ def _write_downstream(spec: WorldSpec, out: Path, name: str, photos, digits, sha
     if classes is not None:
         (root / "classnames.txt").write_text("\n".join(classes) + "\n")
         (root / "zeroshot_classification_templates.txt").write_text(
-            "\n".join(t.replace("{c}", "{c}") for t in templates) + "\n")
+            "\n".join(templates) + "\n")
     counts = {}
     test_images = {}
     for split in ("test", "train"):
