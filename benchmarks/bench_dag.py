@@ -9,15 +9,16 @@ seconds of each repeat, their median and the number of jobs (snakemake's "Job st
 the count per rule. Nothing is submitted: a dry run needs no Slurm. Exit status 1 if snakemake
 fails (its output's tail is printed).
 
-The DAG lists the pool's shards (pool.source/*.tar). Where the configured pool is not there, a
-stand-in of --stand-in-shards empty .tar files (default 232000: LAION-2B-en's ~2.32B pairs at
-img2dataset's 10k per shard) is made in a temporary folder and passed with --config pool.source=.
+The DAG lists the pool's shards (pool.source/*.tar) and the config check looks at the downstream
+sets' folders. Where the configured pool is not there, empty stand-ins (clipscale.standin) are
+made in a temporary folder: --stand-in-shards empty .tar files (default 232000: LAION-2B-en's
+~2.32B pairs at img2dataset's 10k per shard) and the downstream sets' layout, given to snakemake
+as a second --configfile.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import tempfile
 import statistics
@@ -40,8 +41,8 @@ def job_stats(output: str) -> dict[str, int]:
     return {name: int(n) for name, n in re.findall(r"^(\S+)\s+(\d+)$", tables[-1], re.M)}
 
 
-def dry_run(configfile: str, profile: str, forceall: bool, quiet: bool, extra: list[str]) -> tuple[float, str, int]:
-    cmd = [SNAKEMAKE, "-n", "--profile", profile, "--configfile", configfile]
+def dry_run(configfiles: list[str], profile: str, forceall: bool, quiet: bool, extra: list[str]) -> tuple[float, str, int]:
+    cmd = [SNAKEMAKE, "-n", "--profile", profile, "--configfile", *configfiles]
     if forceall:
         cmd.append("--forceall")
     if quiet:
@@ -68,23 +69,23 @@ def main(argv: list[str] | None = None) -> int:
     if not (ROOT / a.configfile).exists():
         print(f"bench_dag: {a.configfile} does not exist", file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory(prefix="bench_dag_pool_") as tmp:
-        extra = list(a.extra)
-        pool = (yaml.safe_load((ROOT / a.configfile).read_text()) or {}).get("pool", {})
-        source = pool.get("source")
-        if source and source != "world" and not any((ROOT / source).glob("*.tar")):
-            for i in range(a.stand_in_shards):
-                (Path(tmp) / f"{i:05d}.tar").touch()
-            stand_in = {**pool, "source": tmp}
-            extra = ["--config", "pool=" + json.dumps(stand_in), *extra]
-            print(f"pool {source} not found: stand-in of {a.stand_in_shards} empty shards in {tmp}")
-        return _bench(a, extra)
+    from clipscale import config as cs_config
+    from clipscale import standin
+
+    with tempfile.TemporaryDirectory(prefix="bench_dag_") as tmp:
+        configfiles = [a.configfile]
+        cfg = cs_config.validate(yaml.safe_load((ROOT / a.configfile).read_text()))
+        source = cfg["pool"]["source"]
+        if source != "world" and not (ROOT / source).is_dir():
+            configfiles.append(str(standin.write(cfg, tmp, a.stand_in_shards)))
+            print(f"pool {source} not found: stand-ins in {tmp} ({a.stand_in_shards} empty shards)")
+        return _bench(a, configfiles, list(a.extra))
 
 
-def _bench(a, extra: list[str]) -> int:
+def _bench(a, configfiles: list[str], extra: list[str]) -> int:
     times, stats = [], None
     for i in range(a.repeats):
-        seconds, out, rc = dry_run(a.configfile, a.profile, a.forceall, a.quiet_rules, extra)
+        seconds, out, rc = dry_run(configfiles, a.profile, a.forceall, a.quiet_rules, extra)
         if rc != 0:
             print(out[-4000:], file=sys.stderr)
             print(f"bench_dag: snakemake exited {rc}", file=sys.stderr)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import pytest
 from clipscale.world import WorldSpec, generate
 
 REPO = Path(__file__).resolve().parents[1]
+CI_CONFIG = REPO / "tests" / "data" / "ci.yaml"
 
 SMALL_WORLD = WorldSpec(seed=3, pool_size=600, shard_size=100, image_size=32, near_duplicates=20,
                         test_per_class=4, train_per_class=4, retrieval_size=20)
@@ -29,9 +33,40 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def world_workdir(small_world, in_tmp) -> Path:
+    """A fresh working directory (the cwd) holding a copy of the small world's pool where the
+    pipeline puts the embedded world's: results/world/pool/ (inside the workdir)."""
+    shutil.copytree(small_world / "pool", in_tmp / "results" / "world" / "pool")
+    return in_tmp
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("CLIPSCALE_FAST"):
         skip = pytest.mark.skip(reason="CLIPSCALE_FAST set: slow tests skipped")
         for item in items:
             if "slow" in item.keywords or "slurm" in item.keywords:
                 item.add_marker(skip)
+
+
+def run_snakemake(workdir: Path, *args: str, configfile: Path = CI_CONFIG, check: bool = True,
+                  timeout: int = 1800, cores: int = 2) -> subprocess.CompletedProcess:
+    """snakemake on the repository's Snakefile in ``workdir``, as a user runs it."""
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"),
+           "-d", str(workdir), "--configfile", str(configfile), "--cores", str(cores), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def finished_workdir(tmp_path_factory) -> Path:
+    """The whole DAG of tests/data/ci.yaml, run once per test session (about 4 minutes on 2
+    cores). Tests that share it must not change it (dry runs only). CLIPSCALE_FINISHED_WORKDIR
+    names one to reuse (finished by an earlier run; it is brought up to date first)."""
+    reuse = os.environ.get("CLIPSCALE_FINISHED_WORKDIR")
+    workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("pipeline")
+    run_snakemake(workdir)
+    return workdir

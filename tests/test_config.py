@@ -1,4 +1,7 @@
 import copy
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,8 @@ from clipscale import config, grid
 from clipscale.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
+CI_CONFIG = REPO / "tests" / "data" / "ci.yaml"
+RELEASED = "Model-XS_Data-3k_Samples-2k_lr-2e-3_bs-256.pt"
 
 
 def base():
@@ -43,6 +48,35 @@ def test_defaults_are_filled():
         (lambda c: c["downstream"]["shapes"].update(tasks=["zeroshot"]), "downstream.shapes.tasks"),
         (lambda c: c["train"].update(overrides=[{"model": "vit-xs", "lrr": 1}]),
          "train.overrides[0]: unknown keys ['lrr']"),
+        (lambda c: c["train"].update(overrides=[{"model": "vit-xs", "batch_size": "big"}]),
+         "train.overrides[0].batch_size: 'big' is not of type 'integer'"),
+        # a run label "0"
+        (lambda c: c["grid"].update(samples_seen=["0k", "10k"]), "grid.samples_seen: '0k' is 0 samples"),
+        # two entries naming one count: the DAG would have half the runs check-config counts
+        (lambda c: c["grid"].update(samples_seen=["2k", 2000]),
+         "grid.samples_seen: '2k' and 2000 name the same count"),
+        # fewer samples per checkpoint than one global batch (open_clip_train cannot run it)
+        (lambda c: c["grid"].update(samples_seen=[512]),
+         "grid.samples_seen: 512: vit-xs/3k/512 has 128 samples per checkpoint (512 / train.checkpoints 4), "
+         "less than one global batch of 256 (train.batch_size 256 x train.nproc 1 x train.nodes 1)"),
+        (lambda c: c["train"].update(nproc=4, nodes=3), "one global batch of 3072 (train.batch_size 256 x "
+                                                        "train.nproc 4 x train.nodes 3)"),
+        # ... with the per-run overrides applied
+        (lambda c: c["train"].update(overrides=[{"model": "vit-m", "batch_size": 4096}]),
+         "grid.samples_seen: 10k: vit-m/3k/10k has 2500 samples per checkpoint"),
+        (lambda c: c["grid"].update(exclude=[{"model": "vit-xl"}]),
+         "grid.exclude[0].model: 'vit-xl' is not defined under models"),
+        (lambda c: c["grid"].update(exclude=[{"scale": "6k"}]),
+         "grid.exclude[0].scale: '6k' is not defined under scales"),
+        (lambda c: c["grid"].update(exclude=[{"samples_seen": "9x"}]), "grid.exclude[0].samples_seen: not a count"),
+        (lambda c: c["fit"].update(predictions=[{"model": "ViT-H/14", "samples_seen": "68B"},
+                                                {"model": "vit-xl", "samples_seen": "1M"}]),
+         "fit.predictions[1].model: 'vit-xl' is neither a model of the config nor of the paper's Table 25"),
+        # a released checkpoint whose Model token names no model
+        (lambda c: c["evaluate"].update(released={"files": ["Model-QQ-9_Data-3k_Samples-2k_lr-2e-3_bs-256.pt"]}),
+         "evaluate.released.files[0]: released checkpoint Model-QQ-9_"),
+        (lambda c: c["evaluate"].update(released={"models": {"XS": "vit-xl"}}),
+         "evaluate.released.models.XS: 'vit-xl' is neither a model of the config"),
     ],
 )
 def test_bad_config_is_rejected_with_the_key(edit, message):
@@ -74,6 +108,197 @@ def test_check_config_command(tmp_path, capsys):
     bad.write_text(yaml.safe_dump(cfg))
     assert cli_main(["check-config", str(bad)]) == 2
     assert "train.lr" in capsys.readouterr().err
+
+
+def test_shipped_configs_have_no_samples_below_a_global_batch():
+    for name in ("config.yaml", "paper.yaml"):
+        cfg = config.load(REPO / "config" / name)
+        for run in grid.runs(cfg):
+            hp = grid.hparams(cfg, run)
+            assert hp["train_num_samples"] >= hp["global_batch_size"], run.name
+
+
+# configured paths (checked by check-config and the Snakefile, before any job) ------------------
+
+
+def _wds(root: Path, *, classification: bool = True, train: bool = False, n: int = 1) -> Path:
+    """A downstream set in clip_benchmark's webdataset layout (empty shards: only names count)."""
+    for split in ("test", "train") if train else ("test",):
+        (root / split).mkdir(parents=True)
+        (root / split / "nshards.txt").write_text(f"{n}\n")
+        for i in range(n):
+            (root / split / f"{i}.tar").write_bytes(b"")
+    if classification:
+        (root / "classnames.txt").write_text("cat\ndog\n")
+        (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\n")
+        (root / "dataset_type.txt").write_text("classification\n")
+    else:
+        (root / "dataset_type.txt").write_text("retrieval\n")
+    return root
+
+
+def _user_config(root: Path, relative: bool = False) -> dict:
+    """A config on a user's pool and downstream sets under ``root`` (paths relative to it when
+    ``relative``), with one released checkpoint."""
+    (root / "pool").mkdir()
+    (root / "pool" / "00000.tar").write_bytes(b"")
+    _wds(root / "wds" / "imagenet1k", train=True)
+    _wds(root / "wds" / "mscoco_captions", classification=False)
+    (root / "ckpts").mkdir()
+    (root / "ckpts" / RELEASED).write_bytes(b"")
+    where = (lambda p: p) if relative else (lambda p: str(root / p))
+    cfg = base()
+    cfg["pool"] = {"source": where("pool"), "name": "LAION"}
+    cfg["downstream"] = {
+        "imagenet1k": {"path": where("wds/imagenet1k"), "tasks": ["zeroshot_classification", "linear_probe"]},
+        "mscoco_captions": {"path": where("wds/mscoco_captions"), "tasks": ["zeroshot_retrieval"]},
+    }
+    cfg["evaluate"]["released"] = {"dir": where("ckpts"), "files": [RELEASED], "models": {"XS": "vit-xs"}}
+    return cfg
+
+
+def _rm(path: Path) -> None:
+    path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda r: _rm(r / "pool"), "pool.source: {r}/pool does not exist"),
+    (lambda r: _rm(r / "pool" / "00000.tar"), "pool.source: {r}/pool has no .tar shards"),
+    (lambda r: (_rm(r / "pool"), (r / "pool").write_text("")), "pool.source: {r}/pool is not a directory"),
+    (lambda r: _rm(r / "wds" / "imagenet1k"), "downstream.imagenet1k.path: {r}/wds/imagenet1k does not exist"),
+    (lambda r: _rm(r / "wds" / "imagenet1k" / "test"),
+     "downstream.imagenet1k.path: {r}/wds/imagenet1k has no test/ split with .tar shards"),
+    (lambda r: _rm(r / "wds" / "mscoco_captions" / "test" / "0.tar"),
+     "downstream.mscoco_captions.path: {r}/wds/mscoco_captions has no test/ split with .tar shards"),
+    (lambda r: _rm(r / "wds" / "imagenet1k" / "train"),
+     "downstream.imagenet1k.path: {r}/wds/imagenet1k has no train/ split with .tar shards (linear_probe needs it)"),
+    (lambda r: _rm(r / "wds" / "imagenet1k" / "test" / "nshards.txt"),
+     "downstream.imagenet1k.path: {r}/wds/imagenet1k has no test/nshards.txt"),
+    (lambda r: (r / "wds" / "imagenet1k" / "test" / "nshards.txt").write_text("3\n"),
+     "downstream.imagenet1k.path: {r}/wds/imagenet1k: test/nshards.txt says 3 shards, test/2.tar is missing"),
+    (lambda r: (r / "wds" / "imagenet1k" / "train" / "nshards.txt").write_text("many\n"),
+     "downstream.imagenet1k.path: {r}/wds/imagenet1k: train/nshards.txt does not hold a number of shards"),
+    (lambda r: _rm(r / "wds" / "imagenet1k" / "classnames.txt"),
+     "downstream.imagenet1k.path: {r}/wds/imagenet1k has no classnames.txt (zeroshot_classification needs it)"),
+    (lambda r: _rm(r / "wds" / "imagenet1k" / "zeroshot_classification_templates.txt"),
+     "downstream.imagenet1k.path: {r}/wds/imagenet1k has no zeroshot_classification_templates.txt"),
+    (lambda r: _rm(r / "wds" / "mscoco_captions" / "dataset_type.txt"),
+     "downstream.mscoco_captions.path: {r}/wds/mscoco_captions is not a retrieval set (zeroshot_retrieval "
+     "needs dataset_type.txt saying retrieval)"),
+    (lambda r: (r / "wds" / "imagenet1k" / "dataset_type.txt").write_text("retrieval\n"),
+     "downstream.imagenet1k.path: {r}/wds/imagenet1k is a retrieval set (dataset_type.txt): "
+     "no zeroshot_classification"),
+    (lambda r: _rm(r / "ckpts" / RELEASED), "evaluate.released.files[0]: {r}/ckpts/" + RELEASED + " does not exist"),
+    (lambda r: _rm(r / "ckpts"), "evaluate.released.dir: {r}/ckpts does not exist"),
+])
+def test_configured_paths_are_checked(tmp_path, breakage, message):
+    cfg = _user_config(tmp_path)
+    config.validate(copy.deepcopy(cfg), check_paths=True)
+    breakage(tmp_path)
+    config.validate(copy.deepcopy(cfg))  # without check_paths: the filesystem is not read
+    with pytest.raises(config.ConfigError) as err:
+        config.validate(cfg, source="my.yaml", check_paths=True)
+    assert "my.yaml" in str(err.value)
+    assert message.format(r=tmp_path) in str(err.value)
+
+
+def test_released_dir_without_files_is_listed(tmp_path):
+    cfg = _user_config(tmp_path)
+    del cfg["evaluate"]["released"]["files"]
+    config.validate(copy.deepcopy(cfg), check_paths=True)
+    _rm(tmp_path / "ckpts" / RELEASED)
+    with pytest.raises(config.ConfigError, match=r"evaluate.released.dir: .*/ckpts has no \*\.pt checkpoint"):
+        config.validate(cfg, check_paths=True)
+
+
+def test_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    cfg = _user_config(tmp_path, relative=True)
+    monkeypatch.chdir(tmp_path)
+    config.validate(copy.deepcopy(cfg), check_paths=True)
+    monkeypatch.chdir(tmp_path / "wds")
+    with pytest.raises(config.ConfigError) as err:
+        config.validate(cfg, check_paths=True)
+    for line in ("pool.source: pool does not exist", "downstream.imagenet1k.path: wds/imagenet1k does not exist",
+                 "downstream.mscoco_captions.path: wds/mscoco_captions does not exist",
+                 "evaluate.released.dir: ckpts does not exist"):
+        assert line in str(err.value)
+
+
+def test_check_config_checks_the_paths(tmp_path, monkeypatch, capsys):
+    """config/paper.yaml names data/... folders: from a folder without them, every one is named."""
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["check-config", str(REPO / "config" / "paper.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "pool.source: data/laion2b-en does not exist" in err
+    assert "downstream.imagenet1k.path: data/wds/imagenet1k does not exist" in err
+    assert "downstream.cifar100.path: data/wds/cifar100 does not exist" in err
+
+
+# check-config and the DAG agree -----------------------------------------------------------------
+
+
+def dry_run(workdir: Path, configfile: Path) -> subprocess.CompletedProcess:
+    """``snakemake -n`` on the repository's Snakefile in a fresh working directory; stdout and
+    stderr together in ``.stdout``."""
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"),
+           "-d", str(workdir), "--configfile", str(configfile), "-n"]
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+
+
+def _write(tmp_path: Path, cfg: dict, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _ci_with_exclusions() -> dict:
+    cfg = yaml.safe_load(CI_CONFIG.read_text())
+    cfg["grid"]["exclude"] = [{"model": "vit-s", "scale": "1k"}, {"samples_seen": 4000, "scale": "3k"}]
+    return cfg
+
+
+@pytest.mark.parametrize("make", [lambda: REPO / "config" / "config.yaml", lambda: CI_CONFIG,
+                                  lambda: _ci_with_exclusions()], ids=["config", "ci", "exclusions"])
+def test_check_config_counts_the_train_jobs_of_the_dag(tmp_path, capsys, make):
+    made = make()
+    path = made if isinstance(made, Path) else _write(tmp_path, made)
+    assert cli_main(["check-config", str(path)]) == 0
+    reported = int(re.search(r"valid \((\d+) training runs", capsys.readouterr().out).group(1))
+    work = tmp_path / "work"
+    proc = dry_run(work, path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    jobs = re.search(r"^train\s+(\d+)$", proc.stdout, re.M)
+    assert jobs and int(jobs.group(1)) == reported
+    if isinstance(made, dict):
+        assert reported == 4  # 8 runs less vit-s/1k/* (2) less */3k/4k (2)
+
+
+def _ci(edit) -> dict:
+    cfg = yaml.safe_load(CI_CONFIG.read_text())
+    edit(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda c: c["grid"].update(samples_seen=["0k", "2k"]), "grid.samples_seen: '0k' is 0 samples"),
+    (lambda c: c["grid"].update(samples_seen=["2k", 2000]), "grid.samples_seen: '2k' and 2000"),
+    (lambda c: c["grid"].update(samples_seen=[200]), "grid.samples_seen: 200: vit-xs/1k/200"),
+    (lambda c: c["fit"].update(predictions=[{"model": "vit-xl", "samples_seen": "1M"}]),
+     "fit.predictions[0].model: 'vit-xl'"),
+    (lambda c: c["grid"].update(exclude=[{"model": "vit-xl"}]), "grid.exclude[0].model: 'vit-xl'"),
+    (lambda c: c["evaluate"].update(released={"files": ["Model-QQ-9_Data-3k_Samples-2k_lr-2e-3_bs-256.pt"]}),
+     "evaluate.released.files[0]: released checkpoint Model-QQ-9_"),
+    (lambda c: c["downstream"].update(imagenet1k={"path": "wds/imagenet1k", "tasks": ["zeroshot_classification"]}),
+     "downstream.imagenet1k.path: wds/imagenet1k does not exist"),
+], ids=["zero", "same-count", "below-batch", "prediction", "exclude", "released", "missing-set"])
+def test_dry_run_stops_on_a_bad_config_before_any_job(tmp_path, edit, key):
+    path = _write(tmp_path, _ci(edit))
+    work = tmp_path / "work"
+    proc = dry_run(work, path)
+    assert proc.returncode != 0
+    assert key in proc.stdout
+    assert "Job stats" not in proc.stdout
+    assert not (work / "results").exists()
 
 
 @pytest.mark.parametrize("text, n", [("24k", 24000), ("3B", 3 * 10**9), ("12.8B", 12_800_000_000),

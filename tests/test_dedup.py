@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,9 +123,10 @@ def test_hash_shards_counts_and_skips_bad_input(pool_dir, tmp_path, caplog):
     counts = report["skipped"]["counts"]
     assert counts["corrupt image (OSError)"] == 1
     assert counts["not an image"] == 1
-    assert counts["no image member"] == 2  # the caption-only sample and the empty-jpg sample
-    assert counts["empty member"] == 1
+    assert counts["no image member"] == 1  # the caption-only sample
+    assert counts["empty image member"] == 1
     assert sum(v for k, v in counts.items() if k.startswith("unreadable tar")) == 1
+    assert report["skipped"]["total"] == 5  # 4 bad samples and one cut tar, each counted once
     # the truncated third shard gives what was readable before the cut
     n_third = int((df["shard"] == str(d / "00002.tar")).sum())
     assert 0 < n_third < 10
@@ -136,6 +138,32 @@ def test_hash_shards_counts_and_skips_bad_input(pool_dir, tmp_path, caplog):
     assert "000000100" in caplog.text  # logged with its key
     assert D.read_report(out) == report  # stored in the parquet's metadata
     assert report["name"] == "g0"
+
+
+def test_hash_report_counts_each_bad_sample_once(photos, tmp_path):
+    """One reason per skipped sample, the most specific one: an empty .jpg is an "empty image
+    member", not also a sample without image; an empty caption is no reason to skip."""
+    good = _jpeg(photos[0])
+    with ShardWriter(tmp_path / "00000.tar") as w:
+        w.write("ok1", {"jpg": good, "txt": "fine"})
+        w.write("empty", {"jpg": b"", "txt": "empty image member"})
+        w.write("ok2", {"jpg": good, "txt": ""})  # an empty caption: still hashed
+        w.write("corrupt", {"jpg": good[:300], "txt": "a cut JPEG"})
+        w.write("noimage", {"txt": "a caption without its image", "json": "{}"})
+    with ShardWriter(tmp_path / "00001.tar") as w:
+        for i in range(10):
+            w.write(f"t{i}", {"jpg": good, "txt": "x"})
+    full = (tmp_path / "00001.tar").read_bytes()
+    (tmp_path / "00001.tar").write_bytes(full[: len(full) // 2])
+    report = D.hash_shards([tmp_path / "00000.tar"], tmp_path / "one.parquet")
+    assert report["skipped"]["counts"] == {"empty image member": 1, "corrupt image (OSError)": 1,
+                                           "no image member": 1}
+    assert report["skipped"]["total"] == 3 and report["n_hashed"] == 2
+    assert report["n_samples"] == 5
+    report = D.hash_shards([tmp_path / "00001.tar"], tmp_path / "two.parquet")
+    assert report["skipped"]["total"] == 1 and 0 < report["n_hashed"] < 10
+    (reason,) = report["skipped"]["counts"]
+    assert reason.startswith(("truncated tar", "unreadable tar"))
 
 
 def test_hash_shards_missing_shard_is_an_error(tmp_path):
@@ -460,11 +488,12 @@ def test_planted_recall_by_hand():
 
 
 @pytest.mark.parametrize("with_shards", [True, False])
-def test_filter_subset_removes_matched_keys(small_world, tmp_path, with_shards):
+def test_filter_subset_removes_matched_keys(small_world, in_tmp, with_shards):
     from clipscale.subsets import build_index, read_manifest, subset_keys, write_subset
 
+    tmp_path = in_tmp
     index = build_index(small_world / "pool")
-    manifest = write_subset(index, "s", 450, seed=1, out_dir=tmp_path / "subset")
+    manifest = write_subset(index, "s", 450, seed=1, out_dir="subset")
     keys = subset_keys(manifest)
     assert len(keys) == 450
     # remove keys from two of the subset's shards (one of them the cut last shard)
@@ -476,7 +505,7 @@ def test_filter_subset_removes_matched_keys(small_world, tmp_path, with_shards):
     matches = pd.DataFrame({"pool_key": remove})
     if with_shards:  # as in a matches file: the shard path each key was hashed from
         matches["pool_shard"] = [str(small_world / "pool" / f"{k[:5]}.tar") for k in remove]
-    out = D.filter_subset(tmp_path / "subset" / "manifest.json", matches, tmp_path / "dedup")
+    out = D.filter_subset("subset/manifest.json", matches, "dedup")
     again = read_manifest(tmp_path / "dedup" / "manifest.json")
     assert again == json.loads(json.dumps(out))
     assert out["n_samples"] == 445 and out["dedup"]["removed"] == 5
@@ -487,17 +516,63 @@ def test_filter_subset_removes_matched_keys(small_world, tmp_path, with_shards):
     files = [Path(e["file"]) for e in again["shards"]]
     assert not files[0].is_symlink() and not files[-1].is_symlink()
     assert all(f.is_symlink() for f in files[1:-1])
-    assert all(f.parent == tmp_path / "dedup" / "shards" for f in files)
+    assert all(f.parent == Path("dedup/shards") for f in files)  # relative to the workdir
     # open_clip's brace pattern names exactly these files
-    assert again["url"].endswith(f"{{000000..{len(files) - 1:06d}}}.tar")
+    assert again["url"] == f"dedup/shards/{{000000..{len(files) - 1:06d}}}.tar"
     assert [e["removed"] for e in again["shards"]][0] == 3
 
 
-def test_filter_subset_bad_manifest(tmp_path):
+def test_filter_subset_bad_manifest(in_tmp):
     from clipscale.subsets import PoolError
 
     with pytest.raises(PoolError, match="not found"):
-        D.filter_subset(tmp_path / "none.json", pd.DataFrame({"pool_key": []}), tmp_path / "o")
+        D.filter_subset("none.json", pd.DataFrame({"pool_key": []}), "o")
+
+
+def test_filter_subset_rejects_a_manifest_pointing_outside(small_world, in_tmp):
+    from clipscale.subsets import PoolError, build_index, write_subset
+
+    write_subset(build_index(small_world / "pool"), "s", 150, seed=1, out_dir="subset")
+    path = in_tmp / "subset" / "manifest.json"
+    good = path.read_text()
+    manifest = json.loads(good)
+    manifest["shards"][0]["file"] = str(in_tmp / manifest["shards"][0]["file"])  # absolute
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(PoolError, match=r"manifest.json.*absolute"):
+        D.filter_subset(path, pd.DataFrame({"pool_key": ["x"]}), "dedup")
+    path.write_text(good)
+    with pytest.raises(PoolError, match="outside the working directory"):
+        D.filter_subset("subset/manifest.json", pd.DataFrame({"pool_key": ["x"]}),
+                        in_tmp.parent / "dedup-elsewhere")
+
+
+def test_filtered_subset_of_a_copied_workdir(world_workdir, monkeypatch):
+    """cp -a of the workdir: the dedup-filtered subset reads the copy's own shards."""
+    from clipscale.subsets import build_index, read_manifest, subset_keys, write_subset
+    from clipscale.shards import is_complete, iter_samples
+
+    import braceexpand
+
+    index = build_index("results/world/pool")
+    manifest = write_subset(index, "s", 450, seed=1, out_dir="results/data/subsets/s")
+    keys = subset_keys(manifest)
+    last = manifest["shards"][-1]["shard"]
+    remove = [k for k in keys if k.startswith(last)][:2]
+    matches = pd.DataFrame({"pool_key": remove,
+                            "pool_shard": [f"results/world/pool/{k[:5]}.tar" for k in remove]})
+    out = D.filter_subset("results/data/subsets/s/manifest.json", matches,
+                          "results/data/subsets_dedup/s")
+    assert out["url"].startswith("results/data/subsets_dedup/s/shards/{000000..")
+    links = [p for p in Path("results/data/subsets_dedup/s/shards").iterdir() if p.is_symlink()]
+    assert links and not any(os.path.isabs(os.readlink(p)) for p in links)
+    copy = world_workdir.parent / (world_workdir.name + "-copy")
+    shutil.copytree(world_workdir, copy, symlinks=True)
+    monkeypatch.chdir(copy)
+    shutil.rmtree(world_workdir)
+    again = read_manifest("results/data/subsets_dedup/s/manifest.json")
+    read = [k for url in braceexpand.braceexpand(again["url"])
+            for k, files in iter_samples(url) if is_complete(files)]
+    assert read == [k for k in keys if k not in set(remove)] and len(read) == 448
 
 
 # 5. the embedded world end to end ---------------------------------------------------------------
@@ -597,10 +672,11 @@ def test_workflow_dry_run_schedules_one_hash_job_per_group(tmp_path):
         assert counts[rule] == 1, (rule, counts)
 
 
-def test_filter_subset_shard_shorter_than_manifest(small_world, tmp_path):
+def test_filter_subset_shard_shorter_than_manifest(small_world, in_tmp):
     from clipscale.subsets import build_index, write_subset
 
-    write_subset(build_index(small_world / "pool"), "s", 150, seed=1, out_dir=tmp_path / "subset")
+    tmp_path = in_tmp
+    write_subset(build_index(small_world / "pool"), "s", 150, seed=1, out_dir="subset")
     path = tmp_path / "subset" / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["shards"][0]["n_samples"] = 10**6

@@ -403,6 +403,38 @@ def test_aggregate_table_groups_and_log(tmp_path, setup):
     assert text.count("NO MEAN    ") == 1
 
 
+def test_results_log_shows_pool_problems_skipped_samples_and_rejected_checkpoints(tmp_path, setup):
+    """What the data behind the table lacks is in the results log, not only in job logs."""
+    import pandas as pd
+
+    _, cfg = setup
+    index = pd.DataFrame([
+        {"shard": "00000", "path": "pool/00000.tar", "n_samples": 100, "skipped": 0, "counted_from": "tar",
+         "n_parquet": 100, "n_readable": 100, "problem": ""},
+        {"shard": "00001", "path": "pool/00001.tar", "n_samples": 59, "skipped": 0, "counted_from": "tar",
+         "n_parquet": 100, "n_readable": 59, "problem": "truncated tar; parquet says 100 samples, the tar has 59 readable"},
+    ])
+    index.to_parquet(tmp_path / "pool_index.parquet")
+    record = {"model": "vit-xs", "scale": "3k", "samples_seen_label": "2k",
+              "skipped_samples": {"total": 3, "by_reason": {"no caption": 1, "decode error: OSError": 2}},
+              "rejected_checkpoints": [{"file": "x/epoch_9.pt", "moved_to": "x/epoch_9.pt.rejected",
+                                        "reason": "epoch 9 is beyond the run's 2 epochs"}]}
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    clean = {**record, "skipped_samples": {"total": 0, "by_reason": {}}, "rejected_checkpoints": []}
+    (tmp_path / "clean.json").write_text(json.dumps(clean))
+    out = tmp_path / "out"
+    E.aggregate(cfg, [], out / "r.parquet", out / "r.csv", out / "log.txt",
+                run_records=[tmp_path / "run.json", tmp_path / "clean.json"],
+                pool_index=tmp_path / "pool_index.parquet")
+    text = (out / "log.txt").read_text()
+    assert "POOL       pool/00001.tar: truncated tar; parquet says 100 samples, the tar has 59 readable" in text
+    assert "00000" not in text
+    assert ("SKIPPED    vit-xs/3k/2k: training skipped 3 samples (decode error: OSError: 2, no caption: 1)"
+            in text)
+    assert "CHECKPOINT vit-xs/3k/2k: x/epoch_9.pt moved to x/epoch_9.pt.rejected: epoch 9 is beyond" in text
+    assert text.count("SKIPPED    ") == 1 and text.count("CHECKPOINT ") == 1
+
+
 def test_aggregate_with_nothing(tmp_path, setup):
     _, cfg = setup
     df = E.aggregate(cfg, [tmp_path / "none.json"], tmp_path / "r.parquet", tmp_path / "r.csv", tmp_path / "log.txt")

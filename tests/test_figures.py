@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from clipscale import config as cs_config
-from clipscale import figures, fit, reference
+from clipscale import figures, fit, reference, shaping
 from clipscale.figures import FigureError, FigureSpec
 from clipscale.table import complete, validate_table
 
@@ -192,15 +192,16 @@ def test_pipeline_figure_step(tmp_path, cfg, ours, published):
     ours.to_parquet(tables["ours"])
     published.to_parquet(tables["published"])
     out = [tmp_path / "zeroshot_ours.pdf", tmp_path / "zeroshot_ours.png"]
-    figures.make("zeroshot_ours", cfg, {"ours": str(tables["ours"])}, None, out)
+    settings = shaping.figure(cfg, figures.find_spec(cfg, "zeroshot_ours"))
+    figures.make(settings, {"ours": str(tables["ours"])}, None, out)
     check_files(out)
     bad = ours.copy()
     bad.loc[0, "error"] = 0.5
     bad.to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(Exception, match="bad.parquet"):
-        figures.make("zeroshot_ours", cfg, {"ours": str(tmp_path / "bad.parquet")}, None, out)
+        figures.make(settings, {"ours": str(tmp_path / "bad.parquet")}, None, out)
     with pytest.raises(FigureError, match="no figure named 'nope'"):
-        figures.make("nope", cfg, {}, None, out)
+        figures.find_spec(cfg, "nope")
 
 
 # ---------------------------------------------------------------------------------------------

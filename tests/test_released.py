@@ -123,11 +123,50 @@ def test_files_and_dir(tmp_path, base_config):
     with pytest.raises(released.ReleasedNameError, match="no \\*.pt"):
         released.checkpoints(cfg)
     cfg["evaluate"]["released"] = {"dir": str(tmp_path / "nope")}
-    with pytest.raises(released.ReleasedNameError, match="not a directory"):
+    with pytest.raises(released.ReleasedNameError, match="evaluate.released.dir: .*/nope does not exist"):
         released.checkpoints(cfg)
     # nothing configured: nothing released
     cfg["evaluate"]["released"] = {}
     assert released.checkpoints(cfg) == []
+
+
+def test_problems_name_the_key(base_config):
+    """What check-config reports: without the filesystem (names, model maps) and with it."""
+    cfg = copy.deepcopy(base_config)
+    good = "Model-vit-xs_Data-3k_Samples-2k_lr-2e-3_bs-256.pt"
+    cfg["evaluate"]["released"] = {"files": [good, "Model-QQ-9_Data-3k_Samples-2k_lr-2e-3_bs-256.pt",
+                                             "ViT-B-32.pt"], "models": {}}
+    problems = released.problems(cfg)
+    assert len(problems) == 2
+    assert problems[0].startswith("evaluate.released.files[1]: released checkpoint Model-QQ-9_")
+    assert "model 'QQ-9' is not a model of the config" in problems[0]
+    assert problems[1].startswith("evaluate.released.files[2]: released checkpoint ViT-B-32.pt: the name")
+    cfg["evaluate"]["released"] = {"files": [good, "Model-vit-xs_Data-3k_Samples-2k_lr-1e-3_bs-128.pt"]}
+    assert released.problems(cfg) == [
+        f"evaluate.released: released checkpoints {good} and Model-vit-xs_Data-3k_Samples-2k_lr-1e-3_bs-128.pt "
+        "have the same model, data and samples seen (vit-xs, 3k, 2k); evaluate them in separate result "
+        "folders (list only one in evaluate.released)"]
+    cfg["evaluate"]["released"] = {"models": {"XS": "vit-xl"}}
+    assert released.problems(cfg)[0].startswith("evaluate.released.models.XS: 'vit-xl' is neither")
+    cfg["evaluate"]["released"] = {}
+    assert released.problems(cfg) == released.path_problems(cfg) == []
+
+
+def test_path_problems(tmp_path, base_config):
+    cfg = copy.deepcopy(base_config)
+    good = "Model-vit-xs_Data-3k_Samples-2k_lr-2e-3_bs-256.pt"
+    cfg["evaluate"]["released"] = {"dir": str(tmp_path), "files": [good]}
+    assert released.path_problems(cfg) == [f"evaluate.released.files[0]: {tmp_path / good} does not exist"]
+    (tmp_path / good).write_bytes(b"")
+    assert released.path_problems(cfg) == []
+    # a dir without a file list: the names found in it are checked here (problems cannot list them)
+    (tmp_path / "Model-QQ-9_Data-3k_Samples-2k_lr-2e-3_bs-256.pt").write_bytes(b"")
+    cfg["evaluate"]["released"] = {"dir": str(tmp_path)}
+    assert released.problems(cfg) == []
+    [problem] = released.path_problems(cfg)
+    assert problem.startswith(f"evaluate.released.dir: released checkpoint {tmp_path}/Model-QQ-9_")
+    cfg["evaluate"]["released"] = {"dir": str(tmp_path / good), "files": [good]}
+    assert released.path_problems(cfg) == [f"evaluate.released.dir: {tmp_path / good} is not a directory"]
 
 
 def test_schema_accepts_released_settings(base_config):

@@ -562,14 +562,14 @@ def test_pipeline_jobs_are_submittable(configfile, tmp_path):
     _pipeline_ready()
     if not (ROOT / configfile).exists():
         pytest.skip(f"{configfile} is not there yet")
-    extra = []
-    pool = (yaml.safe_load((ROOT / configfile).read_text()) or {}).get("pool", {})
-    if pool.get("source", "world") != "world" and not any((ROOT / pool["source"]).glob("*.tar")):
-        for i in range(40):  # a stand-in for the user's pool: the DAG only lists its shards
-            (tmp_path / f"{i:05d}.tar").touch()
-        extra = ["--config", "pool=" + json.dumps({**pool, "source": str(tmp_path)})]
+    from clipscale import config as cs_config
+    from clipscale import standin
+
+    # empty stand-ins for the paper's pool and test sets: the DAG only lists and checks them
+    cfg = cs_config.validate(yaml.safe_load((ROOT / configfile).read_text()))
+    overrides = standin.write(cfg, tmp_path)
     res = subprocess.run(
-        [SNAKEMAKE, "-n", "--forceall", "--profile", str(PROFILE), "--configfile", configfile, *extra],
+        [SNAKEMAKE, "-n", "--forceall", "--profile", str(PROFILE), "--configfile", configfile, str(overrides)],
         cwd=ROOT,
         capture_output=True,
         text=True,

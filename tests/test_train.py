@@ -15,12 +15,19 @@ step (CLIPSCALE_TEST_KILL_AT_STEP): a real SIGKILL, at a deterministic point.
 
 from __future__ import annotations
 
+import collections
+import io
 import json
 import logging
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import tarfile
 import textwrap
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,7 +64,10 @@ HOOKS = textwrap.dedent('''
         webdataset.shuffle = seeded_shuffle  # open_clip_train.data calls wds.shuffle(...)
 
         kill_at = int(os.environ.get("CLIPSCALE_TEST_KILL_AT_STEP", "0"))
-        if kill_at:
+        pause_at = int(os.environ.get("CLIPSCALE_TEST_PAUSE_AT_STEP", "0"))
+        if kill_at or pause_at:
+            import time
+
             import open_clip_train.train as oct_train
 
             original = oct_train.backward
@@ -67,6 +77,10 @@ HOOKS = textwrap.dedent('''
                 calls[0] += 1
                 if calls[0] == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)
+                if calls[0] == pause_at:  # training is underway: say so (pid), then wait
+                    with open(os.environ["CLIPSCALE_TEST_PAUSED_FILE"], "w") as fh:
+                        fh.write(str(os.getpid()))
+                    time.sleep(300)
                 return original(total_loss, scaler)
 
             oct_train.backward = backward
@@ -108,13 +122,26 @@ def inside(folder: Path, env: dict | None = None):
         yield
 
 
+MANIFEST = Path("subset") / "manifest.json"  # relative to the run's working directory
+
+
 @pytest.fixture(scope="module")
-def manifest(small_world, tmp_path_factory) -> Path:
-    """A 600-sample subset of the small world (6 shards), as the pipeline's subset rule makes it."""
-    out = tmp_path_factory.mktemp("subset")
-    index = subsets.build_index(small_world / "pool")
-    subsets.write_subset(index, SCALE, 600, 0, out)
-    return out / "manifest.json"
+def pool_index(small_world):
+    return subsets.build_index(small_world / "pool")
+
+
+def subset_in(index, folder: Path) -> Path:
+    """A 600-sample subset of the small world (6 shards) in `folder`, as the pipeline's subset
+    rule makes it (manifests name their shards relative to the working directory)."""
+    with inside(folder):
+        subsets.write_subset(index, SCALE, 600, 0, MANIFEST.parent)
+    return MANIFEST
+
+
+@pytest.fixture
+def manifest(pool_index, in_tmp) -> Path:
+    """The subset in this test's working directory (the cwd)."""
+    return subset_in(pool_index, in_tmp)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +149,8 @@ def hooks_env(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("hooks")
     (folder / "sitecustomize.py").write_text(HOOKS)
     path = os.pathsep.join([str(folder)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    return {"PYTHONPATH": path, "CLIPSCALE_TEST_HOOKS": "1", "CLIPSCALE_TEST_KILL_AT_STEP": None}
+    return {"PYTHONPATH": path, "CLIPSCALE_TEST_HOOKS": "1", "CLIPSCALE_TEST_KILL_AT_STEP": None,
+            "CLIPSCALE_TEST_PAUSE_AT_STEP": None}
 
 
 def launch(cfg, samples, manifest, folder: Path, env=None) -> dict:
@@ -138,7 +166,7 @@ def ckpt_dir(folder: Path, samples) -> Path:
 
 
 def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def optimizer_steps(ckpt: dict) -> int:
@@ -159,21 +187,22 @@ SEEN = EPOCHS * STEPS_PER_EPOCH * BATCH
 
 
 @pytest.fixture(scope="module")
-def baseline(manifest, hooks_env, tmp_path_factory) -> dict:
+def baseline(pool_index, hooks_env, tmp_path_factory) -> dict:
     """One uninterrupted run (deterministic data order), for the resume tests to compare with."""
     folder = tmp_path_factory.mktemp("baseline")
     cfg = tiny_config()
-    record = launch(cfg, SAMPLES, manifest, folder, hooks_env)
+    record = launch(cfg, SAMPLES, subset_in(pool_index, folder), folder, hooks_env)
     return {"cfg": cfg, "folder": folder, "record": record,
             "final": load(ckpt_dir(folder, SAMPLES) / f"epoch_{EPOCHS}.pt")}
 
 
 @pytest.fixture(scope="module")
-def killed(manifest, hooks_env, tmp_path_factory) -> Path:
+def killed(pool_index, hooks_env, tmp_path_factory) -> Path:
     """The same run SIGKILLed at its 2nd step of epoch 3 (after epoch_2.pt was written)."""
     folder = tmp_path_factory.mktemp("killed")
     cfg = tiny_config()
     kill_at = 2 * STEPS_PER_EPOCH + 2
+    manifest = subset_in(pool_index, folder)
     with pytest.raises(train.TrainingError, match=r"exited with status -9.*resumes from the latest"):
         launch(cfg, SAMPLES, manifest, folder, {**hooks_env, "CLIPSCALE_TEST_KILL_AT_STEP": str(kill_at)})
     return folder
@@ -230,7 +259,8 @@ def test_open_clip_args_take_per_run_overrides(manifest):
 
 
 def test_fewer_samples_per_checkpoint_than_a_global_batch_is_refused(manifest):
-    cfg = tiny_config(samples=(100,), nproc=2)  # 25 samples per checkpoint < 2 x 32
+    cfg = tiny_config(samples=(256,), nproc=2)
+    cfg["grid"]["samples_seen"] = [100]  # 25 samples per checkpoint < 2 x 32 (past the config check)
     run = run_of(cfg, 100)
     with pytest.raises(train.TrainingError, match=r"vit-xs/s/100: 25 samples per checkpoint.*\(64\)"):
         train.open_clip_args(cfg, run, subsets.read_manifest(manifest), grid.hparams(cfg, run))
@@ -248,6 +278,12 @@ def test_pipeline_run_writes_checkpoints_and_record(baseline):
     assert rec["samples_seen_exact"] == SEEN == 512  # whole batches, as open_clip drew them
     assert (rec["epochs"], rec["world_size"], rec["global_batch_size"]) == (EPOCHS, 1, BATCH)
     assert rec["steps_this_attempt"] == EPOCHS * STEPS_PER_EPOCH
+    assert rec["steps_total"] == rec["steps_this_attempt"]
+    assert rec["seconds_total"] == rec["seconds_this_attempt"] > 0
+    [attempt] = rec["attempts"]
+    assert (attempt["ended"], attempt["resumed_from"], attempt["steps"]) == ("completed", 0, EPOCHS * STEPS_PER_EPOCH)
+    assert attempt["seconds"] == rec["seconds_this_attempt"] and attempt["started"] < attempt["finished"]
+    assert rec["skipped_samples"]["total"] == 0 and rec["rejected_checkpoints"] == []
     assert rec["gmac_per_sample"] > 0 and rec["total_gmac"] == pytest.approx(rec["gmac_per_sample"] * SEEN)
     folder_ckpts = ckpt_dir(folder, SAMPLES)
     assert sorted(p.name for p in folder_ckpts.iterdir()) == [f"epoch_{e}.pt" for e in range(1, EPOCHS + 1)]
@@ -267,16 +303,20 @@ def test_pipeline_run_writes_checkpoints_and_record(baseline):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights(baseline, killed, manifest, hooks_env, tmp_path):
+def test_killed_run_resumes_to_the_same_weights(baseline, killed, hooks_env, tmp_path):
     folder = resume_copy(killed, tmp_path)
     ckpts = ckpt_dir(folder, SAMPLES)
     assert sorted(p.name for p in ckpts.iterdir()) == ["epoch_1.pt", "epoch_2.pt"]
     assert not (folder / "run.json").exists()
     before = {p.name: p.read_bytes() for p in ckpts.iterdir()}
 
-    rec = launch(baseline["cfg"], SAMPLES, manifest, folder, hooks_env)  # the workflow, re-run
+    rec = launch(baseline["cfg"], SAMPLES, MANIFEST, folder, hooks_env)  # the workflow, re-run
 
     assert rec["steps_this_attempt"] == (EPOCHS - 2) * STEPS_PER_EPOCH  # epochs 3 and 4 only
+    first, second = rec["attempts"]  # the SIGKILLed attempt could not write its end
+    assert first["ended"].startswith("killed") and first["steps"] is None and first["resumed_from"] == 0
+    assert (second["ended"], second["resumed_from"]) == ("completed", 2)
+    assert rec["steps_total"] == rec["steps_this_attempt"]  # the killed attempt's steps are unknown
     assert rec["samples_seen_exact"] == baseline["record"]["samples_seen_exact"]
     assert rec["final_checkpoint"] == baseline["record"]["final_checkpoint"]
     final = load(ckpts / f"epoch_{EPOCHS}.pt")
@@ -288,21 +328,25 @@ def test_killed_run_resumes_to_the_same_weights(baseline, killed, manifest, hook
 
 
 @pytest.mark.slow
-def test_truncated_latest_checkpoint_is_moved_aside(baseline, killed, manifest, hooks_env, tmp_path):
+def test_truncated_latest_checkpoint_is_moved_aside(baseline, killed, hooks_env, tmp_path):
     folder = resume_copy(killed, tmp_path)
     ckpts = ckpt_dir(folder, SAMPLES)
     latest = ckpts / "epoch_2.pt"
     data = latest.read_bytes()
     latest.write_bytes(data[: len(data) // 3])  # the job died while torch.save wrote it
 
-    rec = launch(baseline["cfg"], SAMPLES, manifest, folder, hooks_env)
+    rec = launch(baseline["cfg"], SAMPLES, MANIFEST, folder, hooks_env)
 
     assert (ckpts / "epoch_2.pt.corrupt").stat().st_size == len(data) // 3
     assert rec["steps_this_attempt"] == (EPOCHS - 1) * STEPS_PER_EPOCH  # resumed from epoch 1
     final = load(ckpts / f"epoch_{EPOCHS}.pt")
     assert optimizer_steps(final) == EPOCHS * STEPS_PER_EPOCH
     assert same_weights(final["state_dict"], baseline["final"]["state_dict"])
-    assert "is unreadable" in (folder / "train.log").read_text()
+    assert "epoch_2.pt cannot be resumed from: unreadable" in (folder / "train.log").read_text()
+    [rejected] = rec["rejected_checkpoints"]
+    assert rejected["file"].endswith("epoch_2.pt") and rejected["moved_to"].endswith("epoch_2.pt.corrupt")
+    assert rejected["reason"].startswith("unreadable")
+    assert rec["attempts"][-1]["rejected_checkpoints"] == [rejected]
 
 
 def _fake_checkpoints(run, epochs):
@@ -320,11 +364,79 @@ def test_drop_corrupt_latest_keeps_the_newest_readable(in_tmp):
         p = folder / f"epoch_{e}.pt"
         p.write_bytes(p.read_bytes()[:50] if e == 10 else b"")
     assert list(train.checkpoints(run)) == [1, 2, 9, 10]  # numeric order, not 1, 10, 2, 9
-    train.drop_corrupt_latest(run)
+    rejected = train.check_resume_checkpoints(run, epochs=10)
     assert list(train.checkpoints(run)) == [1, 2]
     assert sorted(p.name for p in folder.glob("*.corrupt")) == ["epoch_10.pt.corrupt", "epoch_9.pt.corrupt"]
-    train.drop_corrupt_latest(run)  # nothing more to do: readable files are never moved
+    assert [r["file"] for r in rejected] == [str(folder / "epoch_10.pt"), str(folder / "epoch_9.pt")]
+    assert train.check_resume_checkpoints(run, epochs=10) == []  # good files are never moved
     assert list(train.checkpoints(run)) == [1, 2]
+
+
+class _RunsCodeWhenLoaded:
+    """Unpickling this calls os.system (what a planted checkpoint could do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def test_unsafe_or_out_of_range_checkpoints_are_moved_aside_unrun(in_tmp, caplog):
+    run = grid.Run(MODEL, SCALE, SAMPLES)
+    folder = _fake_checkpoints(run, [1, 2, 3, 5])
+    marker = in_tmp / "code-ran"
+    torch.save({"epoch": 4, "state_dict": {}, "x": _RunsCodeWhenLoaded(marker)}, folder / "epoch_4.pt")
+    torch.save({"epoch": 7, "state_dict": {"w": torch.ones(2)}}, folder / "epoch_3.pt")  # name says 3
+    caplog.set_level(logging.WARNING, logger="clipscale.train")
+
+    rejected = train.check_resume_checkpoints(run, epochs=EPOCHS)  # 4 epochs: epoch_5.pt is beyond
+
+    assert not marker.exists()  # the planted pickle never ran
+    assert list(train.checkpoints(run)) == [1, 2]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "epoch_1.pt", "epoch_2.pt", "epoch_3.pt.rejected", "epoch_4.pt.rejected", "epoch_5.pt.rejected"]
+    reasons = {Path(r["file"]).name: r["reason"] for r in rejected}
+    assert reasons["epoch_5.pt"] == "epoch 5 is beyond the run's 4 epochs"
+    assert reasons["epoch_4.pt"].startswith("unsafe: not loadable with weights_only=True")
+    assert reasons["epoch_3.pt"] == "its 'epoch' field says 7, its name 3"
+    assert all(r["moved_to"] == r["file"] + ".rejected" for r in rejected)
+    for name, reason in reasons.items():
+        assert any(name in m and reason in m for m in caplog.messages)
+    # a rejected name is used again and rejected again: the first file aside is kept
+    torch.save({"epoch": 9, "state_dict": {}}, folder / "epoch_5.pt")
+    [again] = train.check_resume_checkpoints(run, epochs=EPOCHS)
+    assert again["moved_to"] == str(folder / "epoch_5.pt.rejected.1")
+    assert (folder / "epoch_5.pt.rejected").exists()
+
+
+def test_a_foreign_pt_file_that_open_clip_would_resume_from_is_checked(in_tmp):
+    """open_clip's --resume latest takes the last *.pt in natural order, any name, and its glob
+    (<folder>**/*.pt) also matches sibling folders checkpoints*/: the check covers what it picks."""
+    run = grid.Run(MODEL, SCALE, SAMPLES)
+    folder = _fake_checkpoints(run, [1])
+    torch.save({"epoch": 1, "state_dict": {}}, folder / "zz.pt")
+    (folder.parent / "checkpoints_old").mkdir()
+    torch.save({"epoch": 2, "state_dict": {}}, folder.parent / "checkpoints_old" / "epoch_2.pt")
+    rejected = train.check_resume_checkpoints(run, epochs=EPOCHS)
+    assert [r["file"] for r in rejected] == [str(folder.parent / "checkpoints_old" / "epoch_2.pt"),
+                                             str(folder / "zz.pt")]
+    assert all("not named epoch_N.pt in" in r["reason"] for r in rejected)
+    assert list(train.checkpoints(run)) == [1]
+
+
+def test_open_clip_resume_loads_weights_only(in_tmp, monkeypatch):
+    """open_clip_train's own resume load (pt_load) is made weights_only=True explicitly, so
+    torch's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it into a full unpickle."""
+    import open_clip_train.main as oct_main
+
+    marker = in_tmp / "code-ran"
+    torch.save({"epoch": 1, "x": _RunsCodeWhenLoaded(marker)}, in_tmp / "epoch_1.pt")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    train.install_guards(train.LossGuard("r", 4.0))
+    with pytest.raises(Exception, match="Weights only load failed"):
+        oct_main.pt_load(str(in_tmp / "epoch_1.pt"), map_location="cpu")
+    assert not marker.exists()
 
 
 def test_open_clip_error_fails_the_run(in_tmp, manifest, monkeypatch, caplog):
@@ -356,17 +468,190 @@ def test_failed_process_fails_the_job(in_tmp, manifest):
 
 def test_missing_shard_fails_before_training(in_tmp, manifest):
     """With --dataset-resampled open_clip would skip a missing shard forever: refuse it first."""
-    m = json.loads(manifest.read_text())
-    shard = Path(m["shards"][1]["file"])
-    local = Path("subset")
-    shutil.copytree(manifest.parent, local, symlinks=True)
-    m["url"] = str((local / "shards").absolute() / "{000000..000005}.tar")
-    (local / "manifest.json").write_text(json.dumps(m))
-    (local / "shards" / "000003.tar").unlink()
+    (manifest.parent / "shards" / "000003.tar").unlink()
     cfg = tiny_config()
     with pytest.raises(train.TrainingError, match=r"1 shard\(s\) missing or empty, e.g. .*000003.tar"):
-        train.train(cfg, run_of(cfg, SAMPLES), local / "manifest.json")
-    assert shard.exists()  # the test did not touch the shared subset
+        train.train(cfg, run_of(cfg, SAMPLES), manifest)
+
+
+def _bad_shard(small_world: Path, out: Path) -> None:
+    """Shard 0 of the small world with every 10th image corrupt (keys ...3) and every 10th
+    caption missing (keys ...7): frequent enough that any 128 samples drawn hit both."""
+    with tarfile.open(small_world / "pool" / "00000.tar") as src, tarfile.open(out, "w") as dst:
+        for member in src.getmembers():
+            key, ext = member.name.split(".", 1)
+            data = src.extractfile(member).read()
+            if ext == "txt" and key.endswith("7"):
+                continue
+            if ext == "jpg" and key.endswith("3"):
+                data = b"this is not a JPEG"
+            info = tarfile.TarInfo(member.name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.slow
+def test_skipped_samples_are_recorded(in_tmp, small_world):
+    """Corrupt JPEGs and captionless samples are skipped by open_clip's webdataset pipeline in the
+    data worker process (workers: 1); run.json counts them, with reasons and examples."""
+    shard = in_tmp / "bad.tar"
+    _bad_shard(small_world, shard)
+    (in_tmp / "manifest.json").write_text(json.dumps(
+        {"name": SCALE, "n_samples": 100, "url": "bad.tar", "shards": [{"file": "bad.tar", "n_samples": 100}]}))
+    cfg = tiny_config(samples=(128,), checkpoints=1)
+
+    rec = launch(cfg, 128, "manifest.json", in_tmp)
+
+    skipped = rec["skipped_samples"]
+    assert set(skipped["by_reason"]) == {"no caption", "decode error: UnidentifiedImageError"}
+    assert skipped["total"] == sum(skipped["by_reason"].values())
+    assert all(n >= 2 for n in skipped["by_reason"].values())
+    examples = {e["reason"]: e for e in skipped["examples"]}
+    assert examples["no caption"]["key"].endswith("7")
+    assert examples["decode error: UnidentifiedImageError"]["key"].endswith("3")
+    assert all(e["url"] == "bad.tar" for e in skipped["examples"])
+    assert rec["data_samples"] == 100
+
+
+class _SignalsWhilePickled:
+    """torch.save pickles this as an empty OrderedDict, sending SIGTERM to this process meanwhile."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return collections.OrderedDict, ()
+
+
+def test_stop_signal_waits_for_a_checkpoint_being_saved(tmp_path):
+    path = tmp_path / "epoch_1.pt"
+    before = signal.getsignal(signal.SIGTERM)
+    with train.stop_on_signals() as stop:
+        torch.save({"epoch": 1, "w": torch.ones(1000), "x": _SignalsWhilePickled()}, path)
+        assert stop.pending  # the save finished first
+        with pytest.raises(train.TrainingStopped, match="SIGTERM"):
+            stop.check()
+        with pytest.raises(train.TrainingStopped, match="SIGINT"):  # outside a save: at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert load(path)["epoch"] == 1  # complete
+
+
+LAUNCHER = textwrap.dedent("""
+    # the rule's script (workflow/scripts/train.py) in miniature
+    import json, sys
+    from clipscale import grid, train
+    from clipscale.logs import job_logging
+    cfg = json.loads(open(sys.argv[1]).read())
+    with job_logging("train.log"):
+        train.launch(cfg, grid.find_run(cfg, *sys.argv[2:5]), sys.argv[5], "run.json", log_file="train.log")
+""")
+PARENT = "import subprocess, sys, time; subprocess.Popen(sys.argv[1:]); time.sleep(600)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has stopped (nobody may reap it in a container)
+
+
+def _children() -> dict[int, list[int]]:
+    out = collections.defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        out[ppid].append(int(stat.parent.name))
+    return out
+
+
+def _tree(root: int) -> list[int]:
+    children, out, todo = _children(), [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def _wait_until(what, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if what():
+            return True
+        time.sleep(0.2)
+    return what()
+
+
+@pytest.mark.slow
+def test_interrupted_launcher_stops_training_and_attempts_add_up(in_tmp, manifest, hooks_env):
+    """The rule's script (train.launch) loses its parent, then gets SIGINT: both times every
+    training process is gone within 15 s, no run.json is written, and the attempt (steps,
+    resumed_from, how it ended) is kept; the third attempt completes and run.json lists all."""
+    cfg = tiny_config()
+    Path("cfg.json").write_text(json.dumps(cfg))
+    argv = [sys.executable, "-c", LAUNCHER, "cfg.json", MODEL, SCALE, str(SAMPLES), str(manifest)]
+    paused = in_tmp / "paused"
+    env = {**os.environ, **{k: v for k, v in hooks_env.items() if v is not None},
+           "CLIPSCALE_TEST_PAUSED_FILE": str(paused)}
+    pausing = {**env, "CLIPSCALE_TEST_PAUSE_AT_STEP": str(STEPS_PER_EPOCH + 2)}  # 2nd step of epoch 2
+
+    seen: list[int] = []  # killed at the end if still there (a failing test leaves no strays)
+
+    def underway(launcher: int) -> list[int]:
+        assert _wait_until(paused.exists, 180), (in_tmp / "train.log").read_text()
+        pids = _tree(launcher)
+        seen.extend(pids)
+        assert int(paused.read_text()) in pids  # the training process, under the launcher
+        paused.unlink()
+        return pids
+
+    try:
+        _interrupt_twice_then_complete(argv, env, pausing, underway, seen)
+    finally:
+        for pid in seen:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    rec = json.loads(Path("run.json").read_text())
+    attempts = rec["attempts"]
+    assert [a["ended"] for a in attempts] == ["signal SIGTERM", "signal SIGINT", "completed"]
+    assert [a["resumed_from"] for a in attempts] == [0, 1, 2]
+    partial = STEPS_PER_EPOCH + 1  # stopped in the 2nd step of its 2nd epoch: 5 steps done
+    assert [a["steps"] for a in attempts] == [partial, partial, 2 * STEPS_PER_EPOCH]
+    assert rec["steps_this_attempt"] == 2 * STEPS_PER_EPOCH
+    assert rec["steps_total"] == 2 * partial + 2 * STEPS_PER_EPOCH
+    assert rec["seconds_total"] == pytest.approx(sum(a["seconds"] for a in attempts), abs=0.05)
+    assert all(a["started"] < a["finished"] for a in attempts)
+    log = Path("train.log").read_text()
+    assert "parent process" in log and "SIGINT" in log
+    assert optimizer_steps(load(ckpt_dir(in_tmp, SAMPLES) / f"epoch_{EPOCHS}.pt")) == EPOCHS * STEPS_PER_EPOCH
+
+
+def _interrupt_twice_then_complete(argv, env, pausing, underway, seen):
+    # 1. the script's parent exits (snakemake gone) without signalling it
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, *argv], env=pausing)
+    seen.append(parent.pid)
+    assert _wait_until(lambda: _children().get(parent.pid), 30)
+    [launcher] = _children()[parent.pid]
+    pids = underway(launcher)
+    parent.kill()
+    parent.wait()
+    assert _wait_until(lambda: not any(map(_alive, pids)), 15), [p for p in pids if _alive(p)]
+    assert not Path("run.json").exists()
+
+    # 2. SIGINT to the script (Ctrl-C, or snakemake passing it on)
+    proc = subprocess.Popen(argv, env=pausing)
+    pids = underway(proc.pid)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=15) != 0
+    assert _wait_until(lambda: not any(map(_alive, pids)), 15 - (time.monotonic() - t0))
+    assert not Path("run.json").exists()
+
+    # 3. the workflow re-run: resumes from epoch 2 and completes
+    subprocess.run(argv, env=env, check=True, timeout=300)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,7 +783,7 @@ def test_clip_loss_local_loss_gather_with_grad_equals_global_batch(tmp_path):
 
     tmp.start_processes(_clip_loss_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD,
                         join=True, start_method="spawn")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     torch.manual_seed(0)
     model = TwoTower().double()

@@ -6,15 +6,16 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 
 def _check_config(a) -> int:
+    """The Snakefile's check (schema, cross-references, configured paths from the working
+    directory); the runs it reports are grid.runs, the train jobs of the DAG."""
     from clipscale import config, grid
 
     for path in a.files:
         try:
-            cfg = config.load(path)
+            cfg = config.load(path, check_paths=True)
         except config.ConfigError as e:
             print(e, file=sys.stderr)
             return 2
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check-config", help="validate config files against the schema")
+    p = sub.add_parser("check-config", help="validate config files: schema, cross-references, paths")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=_check_config)
 

@@ -1,12 +1,14 @@
 """The configuration: one JSON schema, loading, validation with defaults, and clear errors.
 
-The same code validates the config in the Snakefile (before any job is scheduled) and in
-``clipscale check-config``: a wrong key or value names the file, the key and what is wrong.
+The same function (``validate(..., check_paths=True)``) checks the config in the Snakefile (before
+any job is scheduled) and in ``clipscale check-config``: a wrong key, value or path names the file,
+the dotted key and what is wrong.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -69,10 +71,13 @@ def _where(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
-def validate(config: dict, source: str = "config") -> dict:
-    """Validate ``config`` in place against the schema, fill defaults, check cross-references.
+def validate(config: dict, source: str = "config", *, check_paths: bool = False) -> dict:
+    """Validate ``config`` in place against the schema, fill defaults, check cross-references and,
+    with ``check_paths``, that every configured path exists with the layout clipscale reads
+    (relative paths from the working directory). The one validator: ``clipscale check-config``
+    and the Snakefile both call it with ``check_paths=True``.
 
-    Returns the config. Raises ConfigError naming ``source``, the key and the problem.
+    Returns the config. Raises ConfigError naming ``source``, the dotted key and the problem.
     """
     validator = _DefaultFillingValidator(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -80,6 +85,8 @@ def validate(config: dict, source: str = "config") -> dict:
         lines = [f"  - {_where(e)}: {e.message}" for e in errors[:20]]
         raise ConfigError(f"invalid config {source}:\n" + "\n".join(lines))
     problems = cross_check(config)
+    if check_paths:
+        problems += path_problems(config)
     if problems:
         raise ConfigError(
             f"invalid config {source}:\n" + "\n".join(f"  - {p}" for p in problems)
@@ -87,30 +94,63 @@ def validate(config: dict, source: str = "config") -> dict:
     return config
 
 
+def _count(value, key: str, problems: list[str]) -> int | None:
+    """parse_count of a configured count, or None with the problem appended."""
+    try:
+        n = parse_count(value)
+    except ConfigError as e:
+        problems.append(f"{key}: {e}")
+        return None
+    if n < 1:
+        problems.append(f"{key}: {value!r} is {n} samples")
+        return None
+    return n
+
+
 def cross_check(config: dict) -> list[str]:
-    """Checks that a JSON schema cannot express: names that must refer to each other."""
+    """Checks that a JSON schema cannot express: names that must refer to each other, counts,
+    and runs that open_clip_train could not run. The filesystem is not read."""
+    from clipscale import released
+
     problems = []
     grid = config["grid"]
+    models, scales = config["models"], config["scales"]
     for model in grid["models"]:
-        if model not in config["models"]:
+        if model not in models:
             problems.append(f"grid.models: {model!r} is not defined under models")
     for scale in grid["scales"]:
-        if scale not in config["scales"]:
+        if scale not in scales:
             problems.append(f"grid.scales: {scale!r} is not defined under scales")
+    counts: dict[int, object] = {}
     for value in grid["samples_seen"]:
-        try:
-            parse_count(value)
-        except ConfigError as e:
-            problems.append(f"grid.samples_seen: {e}")
-    train_keys = set(load_schema()["properties"]["train"]["properties"]) - {"overrides"}
+        n = _count(value, "grid.samples_seen", problems)
+        if n in counts:
+            problems.append(f"grid.samples_seen: {counts[n]!r} and {value!r} name the same count "
+                            f"({format_count(n)}), so the same runs")
+        elif n is not None:
+            counts[n] = value
+    for i, entry in enumerate(grid.get("exclude", [])):
+        if "model" in entry and entry["model"] not in models:
+            problems.append(f"grid.exclude[{i}].model: {entry['model']!r} is not defined under models")
+        if "scale" in entry and entry["scale"] not in scales:
+            problems.append(f"grid.exclude[{i}].scale: {entry['scale']!r} is not defined under scales")
+        if "samples_seen" in entry:
+            _count(entry["samples_seen"], f"grid.exclude[{i}].samples_seen", problems)
+    train_keys = dict(load_schema()["properties"]["train"]["properties"])
+    del train_keys["overrides"]
+    settings = jsonschema.Draft202012Validator({"type": "object", "properties": train_keys})
     for i, over in enumerate(config["train"].get("overrides", [])):
-        unknown = set(over) - train_keys - {"model", "scale", "samples_seen"}
+        unknown = set(over) - set(train_keys) - {"model", "scale", "samples_seen"}
         if unknown:
             problems.append(f"train.overrides[{i}]: unknown keys {sorted(unknown)}")
-        if "model" in over and over["model"] not in config["models"]:
+        for e in settings.iter_errors(over):
+            problems.append(f"train.overrides[{i}].{_where(e)}: {e.message}")
+        if "model" in over and over["model"] not in models:
             problems.append(f"train.overrides[{i}].model: {over['model']!r} is not a model")
-        if "scale" in over and over["scale"] not in config["scales"]:
+        if "scale" in over and over["scale"] not in scales:
             problems.append(f"train.overrides[{i}].scale: {over['scale']!r} is not a scale")
+        if "samples_seen" in over:
+            _count(over["samples_seen"], f"train.overrides[{i}].samples_seen", problems)
     if config["pool"]["source"] == "world":
         from clipscale.world import DOWNSTREAM_SETS
 
@@ -124,21 +164,142 @@ def cross_check(config: dict) -> list[str]:
         for name, spec in config["downstream"].items():
             if "path" not in spec:
                 problems.append(f"downstream.{name}: needs a path (pool.source is not 'world')")
-    sizes = config["scales"]
     if config["pool"]["source"] == "world":
         pool_size = config["world"]["pool_size"]  # filled from the schema's default
-        for name, size in sizes.items():
+        for name, size in scales.items():
             if size > pool_size:
                 problems.append(f"scales.{name}: {size} samples > world.pool_size {pool_size}")
-    for i, pred in enumerate(config["fit"].get("predictions", [])):
-        try:
-            parse_count(pred["samples_seen"])
-        except ConfigError as e:
-            problems.append(f"fit.predictions[{i}].samples_seen: {e}")
+    predictions = config["fit"].get("predictions", [])
+    if predictions:
+        from clipscale.reference import gmac_lookup
+
+        known = set(models) | {m["label"] for m in models.values() if m.get("label")} | set(gmac_lookup())
+        for i, pred in enumerate(predictions):
+            _count(pred["samples_seen"], f"fit.predictions[{i}].samples_seen", problems)
+            if pred["model"] not in known:
+                problems.append(
+                    f"fit.predictions[{i}].model: {pred['model']!r} is neither a model of the config nor "
+                    f"of the paper's Table 25 (its GMAC per sample is unknown: the fit would skip it)")
+    problems += released.problems(config)
+    if not problems:
+        problems += _batch_problems(config)
     return problems
 
 
-def load(path: str | Path, overrides: dict | None = None) -> dict:
+def _batch_problems(config: dict) -> list[str]:
+    """Runs with fewer samples per checkpoint than one global batch (per-run overrides applied):
+    open_clip_train cannot run them (clipscale.train.open_clip_args refuses them)."""
+    from clipscale import grid
+
+    labels = {parse_count(v): v for v in config["grid"]["samples_seen"]}
+    train = config["train"]
+    problems = []
+    for run in grid.runs(config):
+        hp = grid.hparams(config, run)
+        if hp["train_num_samples"] >= hp["global_batch_size"]:
+            continue
+        keys = ("checkpoints", "batch_size", "nproc", "nodes")
+        overridden = " after train.overrides" if any(hp[k] != train[k] for k in keys) else ""
+        problems.append(
+            f"grid.samples_seen: {labels[run.samples_seen]}: {run.name} has {hp['train_num_samples']} "
+            f"samples per checkpoint ({run.samples_seen} / train.checkpoints {hp['checkpoints']}), less "
+            f"than one global batch of {hp['global_batch_size']} (train.batch_size {hp['batch_size']} x "
+            f"train.nproc {hp['nproc']} x train.nodes {hp['nodes']}){overridden}; raise samples_seen or "
+            f"lower train.checkpoints or the batch")
+    return problems
+
+
+def path_problems(config: dict) -> list[str]:
+    """Every configured path, checked cheaply (existence, a few named files, a directory scan that
+    stops at the first .tar): pool.source, the downstream sets' folders, evaluate.released."""
+    from clipscale import released
+
+    problems = []
+    source = config["pool"]["source"]
+    if source != "world":
+        problem = _folder_problem(Path(source)) or (
+            None if _has_tar(Path(source)) else " has no .tar shards (img2dataset's NNNNN.tar)")
+        if problem:
+            problems.append(f"pool.source: {source}{problem}")
+    for name, spec in config["downstream"].items():
+        if "path" in spec:
+            problems += [f"downstream.{name}.path: {spec['path']}{p}" for p in downstream_problems(spec)]
+    return problems + released.path_problems(config)
+
+
+def _folder_problem(path: Path) -> str | None:
+    if not path.exists():
+        return " does not exist"
+    if not path.is_dir():
+        return " is not a directory"
+    return None
+
+
+def _has_tar(folder: Path) -> bool:
+    """Whether a folder holds a .tar file; stops at the first one (a pool may hold 10^5 shards)."""
+    with os.scandir(folder) as entries:
+        return any(e.name.endswith(".tar") for e in entries)
+
+
+def downstream_problems(spec: dict) -> list[str]:
+    """What a downstream set's folder (``spec["path"]``) lacks for its tasks, each as the end of a
+    sentence about the folder: clip_benchmark's webdataset layout (``wds/...`` sets, written by
+    clipscale.world) is test/ (and train/ for linear_probe) with nshards.txt and {0..n-1}.tar,
+    classnames.txt and zeroshot_classification_templates.txt for zero-shot classification,
+    dataset_type.txt saying retrieval for retrieval; dedup hashes the test/ split's .tar shards."""
+    root = Path(spec["path"])
+    problem = _folder_problem(root)
+    if problem:
+        return [problem]
+    tasks = spec["tasks"]
+    wds = spec.get("benchmark_name", "wds/").startswith("wds/")
+    splits = {}
+    if wds or spec.get("dedup", True):
+        splits["test"] = ""
+    if wds and "linear_probe" in tasks:
+        splits["train"] = " (linear_probe needs it)"
+    out = []
+    for split, why in splits.items():
+        folder = root / split
+        if not folder.is_dir() or not _has_tar(folder):
+            out.append(f" has no {split}/ split with .tar shards{why}")
+        elif wds:
+            out += _nshards_problems(folder, split)
+    if not wds:
+        return out
+    kind_file = root / "dataset_type.txt"
+    kind = kind_file.read_text().strip().lower() if kind_file.is_file() else "classification"
+    if "zeroshot_retrieval" in tasks and kind != "retrieval":
+        out.append(" is not a retrieval set (zeroshot_retrieval needs dataset_type.txt saying retrieval)")
+    for task in ("zeroshot_classification", "linear_probe"):
+        if task in tasks and kind == "retrieval":
+            out.append(f" is a retrieval set (dataset_type.txt): no {task}")
+    if "zeroshot_classification" in tasks:
+        for name in ("classnames.txt", "zeroshot_classification_templates.txt"):
+            if not (root / name).is_file():
+                out.append(f" has no {name} (zeroshot_classification needs it)")
+    return out
+
+
+def _nshards_problems(folder: Path, split: str) -> list[str]:
+    """clip_benchmark reads {split}/nshards.txt and then {split}/{0..n-1}.tar; the first and the
+    last shard are checked (evaluate checks them all when it runs)."""
+    nshards = folder / "nshards.txt"
+    if not nshards.is_file():
+        return [f" has no {split}/nshards.txt (clip_benchmark's webdataset layout)"]
+    try:
+        n = int(nshards.read_text().strip())
+    except ValueError:
+        return [f": {split}/nshards.txt does not hold a number of shards"]
+    if n < 1:
+        return [f": {split}/nshards.txt says {n} shards"]
+    for i in sorted({0, n - 1}):
+        if not (folder / f"{i}.tar").is_file():
+            return [f": {split}/nshards.txt says {n} shards, {split}/{i}.tar is missing"]
+    return []
+
+
+def load(path: str | Path, overrides: dict | None = None, *, check_paths: bool = False) -> dict:
     """Read a YAML config file, apply overrides (nested dict merge), validate."""
     path = Path(path)
     try:
@@ -151,7 +312,7 @@ def load(path: str | Path, overrides: dict | None = None) -> dict:
         raise ConfigError(f"config file {path} must hold a mapping, found {type(config).__name__}")
     if overrides:
         config = merge(config, overrides)
-    return validate(config, source=str(path))
+    return validate(config, source=str(path), check_paths=check_paths)
 
 
 def merge(base: dict, extra: dict) -> dict:

@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipscale import phash as P
-from clipscale.shards import ShardWriter, SkipCounter, iter_samples
+from clipscale.shards import ShardWriter, SkipCounter, is_complete, iter_samples
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +67,9 @@ class DedupError(ValueError):
 
 
 def image_member(files: dict) -> str | None:
-    """The extension of a sample's image member, or None."""
+    """The extension of a sample's (non-empty) image member, or None."""
     for ext in P.IMAGE_EXTENSIONS:
-        if ext in files:
+        if files.get(ext):
             return ext
     return None
 
@@ -78,7 +77,9 @@ def image_member(files: dict) -> str | None:
 def iter_hashes(tars: Iterable[str | Path], skipped: SkipCounter, stats: dict,
                 batch_size: int = 4096) -> Iterator[tuple[list[str], str, np.ndarray]]:
     """Yield (keys, shard, hashes) per tar. Bad samples are counted in ``skipped`` (with the key)
-    and left out; ``stats`` gets n_samples (samples read) and n_hashed."""
+    and left out, each once, with its most specific reason (an empty .jpg is an "empty image
+    member", not also "no image member"); a cut or corrupt tar counts once for the shard.
+    ``stats`` gets n_samples (samples read) and n_hashed."""
     for tar in tars:
         tar = str(tar)
         hasher = P.BatchHasher(batch_size)
@@ -87,7 +88,10 @@ def iter_hashes(tars: Iterable[str | Path], skipped: SkipCounter, stats: dict,
             stats["n_samples"] = stats.get("n_samples", 0) + 1
             ext = image_member(files)
             if ext is None:
-                skipped.add("no image member", f"{tar}:{key} (members: {sorted(files)})")
+                if any(e in files for e in P.IMAGE_EXTENSIONS):
+                    skipped.add("empty image member", f"{tar}:{key}")
+                else:
+                    skipped.add("no image member", f"{tar}:{key} (members: {sorted(files)})")
                 continue
             try:
                 hasher.add_bytes(files[ext], ext)
@@ -790,7 +794,8 @@ def filter_subset(manifest_path: str | Path, matches: pd.DataFrame, out_dir: str
     and its entry says how many samples it lost ("removed"). A shard left empty is dropped. With
     a pool_shard column in ``matches`` only those shards are read; without it, every shard is.
     """
-    from clipscale.subsets import read_manifest
+    from clipscale.subsets import (link_shard, read_manifest, require_in_workdir, shard_url,
+                                   workdir_path)
 
     manifest = read_manifest(manifest_path)
     keys = matches["pool_key"].astype(str)
@@ -803,6 +808,7 @@ def filter_subset(manifest_path: str | Path, matches: pd.DataFrame, out_dir: str
         everywhere = set(keys)
     out_dir = Path(out_dir)
     shard_dir = out_dir / "shards"
+    shard_dir_name = require_in_workdir(shard_dir, "filtered subset folder")
     shard_dir.mkdir(parents=True, exist_ok=True)
     for old in shard_dir.iterdir():
         old.unlink()
@@ -814,7 +820,7 @@ def filter_subset(manifest_path: str | Path, matches: pd.DataFrame, out_dir: str
         drop = everywhere if by_shard is None else by_shard.get(_resolved(entry["path"]), set())
         dst = shard_dir / f"{len(entries):06d}.tar"
         if by_shard is not None and not drop and not partial:
-            os.symlink(Path(entry["path"]).resolve(), dst)
+            link_shard(entry["path"], dst)
             kept, dropped = n_in, []
         else:
             kept, dropped = _copy_without(src, dst, n_in, drop)
@@ -824,10 +830,10 @@ def filter_subset(manifest_path: str | Path, matches: pd.DataFrame, out_dir: str
                 continue
             if kept == n_in and not partial and Path(entry["path"]).exists():
                 dst.unlink()  # nothing removed after all: link the pool's shard instead
-                os.symlink(Path(entry["path"]).resolve(), dst)
+                link_shard(entry["path"], dst)
         removed_keys += dropped
         entries.append({**entry, "n_samples": kept, "partial": partial or bool(dropped),
-                        "removed": len(dropped), "file": str(dst.absolute())})
+                        "removed": len(dropped), "file": workdir_path(dst)})
     if not entries:
         raise DedupError(f"{manifest_path}: every sample of the subset matched a test image")
     out = {
@@ -835,9 +841,9 @@ def filter_subset(manifest_path: str | Path, matches: pd.DataFrame, out_dir: str
         "name": manifest.get("name", out_dir.name),
         "n_samples": int(sum(e["n_samples"] for e in entries)),
         "n_shards": len(entries),
-        "url": str(shard_dir.absolute() / f"{{000000..{len(entries) - 1:06d}}}.tar"),
+        "url": shard_url(shard_dir_name, len(entries)),
         "shards": entries,
-        "dedup": {"source_manifest": str(manifest_path), "removed": len(removed_keys),
+        "dedup": {"source_manifest": workdir_path(manifest_path), "removed": len(removed_keys),
                   "n_samples_before": int(manifest["n_samples"]),
                   "removed_examples": removed_keys[:20]},
     }
@@ -852,14 +858,15 @@ def _resolved(path: str) -> str:
 
 
 def _copy_without(src: str, dst: Path, n: int, drop: set[str]) -> tuple[int, list[str]]:
-    """Stream the first n samples of src into dst, leaving out the keys in drop.
-    Returns (samples written, keys left out); fewer than n samples in src is an error."""
+    """Stream the first n complete samples of src into dst (what a manifest counts), leaving
+    out the keys in drop. Returns (samples written, keys left out); fewer than n samples in src
+    is an error."""
     seen, written, dropped = 0, 0, []
     with ShardWriter(dst) as w:
         for key, files in iter_samples(src):
             if seen == n:
                 break
-            if not files:
+            if not is_complete(files):
                 continue
             seen += 1
             if key in drop:

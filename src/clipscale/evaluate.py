@@ -767,11 +767,40 @@ def build_table(config: dict, files: Iterable[str | Path]) -> tuple[pd.DataFrame
     return df, c.lines + lines, c.counts
 
 
+def data_lines(run_records: Iterable[str | Path] = (), pool_index: str | Path | None = None) -> list[str]:
+    """Log lines for the data behind the table: pool shards whose tar and parquet disagree (or
+    that are truncated or hold unreadable samples), and samples each training run skipped."""
+    from clipscale.subsets import pool_problems
+
+    lines = []
+    if pool_index and Path(pool_index).exists():
+        lines += [f"POOL       {line}" for line in pool_problems(pd.read_parquet(pool_index))]
+    for path in run_records:
+        try:
+            record = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            lines.append(f"RUN        {path}: unreadable run record: {e}")
+            continue
+        skipped = record.get("skipped_samples") or {}
+        if skipped.get("total"):
+            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.get("by_reason", {}).items()))
+            lines.append(f"SKIPPED    {record['model']}/{record['scale']}/{record['samples_seen_label']}: "
+                         f"training skipped {skipped['total']} samples ({reasons or 'reasons not recorded'}); "
+                         f"see {path}")
+        for aside in record.get("rejected_checkpoints", []):
+            lines.append(f"CHECKPOINT {record['model']}/{record['scale']}/{record['samples_seen_label']}: "
+                         f"{aside.get('file')} moved to {aside.get('moved_to')}: {aside.get('reason')}")
+    return lines
+
+
 def aggregate(config: dict, files: Iterable[str | Path], out_table: str | Path = paths.RESULTS_TABLE,
-              out_csv: str | Path = paths.RESULTS_CSV, out_log: str | Path = paths.RESULTS_LOG) -> pd.DataFrame:
-    """Write the results table (parquet and CSV) and its log; never stops on a missing file."""
+              out_csv: str | Path = paths.RESULTS_CSV, out_log: str | Path = paths.RESULTS_LOG, *,
+              run_records: Iterable[str | Path] = (), pool_index: str | Path | None = None) -> pd.DataFrame:
+    """Write the results table (parquet and CSV) and its log; never stops on a missing file.
+    The log also lists the pool's problem shards and the samples training skipped."""
     files = [str(f) for f in files]
     df, lines, counts = build_table(config, files)
+    lines = lines + data_lines(run_records, pool_index)
     table.write_table(df, out_table)
     table.write_table(df, out_csv)
     by_source = df["source"].value_counts().to_dict() if len(df) else {}
@@ -784,7 +813,9 @@ def aggregate(config: dict, files: Iterable[str | Path], out_table: str | Path =
         f"of which group means: {n_group}",
         "# A FAILED evaluation's result file records why; delete it and re-run the workflow to retry.",
         "# MISSING: no result file; UNDEFINED: metric not defined for this set (no row);",
-        "# NO MEAN: a group average left out because a member set has no value.",
+        "# NO MEAN: a group average left out because a member set has no value;",
+        "# POOL: a pool shard whose tar and parquet disagree, truncated or with unreadable samples;",
+        "# SKIPPED: samples a training run skipped; CHECKPOINT: a checkpoint a run set aside.",
     ]
     Path(out_log).parent.mkdir(parents=True, exist_ok=True)
     Path(out_log).write_text("\n".join(header + (lines or ["(every expected evaluation is in the table)"])) + "\n")

@@ -601,26 +601,27 @@ def _metadata(suffix: str) -> dict:
     return {}
 
 
-def make(name: str, config: Mapping, tables: Mapping[str, str], overlap: str | None,
+def make(settings: Mapping, tables: Mapping[str, str], overlap: str | None,
          outputs: Sequence[str]) -> None:
-    """The pipeline's figure step: draw the configured figure ``name`` from table files.
+    """The pipeline's figure step: draw one figure from table files.
 
-    ``tables`` maps an input ("published", "ours") to a results table file; ``overlap`` is the
-    overlap CSV (dataset, overlap_pct) of an overlap figure.
+    ``settings`` is what shapes the figure (``clipscale.shaping.figure``: its spec, the fit
+    settings and seed, the data scales, the downstream groups); ``tables`` maps an input
+    ("published", "ours") to a results table file; ``overlap`` is the overlap CSV (dataset,
+    overlap_pct) of an overlap figure.
     """
     from clipscale.table import read_table
 
-    spec = find_spec(config, name)
+    spec = FigureSpec(**settings["spec"])
     loaded = {inp: read_table(path) for inp, path in tables.items()}
     ov = None
     if overlap:
         try:
             ov = pd.read_csv(overlap)
         except Exception as e:
-            raise FigureError(f"figure {name!r}: cannot read the overlap table {overlap}: {e}") from None
-    sizes = dict(config.get("scales", {}))
-    fig = draw(spec, loaded, overlap=ov, fit_config=config.get("fit", {}), seed=int(config.get("seed", 0)),
-               data_sizes=sizes, groups=groups_of(config))
+            raise FigureError(f"figure {spec.name!r}: cannot read the overlap table {overlap}: {e}") from None
+    fig = draw(spec, loaded, overlap=ov, fit_config=settings.get("fit", {}), seed=int(settings.get("seed", 0)),
+               data_sizes=dict(settings.get("scales", {})), groups=groups_of(settings))
     save(fig, outputs)
 
 

@@ -194,11 +194,61 @@ def released_files(config: dict) -> list[Path]:
     if folder is None:
         return []
     if not folder.is_dir():
-        raise ReleasedNameError(f"evaluate.released.dir {folder} is not a directory")
+        what = "is not a directory" if folder.exists() else "does not exist"
+        raise ReleasedNameError(f"evaluate.released.dir: {folder} {what}")
     found = sorted(folder.glob("*.pt"))
     if not found:
-        raise ReleasedNameError(f"evaluate.released.dir {folder}: no *.pt checkpoint in it")
+        raise ReleasedNameError(f"evaluate.released.dir: {folder} has no *.pt checkpoint")
     return found
+
+
+def problems(config: dict) -> list[str]:
+    """What is wrong with evaluate.released without reading the filesystem, as dotted keys: a
+    model map to no model, a listed file name that does not parse or names no model, two files
+    of one result folder."""
+    spec = config.get("evaluate", {}).get("released", {}) or {}
+    models = config.get("models", {})
+    out = []
+    for token, model in (spec.get("models") or {}).items():
+        if model not in models and model not in _open_clip_models():
+            out.append(f"evaluate.released.models.{token}: {model!r} is neither a model of the config "
+                       f"({sorted(models)}) nor an open_clip architecture")
+    if spec.get("files") and not out:
+        out += _name_problems(config, released_files(config), "evaluate.released.files[{i}]")
+    return out
+
+
+def path_problems(config: dict) -> list[str]:
+    """evaluate.released on the filesystem: dir exists, listed files exist, and the names of the
+    *.pt files of a dir without a file list (checked only here: they are found by listing it)."""
+    spec = config.get("evaluate", {}).get("released", {}) or {}
+    folder = Path(spec["dir"]) if spec.get("dir") else None
+    if folder and not folder.is_dir():
+        what = "is not a directory" if folder.exists() else "does not exist"
+        return [f"evaluate.released.dir: {folder} {what}"]
+    if spec.get("files"):
+        return [f"evaluate.released.files[{i}]: {path} does not exist"
+                for i, path in enumerate(released_files(config)) if not path.is_file()]
+    try:
+        files = released_files(config)  # the *.pt of dir
+    except ReleasedNameError as e:
+        return [str(e)]
+    return _name_problems(config, files, "evaluate.released.dir")
+
+
+def _name_problems(config: dict, files: list[Path], key: str) -> list[str]:
+    out = []
+    for i, path in enumerate(files):
+        try:
+            resolve(config, path)
+        except ReleasedNameError as e:
+            out.append(f"{key.format(i=i)}: {e}")
+    if files and not out:
+        try:
+            checkpoints(config)
+        except ReleasedNameError as e:
+            out.append(f"evaluate.released: {e}")
+    return out
 
 
 def resolve(config: dict, path: str | Path) -> ReleasedCheckpoint:
@@ -246,5 +296,5 @@ def find(config: dict, model: str, scale: str, samples: str) -> ReleasedCheckpoi
 
 
 __all__ = ["NAME_FORMAT", "ReleasedName", "ReleasedNameError", "ReleasedCheckpoint", "parse_name",
-           "format_name", "table18_row", "resolve_model", "released_files", "resolve", "checkpoints",
-           "find"]
+           "format_name", "table18_row", "resolve_model", "released_files", "problems", "path_problems",
+           "resolve", "checkpoints", "find"]

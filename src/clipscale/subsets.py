@@ -9,6 +9,16 @@ Whole shards are not copied: the subset's shards/ folder holds symbolic links to
 000000.tar ... so that one brace pattern names the subset (what open_clip's --train-data takes).
 Only the one cut shard is re-written (streamed, one sample in memory at a time). Memory use does
 not depend on the pool size beyond one row per shard.
+
+Counts are of readable samples: the pool index checks every tar against its img2dataset parquet
+(headers only, see clipscale.shards.scan_tar) and subsets are cut on what the tars hold, so a
+truncated shard cannot make a subset promise samples that are not there.
+
+Paths are relative to the working directory (where snakemake runs, the process's cwd): the
+manifest's url and files, and the links to pool shards inside the workdir (the embedded world's
+results/world/pool/). A copied or moved workdir (cp -a, mv) then reads its own shards, never the
+original's. A pool outside the workdir (a user's /data/laion) is linked by its absolute path:
+that is where the data lives.
 """
 
 from __future__ import annotations
@@ -20,9 +30,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipscale.shards import ShardWriter, SkipCounter, iter_samples
+from clipscale.shards import ShardWriter, is_complete, iter_samples, scan_tar
 
-INDEX_COLUMNS = ["shard", "path", "n_samples", "skipped", "counted_from"]
+# n_samples (what subsets use) = n_readable, complete samples in the tar; n_parquet = what
+# img2dataset's parquet says (null without one); skipped = samples in the tar that are not
+# complete; problem = what is wrong with the shard ("" when nothing)
+INDEX_COLUMNS = ["shard", "path", "n_samples", "skipped", "counted_from", "n_parquet",
+                 "n_readable", "problem"]
 
 
 class PoolError(ValueError):
@@ -39,29 +53,56 @@ def pool_shards(pool_dir: str | Path) -> list[Path]:
     return shards
 
 
-def count_samples(shard: Path) -> tuple[int, int, str]:
-    """Samples in one shard: (n, skipped, how). Uses img2dataset's parquet when present
-    (status == 'success' rows), else reads the tar's headers; a truncated tar counts what is
-    readable and reports the rest as skipped."""
-    parquet = shard.with_suffix(".parquet")
-    if parquet.exists():
-        try:
-            meta = pd.read_parquet(parquet, columns=["status"])
-            return int((meta["status"] == "success").sum()), 0, "parquet"
-        except Exception:  # a broken parquet: fall back to the tar itself
-            pass
-    skipped = SkipCounter()
-    n = sum(1 for _key, files in iter_samples(shard, skipped) if files)
-    return n, skipped.total, "tar"
+def parquet_count(parquet: Path) -> tuple[int | None, str]:
+    """(samples img2dataset wrote: its 'success' rows, problem); (None, "") without a parquet."""
+    if not parquet.exists():
+        return None, ""
+    try:
+        meta = pd.read_parquet(parquet, columns=["status"])
+    except Exception as e:  # a broken parquet is reported, the tar is counted all the same
+        return None, f"unreadable parquet {parquet.name} ({type(e).__name__})"
+    return int((meta["status"] == "success").sum()), ""
 
 
-def build_index(pool_dir: str | Path) -> pd.DataFrame:
-    rows = []
-    for shard in pool_shards(pool_dir):
-        n, skipped, how = count_samples(shard)
-        rows.append({"shard": shard.stem, "path": str(shard.resolve()), "n_samples": n,
-                     "skipped": skipped, "counted_from": how})
-    return pd.DataFrame(rows, columns=INDEX_COLUMNS)
+def index_row(shard: Path) -> dict:
+    """One row of the pool index: the shard's readable samples (its tar, verified) and its
+    parquet's count, with what does not add up."""
+    scan = scan_tar(shard)
+    n_parquet, parquet_problem = parquet_count(shard.with_suffix(".parquet"))
+    problems = [scan.problem] if scan.problem else []
+    if scan.n_incomplete:
+        problems.append(f"{scan.n_incomplete} samples without an image or a caption")
+    if n_parquet is not None and n_parquet != scan.n_complete:
+        problems.append(f"parquet says {n_parquet} samples, the tar has {scan.n_complete} readable")
+    if parquet_problem:
+        problems.append(parquet_problem)
+    return {"shard": shard.stem, "path": workdir_path(shard), "n_samples": scan.n_complete,
+            "skipped": scan.n_incomplete, "counted_from": "tar", "n_parquet": n_parquet,
+            "n_readable": scan.n_complete, "problem": "; ".join(problems)}
+
+
+def build_index(pool_dir: str | Path, workers: int = 1) -> pd.DataFrame:
+    """The pool index (INDEX_COLUMNS), one row per shard. ``workers`` > 1 scans shards in that
+    many processes (a pool of 10^5 shards is header-scanned in hours on one core)."""
+    shards = pool_shards(pool_dir)
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as ex:
+            rows = list(ex.map(index_row, shards, chunksize=16))
+    else:
+        rows = [index_row(shard) for shard in shards]
+    index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    index["n_parquet"] = index["n_parquet"].astype("Int64")
+    return index
+
+
+def pool_problems(index: pd.DataFrame) -> list[str]:
+    """The pool index's problem shards as readable lines (for logs and the results log), e.g.
+    'results/world/pool/00001.tar: truncated tar (...); parquet says 100 samples, the tar has
+    57 readable'. Subsets use the readable samples; the rest of these shards is left out."""
+    bad = index[index["problem"].fillna("") != ""]
+    return [f"{row.path}: {row.problem}" for row in bad.itertuples()]
 
 
 def shard_order(index: pd.DataFrame, seed: int) -> list[int]:
@@ -93,13 +134,14 @@ def plan(index: pd.DataFrame, size: int, seed: int) -> list[dict]:
 
 
 def copy_prefix(src: str | Path, dst: str | Path, n: int) -> int:
-    """Stream the first n complete samples of a tar shard into a new shard."""
+    """Stream the first n complete samples of a tar shard into a new shard (incomplete ones,
+    which the index does not count and open_clip would drop, are left out)."""
     written = 0
     with ShardWriter(dst) as w:
         for key, files in iter_samples(src):
             if written == n:
                 break
-            if files:
+            if is_complete(files):
                 w.write(key, files)
                 written += 1
     if written < n:
@@ -107,10 +149,50 @@ def copy_prefix(src: str | Path, dst: str | Path, n: int) -> int:
     return written
 
 
+def _outside(relative: str) -> bool:
+    return relative == os.pardir or relative.startswith(os.pardir + os.sep)
+
+
+def workdir_path(path: str | Path) -> str:
+    """``path`` as manifests and the pool index store it: relative to the working directory
+    when inside it (so a copied workdir names its own files), else absolute."""
+    absolute = os.path.abspath(path)
+    relative = os.path.relpath(absolute, os.getcwd())
+    return absolute if _outside(relative) else relative
+
+
+def require_in_workdir(folder: str | Path, what: str) -> str:
+    """``folder`` relative to the working directory; an error when it is outside (manifests name
+    their shards relative to the workdir, so one written outside could not be read)."""
+    relative = workdir_path(folder)
+    if os.path.isabs(relative):
+        raise PoolError(f"{what} {folder} is outside the working directory {os.getcwd()}: run "
+                        f"from the directory that holds it (manifests are relative to it)")
+    return relative
+
+
+def link_shard(target: str | Path, link: Path) -> None:
+    """Symlink ``link`` to the pool shard ``target``. A shard inside the working directory is
+    linked relatively (from the link's folder), so cp -a / mv of the whole workdir keeps the
+    links inside the copy; one outside (a user's pool) by its absolute path, where the data is."""
+    real = os.path.realpath(target)
+    if _outside(os.path.relpath(real, os.path.realpath(os.getcwd()))):
+        os.symlink(real, link)
+    else:
+        os.symlink(os.path.relpath(real, os.path.realpath(link.parent)), link)
+
+
+def shard_url(shard_dir: str, n_shards: int) -> str:
+    """The brace pattern of a subset's numbered shards (what open_clip's --train-data takes)."""
+    return f"{shard_dir}/{{000000..{n_shards - 1:06d}}}.tar"
+
+
 def write_subset(index: pd.DataFrame, name: str, size: int, seed: int, out_dir: str | Path) -> dict:
-    """Write results/data/subsets/<name>/: shards/ (links + one cut shard) and manifest.json."""
+    """Write results/data/subsets/<name>/: shards/ (links + one cut shard) and manifest.json.
+    ``out_dir`` must be inside the working directory (the manifest's paths are relative to it)."""
     out_dir = Path(out_dir)
     shard_dir = out_dir / "shards"
+    shard_dir_name = require_in_workdir(shard_dir, "subset folder")
     shard_dir.mkdir(parents=True, exist_ok=True)
     for old in shard_dir.iterdir():
         old.unlink()
@@ -121,14 +203,14 @@ def write_subset(index: pd.DataFrame, name: str, size: int, seed: int, out_dir: 
         if part["partial"]:
             copy_prefix(part["path"], link, part["n_samples"])
         else:
-            os.symlink(part["path"], link)
-        entries.append({**part, "file": str(link.resolve() if part["partial"] else link.absolute())})
+            link_shard(part["path"], link)
+        entries.append({**part, "file": workdir_path(link)})
     manifest = {
         "name": name,
         "n_samples": int(sum(p["n_samples"] for p in parts)),
         "seed": seed,
         "n_shards": len(parts),
-        "url": str(shard_dir.absolute() / f"{{000000..{len(parts) - 1:06d}}}.tar"),
+        "url": shard_url(shard_dir_name, len(parts)),
         "shards": entries,
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -146,16 +228,36 @@ def read_manifest(path: str | Path) -> dict:
     for key in ("n_samples", "url", "shards"):
         if key not in manifest:
             raise PoolError(f"subset manifest {path} has no {key!r}")
+    for source in manifest["url"].split("::"):  # open_clip's separator of several sources
+        _check_in_workdir(path, "url", source)
+    for entry in manifest["shards"]:
+        _check_in_workdir(path, "shard file", entry["file"])
     return manifest
 
 
+def _check_in_workdir(manifest_path: Path, what: str, value: str) -> None:
+    """A manifest names its shards relative to the working directory; an absolute path or one
+    leading out of it would read another workdir's shards (or none, once it is gone)."""
+    if os.path.isabs(value):
+        problem = "is an absolute path"
+    elif _outside(os.path.normpath(value)):
+        problem = "points outside the working directory"
+    else:
+        return
+    raise PoolError(f"subset manifest {manifest_path}: {what} {value!r} {problem}; its paths must be "
+                    f"relative to the working directory ({os.getcwd()}): re-make the subset")
+
+
 def subset_keys(manifest: dict) -> list[str]:
-    """All sample keys of a subset, in order (reads the shards)."""
+    """All sample keys of a subset, in order (reads the shards; complete samples only)."""
     keys = []
     for entry in manifest["shards"]:
-        for n, (key, _files) in enumerate(iter_samples(entry["file"])):
+        n = 0
+        for key, files in iter_samples(entry["file"]):
             if n == entry["n_samples"]:
                 break
-            keys.append(key)
+            if is_complete(files):
+                keys.append(key)
+                n += 1
     return keys
 

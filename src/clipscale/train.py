@@ -8,7 +8,24 @@ this same module.
 
 Resume: checkpoints live in the run's folder, which is not a Snakemake output, so a failed,
 killed or timed-out job keeps them; the next attempt passes ``--resume latest`` and continues
-from the newest readable checkpoint. Only ``run.json`` is the rule's output, written last.
+from the newest good checkpoint. Before open_clip picks one, the file it would pick is checked
+(loaded with ``weights_only=True``: a checkpoint is data, never code) and moved aside with the
+reason when it is unreadable, unsafe, or not an epoch of this run. Only ``run.json`` is the
+rule's output, written last.
+
+Files in the run's folder besides run.json (kept across attempts, none a Snakemake output):
+
+* ``attempts.jsonl``: one line when an attempt starts and one when it ends (steps, seconds,
+  resumed_from, how it ended); run.json copies the attempts and adds steps/seconds totals;
+* ``skipped/``: per-process counts of the samples open_clip's data pipeline skipped (corrupt
+  images, samples without caption), summed into run.json's ``skipped_samples``;
+* ``openclip/``: open_clip's own logs and ``checkpoints/epoch_N.pt`` (files moved aside end in
+  ``.corrupt`` or ``.rejected``).
+
+Stopping: SIGINT/SIGTERM reach the launcher (the rule's script), which passes them on to the
+training processes (started in their own session) and kills them if they do not stop in time;
+a training process stops at once (after a checkpoint being saved), records its attempt and
+exits non-zero, so no run.json is written. Both also stop when the process above them exits.
 
 Divergence: every loss is checked before its backward pass; NaN/inf, or a jump above
 ``max_loss_jump`` x the running mean, stops the run with a message naming the run and step.
@@ -21,18 +38,28 @@ import json
 import logging
 import math
 import os
+import re
+import signal
+import socket
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
+from datetime import datetime
 from pathlib import Path
 
 from clipscale import config as config_mod
 from clipscale import grid, models, paths
+from clipscale import stopping
+from clipscale.stopping import TrainingStopped, run_until_stopped, stop_on_signals  # noqa: F401
 from clipscale.subsets import read_manifest
 
 log = logging.getLogger("clipscale.train")
 
 OPENCLIP_NAME = "openclip"  # open_clip's --name: logs and checkpoints under <run dir>/openclip/
+ATTEMPTS_NAME = "attempts.jsonl"  # <run dir>/attempts.jsonl: one line per attempt start and end
+SKIPPED_NAME = "skipped"  # <run dir>/skipped/: per-process counts of skipped samples
+SKIP_DIR_ENV = "CLIPSCALE_SKIP_DIR"  # tells data worker processes where to count
+MAX_SKIP_EXAMPLES = 3  # examples kept per skip reason
 
 
 class TrainingError(RuntimeError):
@@ -123,19 +150,249 @@ def check_shards(manifest: dict, manifest_path: str | Path) -> None:
             f"re-make the subset (or the pool it links to)")
 
 
-def drop_corrupt_latest(run: grid.Run) -> None:
-    """A job killed while torch.save wrote a checkpoint leaves an unreadable file that
-    ``--resume latest`` would pick: move such files aside (kept, renamed *.corrupt)."""
+def _load_weights_only(path: Path):
+    """torch.load that can only rebuild tensors and plain containers, never run code (memory-
+    mapped where the file format allows it, so checking a big checkpoint reads little)."""
     import torch
 
-    for epoch, path in reversed(list(checkpoints(run).items())):
-        try:
-            torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):  # an old (non-zip) file cannot be memory-mapped: read it
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_problem(path: Path, folder: Path, epochs: int) -> tuple[str, str] | None:
+    """Why ``--resume`` must not load ``path`` as (reason, suffix to move it aside with), or None.
+
+    Ours are ``<folder>/epoch_N.pt`` with N <= epochs whose ``epoch`` field is N, loadable with
+    ``weights_only=True`` (a pickle that needs more, e.g. one calling os.system, is refused
+    without running it). An unreadable file (a job killed while saving) ends in ``.corrupt``,
+    any other refused one in ``.rejected``.
+    """
+    m = re.fullmatch(r"epoch_(\d+)\.pt", path.name)
+    if not m or path.parent != folder:
+        return f"not named epoch_N.pt in {folder} (not a checkpoint of this run)", ".rejected"
+    named = int(m.group(1))
+    if named > epochs:
+        return f"epoch {named} is beyond the run's {epochs} epochs", ".rejected"
+    try:
+        ckpt = _load_weights_only(path)
+    except Exception as e:  # noqa: BLE001 - any failure to load means unusable
+        text = str(e)
+        if "Weights only load failed" in text:
+            detail = next((line.strip() for line in text.splitlines() if "Unsupported global" in line
+                           or "WeightsUnpickler error" in line), text.splitlines()[0])
+            return f"unsafe: not loadable with weights_only=True ({detail[:300]})", ".rejected"
+        first = text.strip().splitlines()[0][:300] if text.strip() else ""
+        return f"unreadable: {type(e).__name__}: {first}", ".corrupt"
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("epoch"), int) and "state_dict" in ckpt):
+        return "no 'epoch' and 'state_dict': not a training checkpoint", ".rejected"
+    if ckpt["epoch"] != named:
+        return f"its 'epoch' field says {ckpt['epoch']}, its name {named}", ".rejected"
+    return None
+
+
+def _aside(path: Path, suffix: str) -> Path:
+    """path + suffix, else + suffix.1, .2, ...: a file moved aside earlier is never overwritten."""
+    target, n = path.with_name(path.name + suffix), 0
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{suffix}.{n}")
+    return target
+
+
+def check_resume_checkpoints(run: grid.Run, epochs: int) -> list[dict]:
+    """Move aside every checkpoint that ``--resume latest`` would pick but must not load, until
+    it would pick a good one (or none); return what was moved, with the reasons.
+
+    open_clip takes the last ``*.pt`` in its checkpoint folder in natural order (any name; its
+    glob ``<folder>**/*.pt`` also matches sibling folders ``checkpoints*/``) and loads it with its
+    own ``pt_load``: asking its ``get_latest_checkpoint`` which file that is, with the path it
+    builds, means only a checked file can reach it.
+    """
+    from open_clip_train.main import get_latest_checkpoint
+
+    folder = os.path.join(str(run_dir(run)), OPENCLIP_NAME, "checkpoints")  # as open_clip joins it
+    rejected = []
+    while latest := get_latest_checkpoint(folder, remote=False):
+        path = Path(latest)
+        problem = checkpoint_problem(path, Path(folder), epochs)
+        if problem is None:
+            break
+        reason, suffix = problem
+        aside = _aside(path, suffix)
+        path.replace(aside)
+        log.warning("checkpoint %s cannot be resumed from: %s; moved to %s", path, reason, aside)
+        rejected.append({"file": str(path), "moved_to": str(aside), "reason": reason})
+    return rejected
+
+
+# ---------------------------------------------------------------------------------------------
+# samples skipped by open_clip's data pipeline
+# ---------------------------------------------------------------------------------------------
+
+
+class _SkipCounter:
+    """This process's skipped samples, rewritten to its own small file in ``$CLIPSCALE_SKIP_DIR``
+    at each skip (skips are rare next to decoding). A file per process because the pipeline runs
+    in data worker processes whose memory the training process never sees; a forked worker
+    starts its own counts and file."""
+
+    pid: int | None = None
+
+    def add(self, reason: str, key: str | None, url: str | None, error: str | None = None) -> None:
+        folder = os.environ.get(SKIP_DIR_ENV)
+        if not folder:
             return
-        except Exception as e:  # noqa: BLE001 - any failure to load means unusable
-            aside = path.with_suffix(".pt.corrupt")
-            log.warning("checkpoint %s is unreadable (%s); moved to %s", path, e, aside)
-            path.replace(aside)
+        if self.pid != os.getpid():
+            self.pid, self.counts, self.examples = os.getpid(), Counter(), []
+            self.path = Path(folder) / f"rank{rank()}-pid{self.pid}-{time.time_ns()}.json"
+        self.counts[reason] += 1
+        if self.counts[reason] <= MAX_SKIP_EXAMPLES:
+            self.examples.append({"reason": reason, "key": key, "url": url, "error": error})
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"by_reason": self.counts, "examples": self.examples}))
+        os.replace(tmp, self.path)  # never half a file for the summing process to read
+
+
+_skips = _SkipCounter()
+_last_sample: tuple[str | None, str | None] = (None, None)  # (key, url) of the sample in decoding
+
+
+def _upstream(name: str):
+    """open_clip_train.data's own function ``name``, also once this process has patched it (a
+    worker started by spawn imports the module afresh, unpatched)."""
+    import open_clip_train.data as oct_data
+
+    return getattr(oct_data, "_clipscale_originals", {}).get(name) or getattr(oct_data, name)
+
+
+def _select_counting(sample: dict) -> bool:
+    """open_clip's filter_no_caption_or_no_image (which drops silently), counting the drops."""
+    global _last_sample
+    _last_sample = (sample.get("__key__"), sample.get("__url__"))
+    if _upstream("filter_no_caption_or_no_image")(sample):
+        return True
+    lacks = {"no caption": "txt" not in sample,
+             "no image": not any(ext in sample for ext in ("png", "jpg", "jpeg", "webp"))}
+    _skips.add(", ".join(r for r, true in lacks.items() if true) or "filtered out", *_last_sample)
+    return False
+
+
+def _decode_error_skipped(exn: Exception) -> bool:
+    """open_clip's log_and_continue for the decode stage, counting the skip. The sample is the one
+    the filter passed last: the pipeline's stages are generators pulling one sample at a time."""
+    _skips.add(f"decode error: {type(exn).__name__}", *_last_sample, error=repr(exn)[:300])
+    return _upstream("log_and_continue")(exn)
+
+
+def _read_error_skipped(exn: Exception) -> bool:
+    """log_and_continue for reading the tar files (webdataset appends the shard url to args)."""
+    url = next((a for a in reversed(getattr(exn, "args", ())) if isinstance(a, str)), None)
+    _skips.add(f"read error: {type(exn).__name__}", None, url, error=repr(exn)[:300])
+    return _upstream("log_and_continue")(exn)
+
+
+def _tarfile_to_samples_counting(src, handler=None):
+    """open_clip's tarfile_to_samples_nothrow with the counting handler (its default handler,
+    log_and_continue, was bound when it was defined: patching that name does not reach it)."""
+    return _upstream("tarfile_to_samples_nothrow")(src, handler=_read_error_skipped)
+
+
+def install_skip_counting() -> None:
+    """Count what open_clip's webdataset pipeline skips (it only logs "Ignoring" per sample).
+
+    Patches names that ``open_clip_train.data.get_wds_dataset`` looks up when it builds the
+    pipeline; fails loudly if upstream renamed them or stopped using them there.
+    """
+    import open_clip_train.data as oct_data
+
+    wrappers = {"filter_no_caption_or_no_image": _select_counting,
+                "log_and_continue": _decode_error_skipped,
+                "tarfile_to_samples_nothrow": _tarfile_to_samples_counting}
+    build = getattr(oct_data, "get_wds_dataset", None)
+    used = set(build.__code__.co_names) if build is not None else set()
+    missing = [n for n in wrappers if not hasattr(oct_data, n) or n not in used]
+    if missing:
+        raise TrainingError(f"open_clip_train.data.get_wds_dataset no longer uses {missing}: "
+                            f"open_clip changed; update clipscale.train.install_skip_counting")
+    if not hasattr(oct_data, "_clipscale_originals"):
+        oct_data._clipscale_originals = {n: getattr(oct_data, n) for n in wrappers}
+        for name, wrapper in wrappers.items():
+            setattr(oct_data, name, wrapper)
+
+
+def skipped_summary(run: grid.Run) -> dict:
+    """All skips of the run (every attempt, rank and worker): total, by reason, a few examples.
+    A resampled sample counts each time it is drawn."""
+    by_reason, examples = Counter(), []
+    for f in sorted((run_dir(run) / SKIPPED_NAME).glob("*.json")):
+        try:
+            part = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        by_reason.update(part["by_reason"])
+        examples += part["examples"]
+    kept = [e for i, e in enumerate(examples)
+            if sum(x["reason"] == e["reason"] for x in examples[:i]) < MAX_SKIP_EXAMPLES]
+    return {"total": sum(by_reason.values()), "by_reason": dict(by_reason), "examples": kept}
+
+
+# ---------------------------------------------------------------------------------------------
+# attempts
+# ---------------------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+def _append_attempt(run: grid.Run, entry: dict) -> None:
+    with open(run_dir(run) / ATTEMPTS_NAME, "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+def start_attempt(run: grid.Run, resumed_from: int, rejected: list[dict]) -> dict:
+    """Record this attempt's start (a line in attempts.jsonl): an attempt killed without a chance
+    to record its end (SIGKILL, out of memory) still shows up."""
+    entry = {"id": f"{time.time_ns()}-{os.getpid()}", "started": _now(), "host": socket.gethostname(),
+             "pid": os.getpid(), "resumed_from": resumed_from, "rejected_checkpoints": rejected,
+             "ended": "running"}
+    _append_attempt(run, entry)
+    return entry
+
+
+def end_attempt(run: grid.Run, entry: dict, ended: str, steps: int, seconds: float) -> None:
+    entry.update(finished=_now(), ended=ended, steps=steps, seconds=round(seconds, 2))
+    _append_attempt(run, entry)
+
+
+def read_attempts(run: grid.Run) -> list[dict]:
+    """Attempts in order, a start line merged with its end line; one without an end was killed."""
+    merged: dict[str, dict] = {}
+    path = run_dir(run) / ATTEMPTS_NAME
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            entry = json.loads(line)
+        except ValueError:  # a line cut short by a killed process
+            continue
+        merged[entry["id"]] = {**merged.get(entry["id"], {}), **entry}
+    out = []
+    for a in merged.values():
+        if a["ended"] == "running":
+            a = {**a, "ended": "killed (no end record: e.g. SIGKILL, out of memory, a lost node)",
+                 "finished": None, "steps": None, "seconds": None}
+        out.append(a)
+    return out
+
+
+def _how_it_ended(e: BaseException) -> str:
+    stop = stopping.current()
+    if stop is not None and stop.signum is not None:  # whatever broke first (a killed worker...)
+        return f"signal {signal.Signals(stop.signum).name}" + (f" ({stop.why})" if stop.why else "")
+    return f"error: {type(e).__name__}: {e}"[:500]
 
 
 class LossGuard:
@@ -145,7 +402,8 @@ class LossGuard:
         self.run_name, self.max_jump = run_name, max_jump
         self.history: deque[float] = deque(maxlen=window)
         self.min_history = min_history
-        self.step = 0
+        self.step = 0  # losses checked
+        self.done = 0  # backward passes completed (an attempt's steps)
 
     def check(self, value: float) -> None:
         self.step += 1
@@ -167,7 +425,8 @@ _active_guard: LossGuard | None = None
 
 
 def install_guards(guard: LossGuard) -> None:
-    """Hook the loss check into open_clip_train, and make DDP work on CPU (gloo).
+    """Hook the loss check (and a pending stop) into open_clip_train, load its resume checkpoint
+    with weights_only=True, and make DDP work on CPU (gloo).
 
     Patches module attributes of open_clip_train in this process only (no installed file is
     edited); fails loudly if upstream renamed what is patched.
@@ -177,18 +436,35 @@ def install_guards(guard: LossGuard) -> None:
     import open_clip_train.main as oct_main
 
     global _active_guard
-    if not hasattr(oct_train, "backward"):
-        raise TrainingError("open_clip_train.train.backward not found: open_clip changed; "
-                            "update clipscale.train.install_guards")
+    for module, name in ((oct_train, "backward"), (oct_main, "pt_load")):
+        if not hasattr(module, name):
+            raise TrainingError(f"{module.__name__}.{name} not found: open_clip changed; "
+                                f"update clipscale.train.install_guards")
     _active_guard = guard  # a second run in this process is checked by its own guard
     original_backward = oct_train.backward
     if not getattr(original_backward, "_clipscale_guard", False):
         def guarded_backward(total_loss, scaler):
+            if stopping.current() is not None:
+                stopping.current().check()  # a signal that came while the last checkpoint was being saved
             _active_guard.check(float(total_loss.detach()))
-            return original_backward(total_loss, scaler)
+            out = original_backward(total_loss, scaler)
+            _active_guard.done += 1
+            return out
 
         guarded_backward._clipscale_guard = True
         oct_train.backward = guarded_backward
+
+    if not getattr(oct_main.pt_load, "_clipscale_safe", False):
+        def pt_load(file_path, map_location=None):
+            """open_clip_train.file_utils.pt_load saying weights_only=True: left implicit, torch's
+            TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 would make it a full unpickle (code runs)."""
+            import fsspec
+
+            with fsspec.open(file_path, "rb") as f:
+                return torch.load(f, map_location=map_location, weights_only=True)
+
+        pt_load._clipscale_safe = True
+        oct_main.pt_load = pt_load
 
     ddp = torch.nn.parallel.DistributedDataParallel
     if not getattr(ddp, "_clipscale_cpu", False):
@@ -233,25 +509,45 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path) -> dict:
         apply_env()  # rank, world size, MASTER_ADDR/PORT from torchrun's or srun's variables
     # open_clip's --device defaults to cuda: without this, train.device: cpu is ignored on GPUs
     args = ["--device", device] + open_clip_args(config, run, manifest, hp)
-    if rank() == 0:
-        drop_corrupt_latest(run)
-        done = checkpoints(run)
-        start = max(done) if done else 0
-        log.info("run %s: epochs %d x %d samples = %d samples seen, %s; resuming after epoch %d",
-                 run.name, hp["epochs"], hp["train_num_samples"], hp["samples_seen_exact"], device,
-                 start)
-        log.info("open_clip_train %s", " ".join(args))
     guard = LossGuard(run.name, hp.get("max_loss_jump", 4.0))
-    install_guards(guard)
-    t0 = time.time()
-    status = open_clip_main(args)
-    seconds = time.time() - t0
-    if status not in (None, 0):  # open_clip's main returns -1 on errors yet exits 0
-        raise TrainingError(f"run {run.name}: open_clip_train returned {status}; see its log "
-                            f"{run_dir(run) / OPENCLIP_NAME / 'out.log'}")
     final = checkpoint_dir(run) / f"epoch_{hp['epochs']}.pt"
-    if not final.exists():
-        raise TrainingError(f"run {run.name}: finished without its final checkpoint {final}")
+    skip_dir = run_dir(run) / SKIPPED_NAME
+    attempt, t0 = None, time.time()
+    try:
+        if rank() == 0:
+            run_dir(run).mkdir(parents=True, exist_ok=True)
+            rejected = check_resume_checkpoints(run, hp["epochs"])
+            done = checkpoints(run)
+            start = max(done) if done else 0
+            attempt = start_attempt(run, start, rejected)
+            log.info("run %s: epochs %d x %d samples = %d samples seen, %s; resuming after epoch %d",
+                     run.name, hp["epochs"], hp["train_num_samples"], hp["samples_seen_exact"],
+                     device, start)
+            log.info("open_clip_train %s", " ".join(args))
+        install_guards(guard)
+        install_skip_counting()
+        skip_dir.mkdir(parents=True, exist_ok=True)
+        os.environ[SKIP_DIR_ENV] = str(skip_dir.absolute())  # data workers inherit it
+        t0 = time.time()
+        status = open_clip_main(args)
+        if stopping.current() is not None:
+            stopping.current().check()  # a signal that came while the last checkpoint was being saved
+        if status not in (None, 0):  # open_clip's main returns -1 on errors yet exits 0
+            raise TrainingError(f"run {run.name}: open_clip_train returned {status}; see its log "
+                                f"{run_dir(run) / OPENCLIP_NAME / 'out.log'}")
+        if not final.exists():
+            raise TrainingError(f"run {run.name}: finished without its final checkpoint {final}")
+    except BaseException as e:
+        if attempt is not None:
+            end_attempt(run, attempt, _how_it_ended(e), guard.done, time.time() - t0)
+        raise
+    finally:
+        os.environ.pop(SKIP_DIR_ENV, None)  # counting is for this run's data workers only
+    seconds = time.time() - t0
+    if attempt is None:  # another rank: rank 0 writes the record
+        return {}
+    end_attempt(run, attempt, "completed", guard.done, seconds)
+    attempts = read_attempts(run)
     record = {
         "model": run.model,
         "scale": run.scale,
@@ -268,7 +564,12 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path) -> dict:
         "precision": hp["precision"],
         "device": device,
         "steps_this_attempt": guard.step,
-        "seconds_this_attempt": round(seconds, 2),
+        "seconds_this_attempt": attempt["seconds"],
+        "steps_total": sum(a["steps"] or 0 for a in attempts),  # a killed attempt's are unknown
+        "seconds_total": round(sum(a["seconds"] or 0 for a in attempts), 2),
+        "attempts": attempts,
+        "rejected_checkpoints": [r for a in attempts for r in a.get("rejected_checkpoints", [])],
+        "skipped_samples": skipped_summary(run),
         "final_checkpoint": str(final),
         "checkpoints": {str(e): str(p) for e, p in checkpoints(run).items()},
     }
@@ -280,9 +581,8 @@ def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
     """Start the run's processes (python, torchrun, or srun inside a Slurm job) and wait.
 
     The resolved config travels as JSON beside the run so every process sees the same one.
+    SIGINT/SIGTERM to this process, or its parent's exit, stop them (``run_until_stopped``).
     """
-    import subprocess
-
     from clipscale.launch import build_command
 
     hp = grid.hparams(config, run)
@@ -297,9 +597,13 @@ def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
     log.info("launching: %s", " ".join(cmd))
     if log_file:
         with open(log_file, "a") as sink:  # the processes' progress goes to the job's log
-            status = subprocess.call(cmd, stdout=sink, stderr=subprocess.STDOUT)
+            status, stopped = run_until_stopped(cmd, stdout=sink)
     else:
-        status = subprocess.call(cmd)
+        status, stopped = run_until_stopped(cmd)
+    if stopped:
+        raise TrainingError(f"run {run.name}: stopped ({stopped}; training processes exited with "
+                            f"status {status}); re-running the workflow resumes from the latest "
+                            f"checkpoint in {checkpoint_dir(run)}")
     if status != 0:
         raise TrainingError(f"run {run.name}: training processes exited with status {status}; "
                             f"re-running the workflow resumes from the latest checkpoint in "
@@ -333,18 +637,24 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = config_mod.load(a.config)
     run = grid.find_run(cfg, a.model, a.scale, a.samples)
-    try:
-        record = train(cfg, run, a.manifest)
-    except TrainingError as e:
-        log.error("%s", e)
-        return 1
-    if rank() == 0:
-        profile = Path(paths.fill(paths.MODEL_PROFILE, model=run.model))
-        prof = json.loads(profile.read_text()) if profile.exists() else None
-        record["gmac_per_sample"] = models.gmac_per_sample(cfg, run.model, prof)
-        record["total_gmac"] = record["gmac_per_sample"] * record["samples_seen_exact"]
-        Path(a.out).write_text(json.dumps(record, indent=1))
-        log.info("run %s done in %.1f s: %s", run.name, record["seconds_this_attempt"], a.out)
+    with stop_on_signals():
+        try:
+            record = train(cfg, run, a.manifest)
+            if rank() == 0:
+                profile = Path(paths.fill(paths.MODEL_PROFILE, model=run.model))
+                prof = json.loads(profile.read_text()) if profile.exists() else None
+                record["gmac_per_sample"] = models.gmac_per_sample(cfg, run.model, prof)
+                record["total_gmac"] = record["gmac_per_sample"] * record["samples_seen_exact"]
+                tmp = Path(f"{a.out}.tmp")
+                tmp.write_text(json.dumps(record, indent=1))
+                os.replace(tmp, a.out)  # whole or not at all, even if a signal comes now
+                log.info("run %s done in %.1f s: %s", run.name, record["seconds_this_attempt"], a.out)
+        except TrainingError as e:
+            log.error("%s", e)
+            return 1
+        except TrainingStopped as e:
+            log.warning("run %s %s; the next attempt resumes from the latest checkpoint", run.name, e)
+            return 128 + e.signum
     return 0
 
 

@@ -2,15 +2,14 @@
 import os
 from pathlib import Path
 
-from snakemake.utils import validate
-
 from clipscale import config as cs_config
-from clipscale import grid, paths
+from clipscale import grid, paths, shaping, stopping
 from clipscale.world import WorldSpec
 
-# A bad config stops here, before any job is scheduled: clipscale's validation against the one
-# schema (every error, as dotted keys, naming the config files) with its cross-reference checks,
-# then Snakemake's own validation against the same schema (the convention; fills defaults too).
+# A bad config stops here, before any job is scheduled. One validator, the one `clipscale
+# check-config` calls: the JSON schema (src/clipscale/schemas/config.schema.yaml, defaults filled
+# in), the cross-references a schema cannot express, and every configured path (relative to the
+# working directory); every problem as a dotted key, naming the config files.
 _CONFIG_SOURCE = (
     " + ".join(
         [str(f) for f in workflow.configfiles]
@@ -19,12 +18,13 @@ _CONFIG_SOURCE = (
     or "config"
 )
 try:
-    cs_config.validate(config, source=_CONFIG_SOURCE)
+    cs_config.validate(config, source=_CONFIG_SOURCE, check_paths=True)
 except cs_config.ConfigError as error:
     raise WorkflowError(str(error)) from None
-validate(config, str(cs_config.SCHEMA_PATH))
 
 RUNS = grid.runs(config)
+
+
 USE_WORLD = config["pool"]["source"] == "world"
 
 
@@ -64,3 +64,11 @@ def log_path(rule_name, *parts):
 
 def bench_path(rule_name, *parts):
     return os.path.join(paths.BENCHMARKS, rule_name, *parts) + ".tsv"
+
+
+onstart:
+    # a SIGINT/SIGTERM to snakemake stops running training within seconds (Snakemake's local
+    # executor would wait for it): clipscale.stopping
+    stopping.forward_to_launchers(
+        os.path.join(".snakemake", "clipscale", "launchers")
+    )

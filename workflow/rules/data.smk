@@ -17,6 +17,8 @@ rule make_world:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        world=shaping.world(config),
     script:
         "../scripts/make_world.py"
 

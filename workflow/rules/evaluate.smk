@@ -24,13 +24,20 @@ rule evaluate:
         mem_mb=EVAL_CONFIG["mem_mb"],
         runtime=EVAL_CONFIG["runtime"],
         gpus=EVAL_CONFIG["gpus"],
+    params:
+        # what shapes the result besides the checkpoint (a change reruns it)
+        shaping=lambda wc: shaping.evaluate(
+            config, wc.source, wc.model, wc.scale, wc.dataset, wc.task
+        ),
     script:
         "../scripts/evaluate.py"
 
 
 rule aggregate_results:
     input:
-        EVAL_TARGETS,
+        evals=EVAL_TARGETS,
+        runs=train_targets(),
+        pool_index=paths.POOL_INDEX,
     output:
         table=paths.RESULTS_TABLE,
         csv=paths.RESULTS_CSV,
@@ -43,5 +50,7 @@ rule aggregate_results:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        settings=shaping.aggregate(config),
     script:
         "../scripts/aggregate_results.py"

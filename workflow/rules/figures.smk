@@ -38,6 +38,7 @@ rule figure_compute:
         runtime=15,
     params:
         spec=figure_params,
+        settings=figure_settings,
     script:
         "../scripts/figure_draw.py"
 
@@ -66,6 +67,7 @@ rule figure_data_bottleneck:
         runtime=10,
     params:
         spec=figure_params,
+        settings=figure_settings,
     script:
         "../scripts/figure_draw.py"
 
@@ -94,6 +96,7 @@ rule figure_samples_bottleneck:
         runtime=10,
     params:
         spec=figure_params,
+        settings=figure_settings,
     script:
         "../scripts/figure_draw.py"
 
@@ -122,5 +125,6 @@ rule figure_overlap:
         runtime=5,
     params:
         spec=figure_params,
+        settings=figure_settings,
     script:
         "../scripts/figure_draw.py"

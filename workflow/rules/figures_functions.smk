@@ -3,7 +3,7 @@
 import re
 
 from clipscale import figures as _figures
-from clipscale import paths
+from clipscale import paths, shaping
 from clipscale import reference as _reference
 
 FIGURES = {spec.name: spec for spec in _figures.figure_specs(config)}
@@ -39,6 +39,11 @@ def figure_inputs(wildcards):
         return {"overlap": paths.OVERLAP_TABLE}
     tables = {"published": paths.PUBLISHED_TABLE, "ours": paths.RESULTS_TABLE}
     return {name: tables[name] for name in spec.inputs}
+
+
+def figure_settings(wildcards):
+    """What shapes the figure (clipscale.shaping.figure): a change redraws it."""
+    return shaping.figure(config, FIGURES[wildcards.figure])
 
 
 def figure_params(wildcards):

@@ -1,7 +1,7 @@
 # 5. fit: scaling laws E = beta C^alpha (clipscale.fit) for the published input (the paper's
 # numbers: no data, no training needed) and ours (results/results/results.parquet, made by the
 # evaluation's aggregate_results rule).
-from clipscale import paths
+from clipscale import paths, shaping
 from clipscale import reference as _reference
 
 
@@ -63,6 +63,8 @@ rule fit_input:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        settings=lambda wc: shaping.fit(config, wc.input),
     script:
         "../scripts/fit_table.py"
 

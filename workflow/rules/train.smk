@@ -17,6 +17,8 @@ rule model_profile:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        settings=lambda wc: shaping.model(config, wc.model),
     script:
         "../scripts/model_profile.py"
 
@@ -47,5 +49,8 @@ rule train:
         ),
         # srun starts the ranks inside the job; the plugin refuses mpi for a single task
         mpi=lambda wc: "srun" if train_hparams(wc)["world_size"] > 1 else "",
+    params:
+        # what shapes the run (a change reruns it); threads, workers, nproc... do not
+        shaping=lambda wc: shaping.train(config, grid.Run.from_wildcards(**wc)),
     script:
         "../scripts/train.py"

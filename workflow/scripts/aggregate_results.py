@@ -4,4 +4,7 @@ from clipscale.logs import job_logging
 
 sm = snakemake  # noqa: F821 (snakemake injects it)
 with job_logging(sm.log[0]):
-    evaluate.aggregate(sm.config, list(sm.input), sm.output.table, sm.output.csv, sm.output.results_log)
+    # settings: the downstream sets' tasks and groups only (clipscale.shaping.aggregate)
+    evaluate.aggregate(sm.params.settings, list(sm.input.evals), sm.output.table, sm.output.csv,
+                       sm.output.results_log, run_records=list(sm.input.runs),
+                       pool_index=sm.input.pool_index)

@@ -7,8 +7,7 @@ with job_logging(snakemake.log[0]):  # noqa: F821
     sm = snakemake  # noqa: F821
     names = sm.input.keys()
     make(
-        sm.wildcards.figure,
-        sm.config,
+        sm.params.settings,  # the spec and what drawing it reads (clipscale.shaping.figure)
         {name: sm.input[name] for name in ("published", "ours") if name in names},
         sm.input["overlap"] if "overlap" in names else None,
         [sm.output.pdf, sm.output.png],

@@ -8,7 +8,7 @@ with job_logging(snakemake.log[0]):  # noqa: F821
     run_step(
         sm.input.table,
         sm.wildcards.input,
-        sm.config,
+        sm.params.settings,  # fit.*, seed, models' GMAC, groups (clipscale.shaping.fit)
         coefficients=sm.output.coefficients,
         predictions=sm.output.predictions,
         points=sm.output.points,

@@ -1,15 +1,16 @@
-"""Adapter: rule index_pool -> clipscale.subsets.build_index."""
+"""Adapter: rule index_pool -> clipscale.subsets.build_index (problem shards logged as warnings)."""
 import logging
 from pathlib import Path
 
 from clipscale.logs import job_logging
-from clipscale.subsets import build_index
+from clipscale.subsets import build_index, pool_problems
 
 with job_logging(snakemake.log[0]):  # noqa: F821
+    sm = snakemake  # noqa: F821
     # the pool directory is where its shards (this rule's inputs) are
-    index = build_index(Path(snakemake.input[0]).parent)  # noqa: F821
-    index.to_parquet(snakemake.output[0], index=False)  # noqa: F821
-    bad = index[index["skipped"] > 0]
-    logging.info("pool: %d shards, %d samples", len(index), index["n_samples"].sum())
-    for row in bad.itertuples():
-        logging.warning("shard %s: %d unreadable members or a truncated tar", row.path, row.skipped)
+    index = build_index(Path(sm.input[0]).parent, workers=sm.threads)
+    index.to_parquet(sm.output[0], index=False)
+    logging.info("pool: %d shards, %d readable samples (parquets: %d)", len(index),
+                 index["n_readable"].sum(), index["n_parquet"].sum())
+    for line in pool_problems(index):
+        logging.warning("shard %s", line)

@@ -6,7 +6,7 @@ from clipscale.logs import job_logging
 
 with job_logging(snakemake.log[0]):  # noqa: F821
     sm = snakemake  # noqa: F821
-    models.register(sm.config)
+    models.register(sm.params.settings)  # the model's definition only (clipscale.shaping.model)
     profile = models.measure_gmac(sm.wildcards.model)
     with open(sm.output[0], "w") as f:
         json.dump(profile, f, indent=1)

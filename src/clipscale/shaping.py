@@ -1,0 +1,153 @@
+"""What shapes each artifact: the settings every rule receives as ``params:``.
+
+Snakemake reruns a job when its ``params`` change (its default ``params`` rerun trigger compares
+the ``repr`` of each parameter with the one recorded when the output was made). So each rule gets
+exactly the slice of the config its outputs depend on, and nothing else:
+
+* a changed setting reruns the jobs it shapes, and (through their outputs) what follows them;
+* a setting that only says *how* a job runs (threads, loader workers, processes, memory,
+  walltime, device) is left out, so changing it never reruns anything;
+* every slice is canonical (mapping keys sorted at every level), so reordering keys in a config
+  file changes nothing.
+
+A slice has the shape of the config itself (``{"fit": {...}, "seed": 0}``), so the package's
+functions that take a config take a slice too: the fit, figure, aggregation, world and model
+profile steps receive *only* their slice, so they cannot read a setting that would not rerun
+them. Training and evaluation also need how-to-run settings (processes, threads, device): their
+scripts pass the whole config, and their params are the shaping part of what they read
+(the run's resolved hyper-parameters; the evaluation's model, set, pool name and settings).
+
+Which keys only say how a job runs is declared in the schema: a property with
+``x-execution: true`` (``execution_keys``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+from typing import Any, Mapping
+
+from clipscale import config as config_mod
+from clipscale import grid
+
+
+def canonical(value: Any) -> Any:
+    """A deep copy with every mapping's keys sorted (so its repr does not depend on key order);
+    tuples become lists (YAML and JSON know only lists)."""
+    if isinstance(value, Mapping):
+        return {str(k): canonical(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return copy.deepcopy(value)
+
+
+def execution_keys(section: str) -> frozenset[str]:
+    """Keys of a config section marked ``x-execution: true`` in the schema: how a job runs
+    (threads, workers, processes, memory, walltime, device), not what it makes."""
+    props = config_mod.load_schema()["properties"][section]["properties"]
+    return frozenset(k for k, v in props.items() if isinstance(v, dict) and v.get("x-execution"))
+
+
+def _without(mapping: Mapping, keys) -> dict:
+    return {k: v for k, v in mapping.items() if k not in keys}
+
+
+# ---------------------------------------------------------------------------------------------
+# one function per rule (or family of rules)
+
+
+def world(config: Mapping) -> dict:
+    """make_world: the world's generator settings (world.* and the seed)."""
+    from clipscale.world import WorldSpec
+
+    return canonical(asdict(WorldSpec.from_config(config)))
+
+
+def model(config: Mapping, name: str) -> dict:
+    """model_profile: the model's definition (its open_clip config)."""
+    return canonical({"models": {name: config["models"][name]}})
+
+
+# derived by grid.hparams from execution settings, but kept: they do shape the run
+_DERIVED_SHAPING = ("global_batch_size", "samples_seen_exact", "train_num_samples", "epochs")
+
+
+def train(config: Mapping, run: grid.Run) -> dict:
+    """train: the run's resolved hyper-parameters (train.* with its overrides, the derived
+    schedule), the model's definition and the seed. Not: threads, workers, nproc, nodes, GPUs,
+    memory, walltime, device. (The number of processes and the loader workers change what a run
+    does only through the global batch size and the samples seen, which are kept.)"""
+    hp = grid.hparams(dict(config), run)
+    drop = (execution_keys("train") | {"world_size"}) - set(_DERIVED_SHAPING)
+    return canonical({
+        "seed": config["seed"],
+        "model": config["models"][run.model],
+        "hparams": _without(hp, drop),
+    })
+
+
+# evaluation settings that concern one task only (the others shape every task)
+_TASK_SETTINGS = {
+    "linear_probe": ("linear_probe_k", "linear_probe_epochs", "linear_probe_lr", "batch_size"),
+    "zeroshot_retrieval": ("recall_k",),
+}
+
+
+def evaluate(config: Mapping, source: str, model: str, scale: str, dataset: str, task: str) -> dict:
+    """evaluate: what one evaluation depends on besides its checkpoint (an input file): the
+    downstream set's definition, the settings of its task, the model's definition and label, the
+    pool's name and the scale's size (both in its table row), the seed (linear probes).
+    Not: threads, workers, memory, walltime, GPUs, device, which checkpoints are evaluated, the
+    set's group (the aggregation's business), another task's settings (the linear probe's shots
+    do not rerun zero-shot classification), nor the batch size of zero-shot tasks (it changes
+    how many images go through the model at once, not their features)."""
+    others = {k for t, keys in _TASK_SETTINGS.items() if t != task for k in keys}
+    others -= set(_TASK_SETTINGS.get(task, ()))
+    ev = _without(config["evaluate"], execution_keys("evaluate") | {"released"} | others)
+    if source == "released":
+        ev["released"] = config["evaluate"].get("released", {})
+    return canonical({
+        "seed": config["seed"],
+        "pool": {"name": config["pool"].get("name")},
+        "scales": {scale: config["scales"][scale]} if scale in config["scales"] else {},
+        "models": {model: config["models"][model]} if model in config["models"] else {},
+        "downstream": {dataset: _without(config["downstream"][dataset], ("group", "dedup", "tasks"))},
+        "evaluate": ev,
+    })
+
+
+def downstream_groups(config: Mapping) -> dict:
+    """The downstream sets' tasks and groups (group means of the results table)."""
+    return {name: {k: spec[k] for k in ("tasks", "group") if k in spec}
+            for name, spec in config["downstream"].items()}
+
+
+def aggregate(config: Mapping) -> dict:
+    """aggregate_results: the downstream sets' tasks and groups."""
+    return canonical({"downstream": downstream_groups(config)})
+
+
+def _model_gmac(config: Mapping) -> dict:
+    return {name: {k: spec[k] for k in ("label", "gmac_per_sample") if k in spec}
+            for name, spec in config["models"].items()}
+
+
+def fit(config: Mapping, input_name: str) -> dict:
+    """fit_input: fit.*, the seed (bootstrap), the models' stated GMAC and labels (predictions)
+    and, for our runs, the downstream groups (fitted group means)."""
+    out = {"seed": config["seed"], "fit": config["fit"], "models": _model_gmac(config)}
+    if input_name == "ours":
+        out["downstream"] = downstream_groups(config)
+    return canonical(out)
+
+
+def figure(config: Mapping, spec) -> dict:
+    """figure_*: the figure's spec, and what drawing it reads: the fit settings and seed (the
+    fitted lines of compute figures), the data scales' sizes (colours and order), the downstream
+    groups (group means of our runs)."""
+    out = {"spec": asdict(spec), "scales": config["scales"],
+           "downstream": downstream_groups(config) if "ours" in spec.inputs else {}}
+    if spec.kind == "compute":
+        out["seed"] = config["seed"]
+        out["fit"] = _without(config["fit"], ("predictions",))
+    return canonical(out)

@@ -1,0 +1,147 @@
+"""results/ is a cache a researcher can trust: in a finished workdir, a changed setting reruns
+exactly the jobs it shapes (and what depends on them), a setting that only says how a job runs
+reruns nothing, and reordering the config's keys reruns nothing.
+
+Each test writes a changed copy of tests/data/ci.yaml and asks Snakemake what it would run
+(``-n``) in the workdir the whole DAG was run in (the session's ``finished_workdir``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import CI_CONFIG, run_snakemake
+
+from clipscale import config as cs_config
+from clipscale import figures, grid
+
+pytestmark = pytest.mark.slow
+
+BASE = yaml.safe_load(CI_CONFIG.read_text())
+
+
+def scheduled(workdir: Path, cfg: dict, tmp_path: Path) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job a dry run with ``cfg`` would run in ``workdir``."""
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out = run_snakemake(workdir, "-n", configfile=path).stdout
+    if "Nothing to be done" in out:
+        return []
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        m = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if not m or m.group(1) == "all":
+            continue
+        wc = re.search(r"^\s*wildcards: (.*)$", block, re.M)
+        wildcards = dict(kv.split("=", 1) for kv in wc.group(1).split(", ")) if wc else {}
+        jobs.append((m.group(1), wildcards))
+    return jobs
+
+
+def rules(jobs) -> Counter:
+    return Counter(rule for rule, _ in jobs)
+
+
+def changed(**sections) -> dict:
+    cfg = copy.deepcopy(BASE)
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            cfg[section] = {**cfg.get(section, {}), **values}
+        else:
+            cfg[section] = values
+    return cfg
+
+
+def _validated(cfg: dict) -> dict:
+    return cs_config.validate(copy.deepcopy(cfg))
+
+
+def figure_names(cfg: dict, compute_only: bool = False, inputs: str | None = None) -> set[str]:
+    """Figures of the config: of the compute kind only, or those that read a results table
+    (``inputs``: "ours" or "published"; overlap figures read the dedup overlap table)."""
+    specs = figures.figure_specs(_validated(cfg))
+    return {s.name for s in specs if (not compute_only or s.kind == "compute")
+            and (inputs is None or (inputs in s.inputs and s.kind != "overlap"))}
+
+
+def drawn(jobs) -> set[str]:
+    return {wc["figure"] for rule, wc in jobs if rule.startswith("figure_")}
+
+
+def n_evaluations(cfg: dict, runs: int) -> int:
+    return runs * sum(len(spec["tasks"]) for spec in cfg["downstream"].values())
+
+
+def test_changed_learning_rate_reruns_training_and_what_follows(finished_workdir, tmp_path):
+    cfg = changed(train={"lr": 0.0005})
+    jobs = scheduled(finished_workdir, cfg, tmp_path)
+    n_runs = len(grid.runs(_validated(cfg)))
+    assert rules(jobs)["train"] == n_runs
+    assert rules(jobs)["evaluate"] == n_evaluations(cfg, n_runs)
+    assert rules(jobs)["aggregate_results"] == 1
+    assert [wc for rule, wc in jobs if rule == "fit_input"] == [{"input": "ours"}]
+    assert drawn(jobs) == figure_names(cfg, inputs="ours")
+    assert not {"make_world", "subset", "index_pool", "model_profile", "published_table"} & set(rules(jobs))
+    assert not any(rule.startswith("dedup") for rule in rules(jobs))
+
+
+def test_changed_fit_bins_refits_and_redraws_only(finished_workdir, tmp_path):
+    cfg = changed(fit={"bins": 2})
+    jobs = scheduled(finished_workdir, cfg, tmp_path)
+    assert sorted(wc["input"] for rule, wc in jobs if rule == "fit_input") == ["ours", "published"]
+    assert set(rules(jobs)) <= {"fit_input", "fit_collect", "figure_compute"}
+    assert drawn(jobs) == figure_names(cfg, compute_only=True)
+
+
+def test_one_runs_override_reruns_that_runs_chain_only(finished_workdir, tmp_path):
+    cfg = changed(train={"overrides": [{"model": "vit-s", "scale": "1k", "samples_seen": "2k", "lr": 0.001}]})
+    jobs = scheduled(finished_workdir, cfg, tmp_path)
+    one = {"model": "vit-s", "scale": "1k", "samples": "2k"}
+    assert [wc for rule, wc in jobs if rule == "train"] == [one]
+    evals = [wc for rule, wc in jobs if rule == "evaluate"]
+    assert len(evals) == n_evaluations(cfg, 1)
+    assert all({k: wc[k] for k in one} == one for wc in evals)
+    assert rules(jobs)["aggregate_results"] == 1
+    assert [wc for rule, wc in jobs if rule == "fit_input"] == [{"input": "ours"}]
+
+
+def test_changed_linear_probe_shots_rerun_linear_probes_only(finished_workdir, tmp_path):
+    cfg = changed(evaluate={"linear_probe_k": [2]})
+    jobs = scheduled(finished_workdir, cfg, tmp_path)
+    evals = [wc for rule, wc in jobs if rule == "evaluate"]
+    assert evals and {wc["task"] for wc in evals} == {"linear_probe"}
+    assert "train" not in rules(jobs)
+
+
+def test_changed_dedup_radius_reruns_matching_and_its_reports_only(finished_workdir, tmp_path):
+    cfg = changed(dedup={"radius": 2})
+    jobs = scheduled(finished_workdir, cfg, tmp_path)
+    assert set(rules(jobs)) <= {"dedup_match", "dedup_overlap", "dedup_contact_sheet",
+                                "dedup_planted_recall", "figure_overlap"}
+    assert {"dedup_match", "dedup_overlap", "dedup_planted_recall"} <= set(rules(jobs))
+
+
+@pytest.mark.parametrize("how", [
+    {"train": {"threads": 2, "workers": 2}},  # 8 batches per checkpoint: 2 workers draw the same
+    {"evaluate": {"threads": 2, "workers": 1, "runtime": 99, "mem_mb": 3000}},
+    {"train": {"runtime": 999, "mem_mb": 5000, "device": "cpu"}},
+])
+def test_how_a_job_runs_reruns_nothing(finished_workdir, tmp_path, how):
+    assert scheduled(finished_workdir, changed(**how), tmp_path) == []
+
+
+def test_reordered_config_keys_rerun_nothing(finished_workdir, tmp_path):
+    def reverse(value, top=True):
+        if isinstance(value, dict):
+            # every mapping reversed, except the downstream sets (their order is the figures' panel order)
+            items = list(value.items()) if top is None else list(reversed(value.items()))
+            return {k: reverse(v, None if k == "downstream" else False) for k, v in items}
+        return value
+
+    assert scheduled(finished_workdir, reverse(BASE), tmp_path) == []
