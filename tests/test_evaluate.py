@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,20 +93,32 @@ def in_root(setup, monkeypatch):
     return root, cfg
 
 
+def _only(cfg: dict, sets: dict[str, list[str]]) -> dict:
+    """The config with only these downstream sets and tasks."""
+    cfg = copy.deepcopy(cfg)
+    cfg["downstream"] = {name: {**cfg["downstream"][name], "tasks": tasks} for name, tasks in sets.items()}
+    return cfg
+
+
+OURS = {"source": "ours", "model": "vit-xs", "scale": "3k", "samples": "2k", "epoch": "2"}
+RELEASED = {"source": "released", "model": "vit-xs", "scale": "3k", "samples": "2k", "epoch": "final"}
+
+
 @pytest.fixture(scope="session")
 def evaluated(setup):
-    """Real clip_benchmark runs: {(source, dataset, task): result}."""
+    """Real clip_benchmark runs, one job per checkpoint: {(source, dataset, task): result}."""
     root, cfg = setup
     old = os.getcwd()
     os.chdir(root)
     try:
         out = {}
-        for t in E.targets(cfg):
-            if (t.source, t.dataset) in (("ours", "colours"), ("ours", "counts")) or t.source == "released" and t.dataset != "shapes":
-                continue  # keep the session short: what the tests below read
-            if t.source == "released" and t.task != "zeroshot_classification":
-                continue
-            out[(t.source, t.dataset, t.task)] = E.evaluate(cfg, t)
+        ours = _only(cfg, {"shapes": ["zeroshot_classification", "linear_probe"],
+                           "world_captions": ["zeroshot_retrieval"]})
+        for (d, t), res in E.evaluate_checkpoint(ours, OURS).items():
+            out[("ours", d, t)] = res
+        released = _only(cfg, {"shapes": ["zeroshot_classification"]})
+        for (d, t), res in E.evaluate_checkpoint(released, RELEASED).items():
+            out[("released", d, t)] = res
         return out
     finally:
         os.chdir(old)
@@ -132,21 +145,30 @@ def test_targets_final_and_all_checkpoints(setup):
 
 def test_job_inputs(setup):
     _, cfg = setup
-    ours = E.job_inputs(cfg, "ours", "vit-xs", "3k", "2k", "2", "shapes")
-    assert ours == {"run": "results/train/vit-xs/3k/2k/run.json"}  # a set with a path: no world
-    rel = E.job_inputs(cfg, "released", "vit-xs", "3k", "2k", "final", "shapes")
+    ours = E.job_inputs(cfg, "ours", "vit-xs", "3k", "2k", "2")
+    assert ours == {"run": "results/train/vit-xs/3k/2k/run.json"}  # sets with a path: no world
+    rel = E.job_inputs(cfg, "released", "vit-xs", "3k", "2k", "final")
     assert Path(rel["checkpoint"]).name == RELEASED_NAME
     world = copy.deepcopy(cfg)
     del world["downstream"]["shapes"]["path"]
-    assert E.job_inputs(world, "ours", "vit-xs", "3k", "2k", "2", "shapes")["world"] == paths.WORLD_DONE
+    assert E.job_inputs(world, "ours", "vit-xs", "3k", "2k", "2")["world"] == paths.WORLD_DONE
     with pytest.raises(config_mod.ConfigError, match="epoch 1 is not evaluated"):
-        E.job_inputs(cfg, "ours", "vit-xs", "3k", "2k", "1", "shapes")
+        E.job_inputs(cfg, "ours", "vit-xs", "3k", "2k", "1")
     with pytest.raises(config_mod.ConfigError, match="epoch_final"):
-        E.job_inputs(cfg, "released", "vit-xs", "3k", "2k", "3", "shapes")
+        E.job_inputs(cfg, "released", "vit-xs", "3k", "2k", "3")
     with pytest.raises(KeyError, match="not a run"):
-        E.job_inputs(cfg, "ours", "vit-xs", "3k", "4k", "2", "shapes")
+        E.job_inputs(cfg, "ours", "vit-xs", "3k", "4k", "2")
     with pytest.raises(config_mod.ConfigError, match="unknown source"):
-        E.job_inputs(cfg, "theirs", "vit-xs", "3k", "2k", "2", "shapes")
+        E.job_inputs(cfg, "theirs", "vit-xs", "3k", "2k", "2")
+
+
+def test_one_job_per_checkpoint_with_a_result_file_per_set_and_task(setup):
+    _, cfg = setup
+    patterns = E.output_patterns(cfg)
+    assert len(patterns) == len(E.dataset_tasks(cfg)) == 5
+    assert "results/eval/{source}/{model}/{scale}/{samples}/epoch_{epoch}/shapes/linear_probe.json" in patterns
+    outputs = E.outputs_of(cfg, OURS)
+    assert outputs[("shapes", "linear_probe")] == "results/eval/ours/vit-xs/3k/2k/epoch_2/shapes/linear_probe.json"
 
 
 def test_checkpoint_metadata(in_root):
@@ -224,9 +246,6 @@ def test_zero_shot_retrieval(evaluated):
 
 
 def test_linear_probe_on_cpu_with_cached_features(evaluated, in_root):
-    import clip_benchmark.cli as cli
-    import clip_benchmark.metrics.linear_probe as upstream
-
     root, cfg = in_root
     res = evaluated[("ours", "shapes", "linear_probe")]
     # 4 training images per class: 2-shot and full work, 10-shot is reported as failed
@@ -236,17 +255,21 @@ def test_linear_probe_on_cpu_with_cached_features(evaluated, in_root):
     assert "10-shot linear probe needs 10 training samples of every class" in res["failures"][0]["error"]
     assert "{0: 4," in res["failures"][0]["error"]
     assert [d["metrics"]["fewshot_k"] for d in res["clip_benchmark"] if d["metrics"]] == [2, -1]
-    assert cli.linear_probe is upstream  # the CPU copy was swapped in for the call only
 
-    target = E.Target(**res["target"])
     cache = Path(paths.fill(paths.EVAL_FEATURES, **res["target"]))
     feats = list(cache.glob("*/features_train.pt"))
     assert len(feats) == 1 and (feats[0].parent / "targets_test.pt").exists()
+    # the test features are the zero-shot ones: the same images, encoded once
+    import torch
+
+    test_feats = torch.load(feats[0].parent / "features_test.pt", weights_only=True)
+    assert test_feats.shape[0] == 24 and torch.allclose(test_feats.norm(dim=-1), torch.ones(24))
     stamp = feats[0].stat().st_mtime_ns
-    cfg2 = copy.deepcopy(cfg)
+    cfg2 = _only(cfg, {"shapes": ["linear_probe"]})
     cfg2["evaluate"]["linear_probe_k"] = ["full"]
-    again = E.evaluate(cfg2, target, root / "again.json")
+    again = E.evaluate_checkpoint(cfg2, OURS, {("shapes", "linear_probe"): root / "again.json"})
     assert feats[0].stat().st_mtime_ns == stamp  # features reused
+    again = again[("shapes", "linear_probe")]
     assert again["metrics"]["lp_acc1_full"] == pytest.approx(res["metrics"]["lp_acc1_full"])
     # an incomplete cache (job killed while caching) is cleared, not trusted
     (feats[0].parent / "targets_test.pt").unlink()
@@ -269,7 +292,7 @@ def test_released_checkpoint_is_evaluated_like_ours(evaluated):
     assert row["epoch"] == 9  # read from the checkpoint
     assert res["checkpoint_extra"]["lr"] == pytest.approx(2e-3)
     ours = evaluated[("ours", "shapes", "zeroshot_classification")]
-    assert res["clip_benchmark"][0]["pretrained"] != ours["clip_benchmark"][0]["pretrained"]
+    assert res["checkpoint_path"] != ours["checkpoint_path"]
 
 
 def test_unreadable_checkpoint_is_recorded(in_root, tmp_path):
@@ -279,29 +302,59 @@ def test_unreadable_checkpoint_is_recorded(in_root, tmp_path):
     bad.mkdir()
     (bad / RELEASED_NAME).write_bytes(b"\x00 truncated")
     cfg["evaluate"]["released"]["dir"] = str(bad)
-    target = E.Target("released", "vit-xs", "3k", "2k", "final", "shapes", "zeroshot_classification")
-    res = E.evaluate(cfg, target, tmp_path / "out.json")
+    res = E.evaluate_checkpoint(cfg, RELEASED, {("shapes", "zeroshot_classification"): tmp_path / "out.json"})
+    res = res[("shapes", "zeroshot_classification")]
     assert res["status"] == "failed" and not res["metrics"]
     assert "cannot be read" in res["failures"][0]["error"]
     assert json.loads((tmp_path / "out.json").read_text())["status"] == "failed"
 
 
-def test_broken_downstream_set_fails_the_job(in_root, tmp_path):
+def test_a_broken_downstream_set_is_recorded_and_the_others_go_on(in_root, tmp_path):
     _, cfg = in_root
-    cfg = copy.deepcopy(cfg)
+    cfg = _only(cfg, {"shapes": ["zeroshot_classification"], "colours": ["zeroshot_classification"]})
     broken = tmp_path / "shapes"
     shutil.copytree(cfg["downstream"]["shapes"]["path"], broken)
     (broken / "test" / "0.tar").unlink()
     cfg["downstream"]["shapes"]["path"] = str(broken)
-    target = E.Target("ours", "vit-xs", "3k", "2k", "2", "shapes", "zeroshot_classification")
-    with pytest.raises(config_mod.ConfigError, match=r"shards missing: \[.*test/0.tar"):
-        E.evaluate(cfg, target, tmp_path / "out.json")
+    outputs = {("shapes", "zeroshot_classification"): tmp_path / "shapes.json",
+               ("colours", "zeroshot_classification"): tmp_path / "colours.json"}
+    res = E.evaluate_checkpoint(cfg, OURS, outputs)
+    shapes, colours = res[("shapes", "zeroshot_classification")], res[("colours", "zeroshot_classification")]
+    assert shapes["status"] == "failed" and re.search(r"shards missing: \[.*test/0.tar", shapes["failures"][0]["error"])
+    assert colours["status"] == "ok" and colours["metrics"]["acc1"] >= 0
+    assert json.loads((tmp_path / "shapes.json").read_text())["status"] == "failed"
     (broken / "classnames.txt").unlink()
     shutil.copy(Path(cfg["downstream"]["colours"]["path"]) / "test" / "0.tar", broken / "test" / "0.tar")
-    with pytest.raises(config_mod.ConfigError, match="classnames.txt not found"):
-        E.evaluate(cfg, target, tmp_path / "out.json")
+    res = E.evaluate_checkpoint(cfg, OURS, outputs)
+    assert "classnames.txt not found" in res[("shapes", "zeroshot_classification")]["failures"][0]["error"]
     with pytest.raises(config_mod.ConfigError, match="needs dataset_type.txt = retrieval"):
         E.check_downstream(cfg["downstream"]["colours"]["path"], "colours", "zeroshot_retrieval")
+
+
+def test_a_rerun_keeps_unchanged_results_and_computes_the_rest(in_root, tmp_path):
+    """A set added to the config, or one set's settings changed: the checkpoint's job computes
+    only what is new or changed (the others' fingerprints match) and rewrites nothing else."""
+    _, cfg = in_root
+    first = _only(cfg, {"colours": ["zeroshot_classification"]})
+    outputs = {("colours", "zeroshot_classification"): tmp_path / "colours.json",
+               ("counts", "zeroshot_classification"): tmp_path / "counts.json",
+               ("shapes", "linear_probe"): tmp_path / "shapes_lp.json"}
+    E.evaluate_checkpoint(first, OURS, {k: v for k, v in outputs.items() if k[0] == "colours"})
+    mtime = (tmp_path / "colours.json").stat().st_mtime_ns
+    more = _only(cfg, {"colours": ["zeroshot_classification"], "counts": ["zeroshot_classification"],
+                       "shapes": ["linear_probe"]})
+    res = E.evaluate_checkpoint(more, OURS, outputs)
+    assert (tmp_path / "colours.json").stat().st_mtime_ns == mtime  # kept, not recomputed
+    assert res[("counts", "zeroshot_classification")]["status"] == "ok"
+    lp_mtime = (tmp_path / "shapes_lp.json").stat().st_mtime_ns
+    counts_mtime = (tmp_path / "counts.json").stat().st_mtime_ns
+    more["evaluate"]["linear_probe_k"] = [2]  # shapes' linear probe changes, nothing else
+    res = E.evaluate_checkpoint(more, OURS, outputs)
+    assert (tmp_path / "shapes_lp.json").stat().st_mtime_ns != lp_mtime
+    assert set(res[("shapes", "linear_probe")]["metrics"]) == {"lp_acc1_2shot", "lp_acc5_2shot",
+                                                               "lp_mean_per_class_recall_2shot"}
+    assert (tmp_path / "counts.json").stat().st_mtime_ns == counts_mtime
+    assert (tmp_path / "colours.json").stat().st_mtime_ns == mtime
 
 
 # --- the CPU patch of clip_benchmark's linear probe ---------------------------------------------
@@ -333,12 +386,14 @@ def test_cpu_patch_fails_loudly_when_upstream_changes(old, new):
         E.cpu_linear_probe_source(changed)
 
 
-def test_upstream_cli_change_fails_loudly(monkeypatch):
-    import clip_benchmark.cli as cli
+def test_upstream_change_fails_loudly(monkeypatch, in_root, tmp_path):
+    import clip_benchmark.metrics.zeroshot_retrieval as retrieval
 
-    monkeypatch.delattr(cli, "main_eval")
-    with pytest.raises(E.UpstreamChanged, match="clip_benchmark.cli has no main_eval"):
-        E._cli()
+    _, cfg = in_root
+    monkeypatch.delattr(retrieval, "evaluate")
+    with pytest.raises(E.UpstreamChanged, match="zeroshot_retrieval has no evaluate"):
+        E.evaluate_checkpoint(_only(cfg, {"world_captions": ["zeroshot_retrieval"]}), OURS,
+                              {("world_captions", "zeroshot_retrieval"): tmp_path / "r.json"})
 
 
 def test_device_setting():
@@ -472,31 +527,53 @@ def test_command_line(in_root):
 
 @pytest.mark.slow
 def test_snakemake_rules(setup, tmp_path):
-    """evaluate + aggregate_results through Snakemake (process per job), on one run and the
-    released checkpoint, two tasks each."""
+    """evaluate + aggregate_results through Snakemake (a process per job): one job per
+    checkpoint (our run's and the released one), two sets each; then a set added to the config
+    is evaluated for both checkpoints without recomputing the others."""
     root, cfg = setup
     work = tmp_path / "work"
     shutil.copytree(root / "results" / "train", work / "results" / "train")  # not the session's results
     shutil.copytree(root / "released", work / "released")
-    cfg = copy.deepcopy(cfg)
-    cfg["downstream"] = {k: v for k, v in cfg["downstream"].items() if k in ("shapes", "world_captions")}
-    cfg["downstream"]["shapes"]["tasks"] = ["zeroshot_classification"]
+    cfg = _only(cfg, {"shapes": ["zeroshot_classification"], "world_captions": ["zeroshot_retrieval"]})
     cfg["evaluate"]["released"]["dir"] = str(work / "released")
     (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     (work / "Snakefile").write_text(
         'configfile: "config.yaml"\n'
         f'include: "{REPO}/workflow/rules/common.smk"\n'
+        f'include: "{REPO}/workflow/rules/train_functions.smk"\n'
         f'include: "{REPO}/workflow/rules/evaluate.smk"\n'
         "rule all:\n    input: evaluate_targets()\n")
-    # run.json and the checkpoints exist: no rule makes them here
-    out = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--quiet", "rules"],
-                         cwd=work, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    (work / "results" / "data").mkdir(parents=True)
+    import pandas as pd
+
+    pd_index = pd.DataFrame([{"shard": "0", "path": "x.tar", "n_samples": 1, "skipped": 0,
+                                    "counted_from": "tar", "n_parquet": 1, "n_readable": 1, "problem": ""}])
+    pd_index.to_parquet(work / paths.POOL_INDEX)
+
+    def run() -> subprocess.CompletedProcess:
+        out = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", "2"],
+                             cwd=work, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    first = run()
+    assert first.stderr.count("rule evaluate:") == 2  # one job per checkpoint
     df = table.read_table(work / paths.RESULTS_TABLE)
     assert set(df["source"]) == {"ours", "released"}
     assert set(df["dataset"]) == {"shapes", "world_captions"}
     logs = sorted((work / paths.LOGS / "evaluate").rglob("*.log"))
-    assert len(logs) == 4 and all("Dump results to" in p.read_text() for p in logs)
-    assert len(list((work / paths.BENCHMARKS / "evaluate").rglob("*.tsv"))) == 4
-    text = (work / paths.RESULTS_LOG).read_text()
-    assert "ok: 4" in text
+    assert len(logs) == 2 and all("checkpoint done" in p.read_text() for p in logs)
+    assert len(list((work / paths.BENCHMARKS / "evaluate").rglob("*.tsv"))) == 2
+    assert "ok: 4" in (work / paths.RESULTS_LOG).read_text()
+
+    # Snakemake touches kept outputs after the job (newer than its inputs): compare contents
+    kept = {p: p.read_text() for p in (work / "results" / "eval").rglob("*.json")}
+    cfg["downstream"]["colours"] = copy.deepcopy(setup[1]["downstream"]["colours"])
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    second = run()
+    assert second.stderr.count("rule evaluate:") == 2
+    assert {p: p.read_text() for p in kept} == kept  # nothing recomputed
+    assert all("1 evaluations to run, 2 kept" in p.read_text() for p in logs)
+    df = table.read_table(work / paths.RESULTS_TABLE)
+    assert set(df["dataset"]) >= {"shapes", "world_captions", "colours"}
+    assert "ok: 6" in (work / paths.RESULTS_LOG).read_text()

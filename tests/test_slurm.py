@@ -622,7 +622,7 @@ def test_embedded_default_through_the_profile(slurm_cluster, tmp_path):
     rules = sorted(run.rule_of(j) for j in run.jobs)
     for rule in ("make_world", "index_pool", "subset", "model_profile", "train", "aggregate_results"):
         assert rules.count(rule) == 1, (rule, rules)
-    assert rules.count("evaluate") == 2, rules  # shapes (classification) + world_captions (retrieval)
+    assert rules.count("evaluate") == 1, rules  # one job per checkpoint: shapes and world_captions
     recs = slurm_cluster.wait_jobcomp(list(run.jobs))
     for jid in run.jobs:
         assert recs[jid]["JobState"] == "COMPLETED" and recs[jid]["ExitCode"] == "0:0", recs[jid]

@@ -100,13 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config whose custom models to register first")
     p.set_defaults(func=_gmac)
 
-    for module in ("dedup", "evaluate", "fit"):
-        try:
-            mod = __import__(f"clipscale.{module}", fromlist=["add_commands"])
-        except ImportError:
-            continue
-        if hasattr(mod, "add_commands"):
-            mod.add_commands(sub)
+    from clipscale import dedup
+    from clipscale.evaluate import cli as evaluate_cli
+
+    for module in (dedup, evaluate_cli):
+        module.add_commands(sub)
     return parser
 
 

@@ -26,9 +26,11 @@ images) the work is split so that nothing grows with the pool but time and disk:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -114,12 +116,21 @@ def _hash_table(keys: list[str], shard: str, hashes: np.ndarray) -> pa.Table:
                      "phash": pa.array(hashes, pa.uint64())}, schema=HASH_SCHEMA)
 
 
+def _hash_one(tar: str, batch_size: int) -> tuple[list[str], str, np.ndarray, SkipCounter, dict]:
+    """Hash one tar (a worker's task): keys, shard, hashes, what was skipped, counts."""
+    skipped, stats = SkipCounter(), {"n_samples": 0, "n_hashed": 0}
+    ((keys, shard, hashes),) = iter_hashes([tar], skipped, stats, batch_size)
+    return keys, shard, hashes, skipped, stats
+
+
 def hash_shards(tars: Sequence[str | Path], out: str | Path, name: str | None = None,
-                batch_size: int = 4096) -> dict:
+                batch_size: int = 4096, workers: int = 1) -> dict:
     """Hash every image of the tar shards into ``out`` (parquet: key, shard, phash).
 
-    Returns the report (also stored in the parquet's metadata): name, shards, n_samples,
-    n_hashed, skipped (total, counts by reason, example keys), seconds.
+    ``workers`` > 1 hashes that many shards at a time in separate processes (rows are written in
+    the order of ``tars`` all the same). Returns the report (also stored in the parquet's
+    metadata): name, shards, n_samples, n_hashed, skipped (total, counts by reason, example
+    keys), seconds.
     """
     tars = [str(t) for t in tars]
     for tar in tars:
@@ -132,9 +143,21 @@ def hash_shards(tars: Sequence[str | Path], out: str | Path, name: str | None = 
     start = time.perf_counter()
     writer = pq.ParquetWriter(tmp, HASH_SCHEMA)
     try:
-        for keys, shard, hashes in iter_hashes(tars, skipped, stats, batch_size):
-            writer.write_table(_hash_table(keys, shard, hashes))
-            log.info("%s: %d images hashed", shard, len(hashes))
+        if workers > 1 and len(tars) > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(min(workers, len(tars))) as ex:
+                for keys, shard, hashes, part_skipped, part in ex.map(
+                        _hash_one, tars, [batch_size] * len(tars)):
+                    skipped.merge(part_skipped)
+                    for k, v in part.items():
+                        stats[k] += v
+                    writer.write_table(_hash_table(keys, shard, hashes))
+                    log.info("%s: %d images hashed", shard, len(hashes))
+        else:
+            for keys, shard, hashes in iter_hashes(tars, skipped, stats, batch_size):
+                writer.write_table(_hash_table(keys, shard, hashes))
+                log.info("%s: %d images hashed", shard, len(hashes))
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)
@@ -145,9 +168,9 @@ def hash_shards(tars: Sequence[str | Path], out: str | Path, name: str | None = 
               "seconds": round(seconds, 3),
               "images_per_s": round(stats["n_hashed"] / seconds, 1) if seconds > 0 else None}
     _set_metadata(tmp, out, report)
-    log.info("%s: %d samples, %d hashed, %d skipped %s (%.1f images/s)", report["name"],
-             stats["n_samples"], stats["n_hashed"], skipped.total, dict(skipped.counts),
-             report["images_per_s"] or 0)
+    log.info("%s: %d samples, %d hashed, %d skipped %s (%.1f images/s, %d worker%s)",
+             report["name"], stats["n_samples"], stats["n_hashed"], skipped.total,
+             dict(skipped.counts), report["images_per_s"] or 0, workers, "s" * (workers != 1))
     return report
 
 
@@ -208,6 +231,37 @@ def group_shards(shards: Sequence[str], shards_per_job: int) -> dict[str, list[s
     shards = list(shards)
     return {f"{i:05d}": shards[s : s + shards_per_job]
             for i, s in enumerate(range(0, len(shards), shards_per_job))}
+
+
+def list_shards(folder: str | Path) -> list[str]:
+    """The .tar shards of a pool directory, sorted (the files clipscale.subsets.pool_shards
+    indexes): one directory read, no stat per shard (except of symbolic links)."""
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in entries
+                       if os.path.splitext(e.name)[1] == ".tar" and e.is_file())
+    return [os.path.join(str(folder), name) for name in names]
+
+
+def shards_stamp(shards: Sequence[str], cache: dict | None = None) -> str:
+    """A digest of the shards' paths, sizes and modification times (ns): it changes when a shard
+    is added, removed, renamed, rewritten or touched. Given to a job as a param, it makes
+    Snakemake rerun the job when its shards change (the params trigger) without listing every
+    shard as an input file. ``cache`` (path -> (size, mtime_ns)) saves the stat of a shard
+    stamped twice."""
+    h = hashlib.blake2b(digest_size=16)
+    for shard in shards:
+        if cache is not None and shard in cache:
+            size, mtime = cache[shard]
+        else:
+            try:
+                st = os.stat(shard)
+                size, mtime = st.st_size, st.st_mtime_ns
+            except FileNotFoundError:
+                size, mtime = -1, -1
+            if cache is not None:
+                cache[shard] = size, mtime
+        h.update(f"{shard}\0{size}\0{mtime}\n".encode())
+    return h.hexdigest()
 
 
 # 2. gather --------------------------------------------------------------------------------------

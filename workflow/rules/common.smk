@@ -1,8 +1,8 @@
 # Config validation (before any job) and the helpers every rule file uses.
 import os
-from pathlib import Path
 
 from clipscale import config as cs_config
+from clipscale import dedup as cs_dedup
 from clipscale import grid, paths, shaping, stopping
 from clipscale.world import WorldSpec
 
@@ -37,16 +37,43 @@ wildcard_constraints:
     group="[0-9]+",
 
 
+_POOL_SHARDS = []
+_POOL_STATS = {}  # shard -> (size, mtime_ns), stat-ed once per parse
+
+
 def pool_shards():
-    """The pool's tar shards: made by the world generator, or found in the user's directory."""
-    if USE_WORLD:
-        spec = WorldSpec.from_config(config)
-        return [f"{paths.WORLD_POOL}/{i:05d}.tar" for i in range(spec.n_shards)]
-    folder = Path(config["pool"]["source"])
-    shards = sorted(str(p) for p in folder.glob("*.tar"))
-    if not shards:
-        raise WorkflowError(f"pool.source {folder}: no .tar shards found")
-    return shards
+    """The pool's tar shards: made by the world generator, or found in the user's directory
+    (listed once per parse: one directory read, no stat per shard)."""
+    if not _POOL_SHARDS:
+        if USE_WORLD:
+            spec = WorldSpec.from_config(config)
+            shards = [f"{paths.WORLD_POOL}/{i:05d}.tar" for i in range(spec.n_shards)]
+        else:
+            shards = cs_dedup.list_shards(config["pool"]["source"])
+        if not shards:
+            raise WorkflowError(
+                f"pool.source {config['pool']['source']}: no .tar shards found"
+            )
+        _POOL_SHARDS.extend(shards)
+    return _POOL_SHARDS
+
+
+def pool_dir():
+    return paths.WORLD_POOL if USE_WORLD else config["pool"]["source"]
+
+
+def pool_input(shards):
+    """What a job reading these pool shards lists as input files: the embedded world's shards
+    (make_world's outputs); nothing for a user's pool, which is external data followed by
+    pool_stamp: 10^5 shards as input files would cost Snakemake minutes per DAG."""
+    return list(shards) if USE_WORLD else []
+
+
+def pool_stamp(shards):
+    """A param that changes when one of these shards of a user's pool is added, removed or
+    rewritten (its path, size, mtime), so that Snakemake reruns the job (params trigger); ""
+    for the world, whose shards are input files."""
+    return "" if USE_WORLD else cs_dedup.shards_stamp(shards, cache=_POOL_STATS)
 
 
 def downstream_dir(dataset):

@@ -25,17 +25,21 @@ rule make_world:
 
 rule index_pool:
     input:
-        pool_shards(),
+        pool_input(pool_shards()),
     output:
         paths.POOL_INDEX,
     log:
         log_path("index_pool", "pool"),
     benchmark:
         bench_path("index_pool", "pool")
-    threads: 1
+    threads: INDEX_THREADS
     resources:
-        mem_mb=1000,
-        runtime=60,
+        mem_mb=1000 + 100 * INDEX_THREADS,
+        runtime=INDEX_MINUTES,
+    params:
+        pool=lambda wc: pool_dir(),
+        # a user's pool: reruns when a shard is added, removed or rewritten
+        stamp=lambda wc: pool_stamp(pool_shards()),
     script:
         "../scripts/index_pool.py"
 

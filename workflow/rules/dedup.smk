@@ -1,6 +1,7 @@
 # 2. dedup: are the downstream test images in the pool? (the paper's Sec. 3 and Table 3)
-# pHash every pool image (one job per dedup.shards_per_job shards) and every downstream test
-# image (one job per set), gather the pool hashes, match within dedup.radius, then report.
+# pHash every pool image (one job per dedup.shards_per_job shards, DEDUP_THREADS processes) and
+# every downstream test image (one job per set), gather the pool hashes, match within
+# dedup.radius, then report.
 
 
 include: "dedup_functions.smk"
@@ -8,17 +9,21 @@ include: "dedup_functions.smk"
 
 rule dedup_hash_pool:
     input:
-        lambda wc: DEDUP_GROUPS[wc.group],
+        lambda wc: pool_input(DEDUP_GROUPS[wc.group]),
     output:
         paths.POOL_HASHES,
     log:
         log_path("dedup_hash_pool", "{group}"),
     benchmark:
         bench_path("dedup_hash_pool", "{group}")
-    threads: 1
+    threads: DEDUP_THREADS
     resources:
-        mem_mb=1000,
-        runtime=lambda wc: max(10, 5 * len(DEDUP_GROUPS[wc.group])),
+        mem_mb=500 + 250 * DEDUP_THREADS,
+        runtime=lambda wc: dedup_hash_minutes(len(DEDUP_GROUPS[wc.group])),
+    params:
+        shards=lambda wc: DEDUP_GROUPS[wc.group],
+        # a user's pool: reruns when one of the group's shards is added, removed or rewritten
+        stamp=lambda wc: pool_stamp(DEDUP_GROUPS[wc.group]),
     script:
         "../scripts/dedup_hash.py"
 

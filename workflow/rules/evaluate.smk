@@ -1,8 +1,11 @@
-# 4. evaluate: clip_benchmark on every checkpoint x downstream set x task (clipscale.evaluate),
-# then one tidy results table. Checkpoints: each run's final one (all of them with
-# evaluate.all_checkpoints) and the released ones of evaluate.released (clipscale.released).
-# A failed evaluation writes its reason to its result file; aggregate_results lists it, and every
-# missing result, in results/results/results_log.txt.
+# 4. evaluate: clip_benchmark on every checkpoint (clipscale.evaluate), one job per checkpoint
+# (every downstream set and task in one process, the model loaded once), then one tidy results
+# table. Checkpoints: each run's final one (all of them with evaluate.all_checkpoints) and the
+# released ones of evaluate.released (clipscale.released). Each (set, task) is a result file of
+# its own, flagged update: a rerun (a set added, one set's settings changed) keeps the results
+# whose settings and checkpoint are unchanged (clipscale.evaluate.job). A failed evaluation
+# writes its reason to its result file; aggregate_results lists it, and every missing result,
+# in results/results/results_log.txt.
 include: "evaluate_functions.smk"
 
 
@@ -10,7 +13,7 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        paths.EVAL,
+        [update(p) for p in EVAL_OUTPUTS],
     log:
         evaluate_log("log"),
     benchmark:
@@ -18,17 +21,16 @@ rule evaluate:
     wildcard_constraints:
         source="ours|released",
         epoch="[0-9]+|final",
-        task="zeroshot_classification|zeroshot_retrieval|linear_probe",
     threads: EVAL_CONFIG["threads"]
     resources:
         mem_mb=EVAL_CONFIG["mem_mb"],
         runtime=EVAL_CONFIG["runtime"],
-        gpus=EVAL_CONFIG["gpus"],
+        # the slurm plugin reads "gpu" (not "gpus")
+        gpu=EVAL_CONFIG["gpus"],
     params:
-        # what shapes the result besides the checkpoint (a change reruns it)
-        shaping=lambda wc: shaping.evaluate(
-            config, wc.source, wc.model, wc.scale, wc.dataset, wc.task
-        ),
+        # what shapes each result besides the checkpoint: a change reruns the job, which
+        # recomputes only the results whose settings changed
+        shaping=lambda wc: evaluation_shaping(wc),
     script:
         "../scripts/evaluate.py"
 

@@ -3,6 +3,7 @@ from clipscale import evaluate as cs_eval
 from clipscale import paths
 
 EVAL_TARGETS = cs_eval.target_paths(config)
+EVAL_OUTPUTS = cs_eval.output_patterns(config)
 EVAL_CONFIG = config["evaluate"]
 
 
@@ -13,7 +14,7 @@ def evaluate_targets():
 
 def evaluate_inputs(wildcards):
     """run.json of one of our runs, or a released checkpoint file; the world when it makes
-    the downstream set."""
+    a downstream set."""
     return cs_eval.job_inputs(
         config,
         wildcards.source,
@@ -21,19 +22,20 @@ def evaluate_inputs(wildcards):
         wildcards.scale,
         wildcards.samples,
         wildcards.epoch,
-        wildcards.dataset,
     )
+
+
+def evaluation_shaping(wildcards):
+    """clipscale.shaping.evaluate of every (set, task) of the job, keyed "set/task"."""
+    return {
+        f"{dataset}/{task}": shaping.evaluate(
+            config, wildcards.source, wildcards.model, wildcards.scale, dataset, task
+        )
+        for dataset, task in cs_eval.dataset_tasks(config)
+    }
 
 
 def evaluate_log(kind):
-    """Log or benchmark path of one evaluate job."""
-    parts = (
-        "{source}",
-        "{model}",
-        "{scale}",
-        "{samples}",
-        "epoch_{epoch}",
-        "{dataset}",
-        "{task}",
-    )
+    """Log or benchmark path of one evaluate job (one checkpoint)."""
+    parts = ("{source}", "{model}", "{scale}", "{samples}", "epoch_{epoch}")
     return (log_path if kind == "log" else bench_path)("evaluate", *parts)

@@ -8,5 +8,6 @@ with job_logging(snakemake.log[0]):  # noqa: F821 (snakemake injects it)
         tars = dedup.downstream_test_shards(sm.params.dataset_dir, "test")
         name = sm.wildcards.dataset
     else:
-        tars, name = list(sm.input), sm.wildcards.group
-    dedup.hash_shards(tars, sm.output[0], name=name)
+        # params.shards: the group's shards (a user's pool is no input file: see pool_input)
+        tars, name = sm.params.shards, sm.wildcards.group
+    dedup.hash_shards(tars, sm.output[0], name=name, workers=sm.threads)

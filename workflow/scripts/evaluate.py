@@ -1,4 +1,5 @@
-"""Adapter: rule evaluate -> clipscale.evaluate.evaluate (clip_benchmark in this process)."""
+"""Adapter: rule evaluate -> clipscale.evaluate.evaluate_checkpoint (one checkpoint, every
+configured downstream set and task, clip_benchmark in this process)."""
 import contextlib
 
 from clipscale import evaluate
@@ -8,7 +9,8 @@ sm = snakemake  # noqa: F821 (snakemake injects it)
 with job_logging(sm.log[0]), open(sm.log[0], "a") as sink:
     # clip_benchmark prints its progress and reports: into the job's log
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        target = evaluate.Target(**{k: getattr(sm.wildcards, k) for k in
-                                    ("source", "model", "scale", "samples", "epoch", "dataset", "task")})
-        evaluate.evaluate(sm.config, target, sm.output[0], run_record=sm.input.get("run"),
-                          threads=sm.threads)
+        checkpoint = {k: getattr(sm.wildcards, k) for k in ("source", "model", "scale", "samples", "epoch")}
+        outputs = {key: path for key, path in evaluate.outputs_of(sm.config, checkpoint).items()}
+        assert sorted(outputs.values()) == sorted(sm.output), "outputs of the rule and of the plan differ"
+        evaluate.evaluate_checkpoint(sm.config, checkpoint, outputs, run_record=sm.input.get("run"),
+                                     threads=sm.threads)

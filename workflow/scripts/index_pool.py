@@ -1,14 +1,13 @@
 """Adapter: rule index_pool -> clipscale.subsets.build_index (problem shards logged as warnings)."""
 import logging
-from pathlib import Path
 
 from clipscale.logs import job_logging
 from clipscale.subsets import build_index, pool_problems
 
 with job_logging(snakemake.log[0]):  # noqa: F821
     sm = snakemake  # noqa: F821
-    # the pool directory is where its shards (this rule's inputs) are
-    index = build_index(Path(sm.input[0]).parent, workers=sm.threads)
+    # params.pool: the pool directory (a user's pool is no input file: see pool_input)
+    index = build_index(sm.params.pool, workers=sm.threads)
     index.to_parquet(sm.output[0], index=False)
     logging.info("pool: %d shards, %d readable samples (parquets: %d)", len(index),
                  index["n_readable"].sum(), index["n_parquet"].sum())

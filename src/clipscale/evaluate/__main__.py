@@ -1,0 +1,5 @@
+import sys
+
+from clipscale.evaluate.cli import main
+
+sys.exit(main())
