@@ -9,8 +9,9 @@ seconds of each repeat, their median and the number of jobs (snakemake's "Job st
 the count per rule. Nothing is submitted: a dry run needs no Slurm. Exit status 1 if snakemake
 fails (its output's tail is printed).
 
-The DAG lists the pool's shards (pool.source/*.tar) and the config check looks at the downstream
-sets' folders. Where the configured pool is not there, empty stand-ins (clipscale.standin) are
+The DAG lists the pool's shards (pool.source/*.tar: one directory read, then one stat per shard
+for the params that follow a user's pool; no shard is an input file) and the config check looks
+at the downstream sets' folders. Where the configured pool is not there, empty stand-ins (clipscale.standin) are
 made in a temporary folder: --stand-in-shards empty .tar files (default 232000: LAION-2B-en's
 ~2.32B pairs at img2dataset's 10k per shard) and the downstream sets' layout, given to snakemake
 as a second --configfile.

@@ -195,6 +195,50 @@ def test_group_shards():
         D.group_shards(["a"], 0)
 
 
+def test_hash_shards_in_processes_gives_the_same_file(pool_dir, tmp_path):
+    """workers > 1 (the rule's threads): the same rows in the same order, the same report."""
+    d, _ = pool_dir
+    tars = sorted(d.glob("*.tar"))
+    one = D.hash_shards(tars, tmp_path / "one.parquet", name="g", batch_size=7)
+    many = D.hash_shards(tars, tmp_path / "many.parquet", name="g", batch_size=7, workers=3)
+    assert pd.read_parquet(tmp_path / "one.parquet").equals(pd.read_parquet(tmp_path / "many.parquet"))
+    drop = ("seconds", "images_per_s", "skipped")  # examples name objects by address
+    assert {k: v for k, v in many.items() if k not in drop} == {k: v for k, v in one.items() if k not in drop}
+    assert many["skipped"]["counts"] == one["skipped"]["counts"]
+    def where(report):  # the examples' file:key, without the messages
+        return {r: [e.split(":")[:2] for e in ex] for r, ex in report["skipped"]["examples"].items()}
+
+    assert where(many) == where(one)
+    assert many["skipped"]["total"] == 5
+
+
+def test_list_shards_and_stamp(tmp_path):
+    for name in ("00001.tar", "00000.tar", "00000.parquet", "notes.txt", ".tar", "x.tar.tmp"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "dir.tar").mkdir()
+    (tmp_path / "link.tar").symlink_to(tmp_path / "00000.tar")
+    shards = D.list_shards(tmp_path)
+    assert shards == [str(tmp_path / n) for n in ("00000.tar", "00001.tar", "link.tar")]
+    from clipscale.subsets import pool_shards  # what the pool index reads
+    assert shards == [str(p) for p in pool_shards(tmp_path)]
+
+    stamp = D.shards_stamp(shards)
+    assert stamp == D.shards_stamp(shards) and stamp != D.shards_stamp(shards[:2])
+    cache = {}
+    assert D.shards_stamp(shards, cache) == stamp and len(cache) == 3
+    first = tmp_path / "00000.tar"
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))  # touched
+    assert D.shards_stamp(shards) != stamp
+    assert D.shards_stamp(shards, cache) == stamp  # the cache holds one parse's view
+    stamp = D.shards_stamp(shards)
+    mtime = first.stat().st_mtime_ns
+    first.write_bytes(b"xy")  # rewritten: size differs, even with the same mtime
+    os.utime(first, ns=(mtime, mtime))
+    assert D.shards_stamp(shards) != stamp
+    first.unlink()  # removed: still a stamp (the job itself names the missing shard)
+    assert D.shards_stamp(shards) != stamp
+
+
 def test_gather_concatenates_and_sums_reports(pool_dir, tmp_path):
     d, _ = pool_dir
     tars = sorted(d.glob("*.tar"))

@@ -235,8 +235,8 @@ def test_index_pool_script_warns_naming_the_shard(in_tmp):
                 w.write(f"{s:05d}{i:04d}", {"jpg": b"x" * 1000, "txt": "a caption"})
     data = (pool / "00001.tar").read_bytes()
     (pool / "00001.tar").write_bytes(data[: len(data) // 3])
-    sm = SimpleNamespace(input=[str(pool / "00000.tar"), str(pool / "00001.tar")],
-                         output=["index.parquet"], log=["index.log"], threads=1)
+    sm = SimpleNamespace(input=[], params=SimpleNamespace(pool=str(pool)),
+                         output=["index.parquet"], log=["index.log"], threads=2)
     runpy.run_path(str(REPO / "workflow" / "scripts" / "index_pool.py"),
                    init_globals={"snakemake": sm})
     log_text = Path("index.log").read_text()

@@ -4,11 +4,11 @@ The paper (Sec. 3, Table 3) hashes LAION and each downstream test set with a 64-
 reports the share of test images found in LAION. At that scale (1e8-1e9 pool images, ~1e5 test
 images) the work is split so that nothing grows with the pool but time and disk:
 
-1. hash: one job per group of pool shards (``dedup.shards_per_job``) and one per downstream test
-   split. Each writes a parquet (key, shard, phash uint64; see clipscale.phash for the bit order).
-   A corrupt image, an empty or truncated member, a non-image file is logged with its key,
-   counted and skipped; the counts go into the parquet's metadata (``clipscale.dedup``) and, after
-   the gather, into one readable report.
+1. hash: one job per group of pool shards (``dedup.shards_per_job``; its shards hashed in
+   ``workers`` processes) and one per downstream test split. Each writes a parquet (key, shard,
+   phash uint64; see clipscale.phash for the bit order). A corrupt image, an empty or truncated
+   member, a non-image file is logged with its key, counted and skipped; the counts go into the
+   parquet's metadata (``clipscale.dedup``) and, after the gather, into one readable report.
 2. gather: the pool groups concatenated into one parquet, streamed row group by row group.
 3. match: the *test* hashes (small) go into an in-memory index; the pool is streamed through it
    in batches, so memory is O(test set + one batch). Radius 0 is a hash join (pandas merge).
@@ -236,10 +236,11 @@ def group_shards(shards: Sequence[str], shards_per_job: int) -> dict[str, list[s
 def list_shards(folder: str | Path) -> list[str]:
     """The .tar shards of a pool directory, sorted (the files clipscale.subsets.pool_shards
     indexes): one directory read, no stat per shard (except of symbolic links)."""
-    with os.scandir(folder) as entries:
+    with os.scandir(folder) as entries:  # Path.suffix == ".tar": ".tar" alone has none
         names = sorted(e.name for e in entries
-                       if os.path.splitext(e.name)[1] == ".tar" and e.is_file())
-    return [os.path.join(str(folder), name) for name in names]
+                       if e.name.endswith(".tar") and len(e.name) > 4 and e.is_file())
+    base = os.path.join(str(Path(folder)), "")  # the paths str(Path(folder) / name) gives
+    return [base + name for name in names]
 
 
 def shards_stamp(shards: Sequence[str], cache: dict | None = None) -> str:
@@ -248,20 +249,18 @@ def shards_stamp(shards: Sequence[str], cache: dict | None = None) -> str:
     Snakemake rerun the job when its shards change (the params trigger) without listing every
     shard as an input file. ``cache`` (path -> (size, mtime_ns)) saves the stat of a shard
     stamped twice."""
-    h = hashlib.blake2b(digest_size=16)
+    cache = {} if cache is None else cache
+    lines = []
     for shard in shards:
-        if cache is not None and shard in cache:
-            size, mtime = cache[shard]
-        else:
+        stamp = cache.get(shard)
+        if stamp is None:
             try:
                 st = os.stat(shard)
-                size, mtime = st.st_size, st.st_mtime_ns
+                stamp = cache[shard] = st.st_size, st.st_mtime_ns
             except FileNotFoundError:
-                size, mtime = -1, -1
-            if cache is not None:
-                cache[shard] = size, mtime
-        h.update(f"{shard}\0{size}\0{mtime}\n".encode())
-    return h.hexdigest()
+                stamp = cache[shard] = -1, -1
+        lines.append(f"{shard}\0{stamp[0]}\0{stamp[1]}\n")
+    return hashlib.blake2b("".join(lines).encode(), digest_size=16).hexdigest()
 
 
 # 2. gather --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict
+from functools import lru_cache
 from typing import Any, Mapping
 
 from clipscale import config as config_mod
@@ -41,6 +42,7 @@ def canonical(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+@lru_cache(maxsize=None)  # read once per process: the DAG asks for every job's params
 def execution_keys(section: str) -> frozenset[str]:
     """Keys of a config section marked ``x-execution: true`` in the schema: how a job runs
     (threads, workers, processes, memory, walltime, device), not what it makes."""

@@ -1,6 +1,9 @@
 # 1. data: the embedded default world (when pool.source is "world") and nested subsets.
 
 
+from clipscale import resources as cs_resources
+
+
 include: "data_functions.smk"
 
 
@@ -13,10 +16,9 @@ rule make_world:
         log_path("make_world", "world"),
     benchmark:
         bench_path("make_world", "world")
-    threads: 1
+    threads: cs_resources.threads(config, "make_world")
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **cs_resources.resources(config, "make_world"),
     params:
         world=shaping.world(config),
     script:
@@ -32,10 +34,9 @@ rule index_pool:
         log_path("index_pool", "pool"),
     benchmark:
         bench_path("index_pool", "pool")
-    threads: INDEX_THREADS
+    threads: cs_resources.threads(config, "index_pool", pool_shards=len(pool_shards()))
     resources:
-        mem_mb=1000 + 100 * INDEX_THREADS,
-        runtime=INDEX_MINUTES,
+        **cs_resources.resources(config, "index_pool", pool_shards=len(pool_shards())),
     params:
         pool=lambda wc: pool_dir(),
         # a user's pool: reruns when a shard is added, removed or rewritten
@@ -53,10 +54,9 @@ rule subset:
         log_path("subset", "{scale}"),
     benchmark:
         bench_path("subset", "{scale}")
-    threads: 1
+    threads: cs_resources.threads(config, "subset")
     resources:
-        mem_mb=1000,
-        runtime=60,
+        **cs_resources.resources(config, "subset"),
     params:
         size=lambda wc: config["scales"][wc.scale],
         seed=config["seed"],

@@ -1,7 +1,10 @@
 # 2. dedup: are the downstream test images in the pool? (the paper's Sec. 3 and Table 3)
-# pHash every pool image (one job per dedup.shards_per_job shards, DEDUP_THREADS processes) and
+# pHash every pool image (one job per dedup.shards_per_job shards, processes sized by clipscale.resources) and
 # every downstream test image (one job per set), gather the pool hashes, match within
 # dedup.radius, then report.
+
+
+from clipscale import resources as cs_resources
 
 
 include: "dedup_functions.smk"
@@ -16,10 +19,9 @@ rule dedup_hash_pool:
         log_path("dedup_hash_pool", "{group}"),
     benchmark:
         bench_path("dedup_hash_pool", "{group}")
-    threads: DEDUP_THREADS
+    threads: cs_resources.threads(config, "dedup_hash_pool", **DEDUP_SIZES)
     resources:
-        mem_mb=500 + 250 * DEDUP_THREADS,
-        runtime=lambda wc: dedup_hash_minutes(len(DEDUP_GROUPS[wc.group])),
+        **cs_resources.resources(config, "dedup_hash_pool", **DEDUP_SIZES),
     params:
         shards=lambda wc: DEDUP_GROUPS[wc.group],
         # a user's pool: reruns when one of the group's shards is added, removed or rewritten
@@ -37,10 +39,9 @@ rule dedup_hash_downstream:
         log_path("dedup_hash_downstream", "{dataset}"),
     benchmark:
         bench_path("dedup_hash_downstream", "{dataset}")
-    threads: 1
+    threads: cs_resources.threads(config, "dedup_hash_downstream")
     resources:
-        mem_mb=1000,
-        runtime=60,
+        **cs_resources.resources(config, "dedup_hash_downstream"),
     params:
         dataset_dir=lambda wc: downstream_dir(wc.dataset),
     script:
@@ -58,10 +59,9 @@ rule dedup_gather:
         log_path("dedup_gather", "pool"),
     benchmark:
         bench_path("dedup_gather", "pool")
-    threads: 1
+    threads: cs_resources.threads(config, "dedup_gather", pool_shards=DEDUP_POOL_SHARDS)
     resources:
-        mem_mb=1000,
-        runtime=DEDUP_STREAM_MINUTES,
+        **cs_resources.resources(config, "dedup_gather", pool_shards=DEDUP_POOL_SHARDS),
     script:
         "../scripts/dedup_gather.py"
 
@@ -76,10 +76,9 @@ rule dedup_match:
         log_path("dedup_match", "matches"),
     benchmark:
         bench_path("dedup_match", "matches")
-    threads: 1
+    threads: cs_resources.threads(config, "dedup_match", pool_shards=DEDUP_POOL_SHARDS)
     resources:
-        mem_mb=4000,
-        runtime=DEDUP_STREAM_MINUTES,
+        **cs_resources.resources(config, "dedup_match", pool_shards=DEDUP_POOL_SHARDS),
     params:
         radius=config["dedup"]["radius"],
     script:
@@ -96,10 +95,9 @@ rule dedup_overlap:
         log_path("dedup_overlap", "overlap"),
     benchmark:
         bench_path("dedup_overlap", "overlap")
-    threads: 1
+    threads: cs_resources.threads(config, "dedup_overlap")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cs_resources.resources(config, "dedup_overlap"),
     params:
         radius=config["dedup"]["radius"],
     script:
@@ -116,10 +114,9 @@ rule dedup_contact_sheet:
         log_path("dedup_contact_sheet", "contact_sheet"),
     benchmark:
         bench_path("dedup_contact_sheet", "contact_sheet")
-    threads: 1
+    threads: cs_resources.threads(config, "dedup_contact_sheet")
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **cs_resources.resources(config, "dedup_contact_sheet"),
     params:
         pairs=config["dedup"]["contact_sheet_pairs"],
         seed=config["seed"],
@@ -139,10 +136,9 @@ rule dedup_planted_recall:
         log_path("dedup_planted_recall", "planted_recall"),
     benchmark:
         bench_path("dedup_planted_recall", "planted_recall")
-    threads: 1
+    threads: cs_resources.threads(config, "dedup_planted_recall")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cs_resources.resources(config, "dedup_planted_recall"),
     params:
         radius=config["dedup"]["radius"],
     script:
@@ -159,9 +155,10 @@ rule dedup_filter_subset:
         log_path("dedup_filter_subset", "{scale}"),
     benchmark:
         bench_path("dedup_filter_subset", "{scale}")
-    threads: 1
+    threads: cs_resources.threads(config, "dedup_filter_subset", pool_shards=DEDUP_POOL_SHARDS)
     resources:
-        mem_mb=2000,
-        runtime=DEDUP_COPY_MINUTES,
+        **cs_resources.resources(
+            config, "dedup_filter_subset", pool_shards=DEDUP_POOL_SHARDS
+        ),
     script:
         "../scripts/dedup_filter_subset.py"

@@ -6,6 +6,9 @@
 # whose settings and checkpoint are unchanged (clipscale.evaluate.job). A failed evaluation
 # writes its reason to its result file; aggregate_results lists it, and every missing result,
 # in results/results/results_log.txt.
+from clipscale import resources as cs_resources
+
+
 include: "evaluate_functions.smk"
 
 
@@ -21,12 +24,10 @@ rule evaluate:
     wildcard_constraints:
         source="ours|released",
         epoch="[0-9]+|final",
-    threads: EVAL_CONFIG["threads"]
+    threads: cs_resources.threads(config, "evaluate")
     resources:
-        mem_mb=EVAL_CONFIG["mem_mb"],
-        runtime=EVAL_CONFIG["runtime"],
-        # the slurm plugin reads "gpu" (not "gpus")
-        gpu=EVAL_CONFIG["gpus"],
+        # evaluate.gpus as the resource "gpu" (the slurm plugin's --gpus)
+        **cs_resources.resources(config, "evaluate"),
     params:
         # what shapes each result besides the checkpoint: a change reruns the job, which
         # recomputes only the results whose settings changed
@@ -48,10 +49,9 @@ rule aggregate_results:
         log_path("aggregate_results", "results"),
     benchmark:
         bench_path("aggregate_results", "results")
-    threads: 1
+    threads: cs_resources.threads(config, "aggregate_results")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cs_resources.resources(config, "aggregate_results"),
     params:
         settings=shaping.aggregate(config),
     script:

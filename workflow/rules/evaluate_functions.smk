@@ -4,7 +4,6 @@ from clipscale import paths
 
 EVAL_TARGETS = cs_eval.target_paths(config)
 EVAL_OUTPUTS = cs_eval.output_patterns(config)
-EVAL_CONFIG = config["evaluate"]
 
 
 def evaluate_targets():

@@ -1,5 +1,6 @@
 # 6. figures (clipscale.figures): one target per figure, results/figures/{figure}.pdf and .png.
 # The paper's figures (*_published) need only the published table; ours need the results table.
+from clipscale import resources as cs_resources
 from clipscale import paths
 
 
@@ -32,10 +33,9 @@ rule figure_compute:
         f"{paths.BENCHMARKS}/figures/{{figure}}.tsv"
     wildcard_constraints:
         figure=figure_names_of("compute"),
-    threads: 1
+    threads: cs_resources.threads(config, "figure_compute")
     resources:
-        mem_mb=2000,
-        runtime=15,
+        **cs_resources.resources(config, "figure_compute"),
     params:
         spec=figure_params,
         settings=figure_settings,
@@ -61,10 +61,9 @@ rule figure_data_bottleneck:
         f"{paths.BENCHMARKS}/figures/{{figure}}.tsv"
     wildcard_constraints:
         figure=figure_names_of("data_bottleneck"),
-    threads: 1
+    threads: cs_resources.threads(config, "figure_data_bottleneck")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cs_resources.resources(config, "figure_data_bottleneck"),
     params:
         spec=figure_params,
         settings=figure_settings,
@@ -90,10 +89,9 @@ rule figure_samples_bottleneck:
         f"{paths.BENCHMARKS}/figures/{{figure}}.tsv"
     wildcard_constraints:
         figure=figure_names_of("samples_bottleneck"),
-    threads: 1
+    threads: cs_resources.threads(config, "figure_samples_bottleneck")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cs_resources.resources(config, "figure_samples_bottleneck"),
     params:
         spec=figure_params,
         settings=figure_settings,
@@ -119,10 +117,9 @@ rule figure_overlap:
         f"{paths.BENCHMARKS}/figures/{{figure}}.tsv"
     wildcard_constraints:
         figure=figure_names_of("overlap"),
-    threads: 1
+    threads: cs_resources.threads(config, "figure_overlap")
     resources:
-        mem_mb=1000,
-        runtime=5,
+        **cs_resources.resources(config, "figure_overlap"),
     params:
         spec=figure_params,
         settings=figure_settings,

@@ -1,6 +1,7 @@
 # 5. fit: scaling laws E = beta C^alpha (clipscale.fit) for the published input (the paper's
 # numbers: no data, no training needed) and ours (results/results/results.parquet, made by the
 # evaluation's aggregate_results rule).
+from clipscale import resources as cs_resources
 from clipscale import paths, shaping
 from clipscale import reference as _reference
 
@@ -26,10 +27,9 @@ rule published_table:
         f"{paths.LOGS}/fit/published_table.log",
     benchmark:
         f"{paths.BENCHMARKS}/fit/published_table.tsv"
-    threads: 1
+    threads: cs_resources.threads(config, "published_table")
     resources:
-        mem_mb=1000,
-        runtime=5,
+        **cs_resources.resources(config, "published_table"),
     script:
         "../scripts/fit_published_table.py"
 
@@ -59,10 +59,9 @@ rule fit_input:
         f"{paths.BENCHMARKS}/fit/{{input}}.tsv"
     wildcard_constraints:
         input="published|ours",
-    threads: 1
+    threads: cs_resources.threads(config, "fit_input")
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **cs_resources.resources(config, "fit_input"),
     params:
         settings=lambda wc: shaping.fit(config, wc.input),
     script:
@@ -92,9 +91,8 @@ rule fit_collect:
         f"{paths.LOGS}/fit/collect.log",
     benchmark:
         f"{paths.BENCHMARKS}/fit/collect.tsv"
-    threads: 1
+    threads: cs_resources.threads(config, "fit_collect")
     resources:
-        mem_mb=1000,
-        runtime=5,
+        **cs_resources.resources(config, "fit_collect"),
     script:
         "../scripts/fit_collect.py"

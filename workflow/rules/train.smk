@@ -3,6 +3,9 @@
 # hits its walltime, and the next attempt resumes from the latest one.
 
 
+from clipscale import resources as cs_resources
+
+
 include: "train_functions.smk"
 
 
@@ -13,10 +16,9 @@ rule model_profile:
         log_path("model_profile", "{model}"),
     benchmark:
         bench_path("model_profile", "{model}")
-    threads: 1
+    threads: cs_resources.threads(config, "model_profile")
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **cs_resources.resources(config, "model_profile"),
     params:
         settings=lambda wc: shaping.model(config, wc.model),
     script:
@@ -33,22 +35,11 @@ rule train:
         log_path("train", "{model}", "{scale}", "{samples}"),
     benchmark:
         bench_path("train", "{model}", "{scale}", "{samples}")
-    threads: lambda wc: train_hparams(wc)["threads"] * train_hparams(wc)["nproc"]
+    threads: cs_resources.threads(config, "train")
     resources:
-        mem_mb=lambda wc: train_hparams(wc)["mem_mb"],
-        runtime=lambda wc: train_hparams(wc)["runtime"],
-        nodes=lambda wc: train_hparams(wc)["nodes"],
-        tasks=lambda wc: train_hparams(wc)["world_size"],
-        cpus_per_task=lambda wc: train_hparams(wc)["threads"],
-        # the slurm plugin reads "gpu" (not "gpus"); one rank per GPU
-        gpu=lambda wc: train_hparams(wc)["gpus_per_node"] * train_hparams(wc)["nodes"],
-        tasks_per_gpu=lambda wc: (
-            train_hparams(wc)["nproc"] // train_hparams(wc)["gpus_per_node"]
-            if train_hparams(wc)["gpus_per_node"]
-            else 0
-        ),
-        # srun starts the ranks inside the job; the plugin refuses mpi for a single task
-        mpi=lambda wc: "srun" if train_hparams(wc)["world_size"] > 1 else "",
+        # nodes, tasks (= train.nproc x nodes), cpus_per_task, gpu (the plugin reads "gpu",
+        # not "gpus"), tasks_per_gpu, mpi="srun" for multi-task jobs: clipscale.resources.train
+        **cs_resources.resources(config, "train"),
     params:
         # what shapes the run (a change reruns it); threads, workers, nproc... do not
         shaping=lambda wc: shaping.train(config, grid.Run.from_wildcards(**wc)),

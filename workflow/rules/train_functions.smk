@@ -14,10 +14,6 @@ def train_manifest(wildcards):
     return paths.fill(pattern, scale=wildcards.scale)
 
 
-def train_hparams(wildcards):
-    return grid.hparams(config, grid.Run.from_wildcards(**wildcards))
-
-
 def model_profile(wildcards):
     spec = config["models"][wildcards.model]
     if "open_clip" in spec and not spec.get("gmac_per_sample"):

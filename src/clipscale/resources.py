@@ -1,0 +1,153 @@
+"""Every rule's resources in one place: threads, memory, walltime, GPUs, tasks, MPI.
+
+The names are those snakemake-executor-plugin-slurm reads (checked in its source, version
+2.6.1): ``runtime`` (minutes, sbatch -t), ``mem_mb`` (--mem), ``gpu`` (--gpus; not ``gpus``,
+which it ignores), ``tasks`` (--ntasks), ``tasks_per_gpu`` (--ntasks-per-gpu; it defaults to
+``tasks`` when a job has GPUs), ``cpus_per_task`` (--cpus-per-task), ``nodes`` (--nodes) and
+``mpi`` (set only for multi-task jobs: with fewer than 2 tasks the plugin raises inside its
+submission thread and the run waits forever). Snakemake's ``threads`` also bound local runs.
+
+``of(config, rule, **sizes)`` gives a rule's resources: plain values, or functions of the
+wildcards where a job's size depends on them (a training run's shape, a hash job's shard count).
+The rules take theirs with ``threads: cs_resources.threads(config, rule)`` and ``resources:
+**cs_resources.resources(config, rule)``; tests/test_resources.py checks the sbatch command of a training job and of an
+evaluation job, with and without GPUs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from clipscale import grid
+
+# CPU-only rules of a fixed size: threads, mem_mb, runtime (minutes)
+FIXED: dict[str, tuple[int, int, int]] = {
+    "make_world": (1, 2000, 30),
+    "subset": (1, 1000, 60),
+    "dedup_hash_downstream": (1, 1000, 60),
+    "dedup_overlap": (1, 2000, 10),
+    "dedup_contact_sheet": (1, 2000, 30),
+    "dedup_planted_recall": (1, 2000, 10),
+    "model_profile": (1, 2000, 10),
+    "aggregate_results": (1, 2000, 10),
+    "published_table": (1, 1000, 5),
+    "fit_input": (1, 2000, 30),
+    "fit_collect": (1, 1000, 5),
+    "figure_compute": (1, 2000, 15),
+    "figure_data_bottleneck": (1, 2000, 10),
+    "figure_samples_bottleneck": (1, 2000, 10),
+    "figure_overlap": (1, 1000, 5),
+}
+
+
+def _fixed(rule: str) -> dict:
+    threads, mem_mb, runtime = FIXED[rule]
+    return {"threads": threads, "mem_mb": mem_mb, "runtime": runtime}
+
+
+def train(config: Mapping, run: grid.Run) -> dict:
+    """One training run's job: ``train.nproc`` processes (GPUs) per node on ``train.nodes``
+    nodes, ``train.threads`` CPUs each, one rank per GPU; multi-task jobs carry ``mpi="srun"``
+    (clipscale.launch starts the ranks with srun inside the job)."""
+    hp = grid.hparams(dict(config), run)
+    nodes, world = hp["nodes"], hp["world_size"]
+    gpus_per_node = hp["gpus_per_node"]
+    out = {
+        "threads": hp["threads"] * hp["nproc"],
+        "mem_mb": hp["mem_mb"],
+        "runtime": hp["runtime"],
+        "nodes": nodes,
+        "tasks": world,
+        "cpus_per_task": hp["threads"],
+        "gpu": gpus_per_node * nodes,
+        "tasks_per_gpu": hp["nproc"] // gpus_per_node if gpus_per_node else 0,
+        "mpi": "srun" if world > 1 else "",
+    }
+    return out
+
+
+def evaluate(config: Mapping) -> dict:
+    """One checkpoint's evaluation job: ``evaluate.threads`` CPUs, ``evaluate.gpus`` GPUs."""
+    ev = config["evaluate"]
+    return {"threads": ev["threads"], "mem_mb": ev["mem_mb"], "runtime": ev["runtime"],
+            "cpus_per_task": ev["threads"], "gpu": ev["gpus"]}
+
+
+# the pool's work: a LAION shard holds ~10,000 samples; the index scans tar headers at ~45,000
+# samples/s per process, pHash runs at ~500 images/s per process (benchmarks/bench_dedup.py: 580)
+SAMPLES_PER_SHARD = 10_000
+INDEX_RATE = 45_000
+HASH_RATE = 500
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def index_pool(n_shards: int) -> dict:
+    """The pool index: a process per 1,000 shards, up to 8 (1 for the embedded world), and a
+    walltime for that with a margin of 2."""
+    threads = max(1, min(8, _ceil_div(n_shards, 1000)))
+    minutes = 2 * n_shards * SAMPLES_PER_SHARD // (INDEX_RATE * threads * 60)
+    return {"threads": threads, "mem_mb": 900 + 100 * threads, "runtime": max(60, minutes)}
+
+
+def dedup_hash_pool(shards_per_job: int, n_shards: int) -> dict:
+    """A pool hash job: a process per 25 shards of its group (~6 min of hashing LAION shards),
+    up to 8 (1 for the embedded world); its walltime from its group's size (a function of the
+    wildcards: the last group may be smaller), margin 2."""
+    threads = max(1, min(8, _ceil_div(min(shards_per_job, n_shards), 25)))
+
+    def runtime(wildcards, group_sizes: Mapping[str, int] | None = None, **_):
+        n = group_sizes[wildcards.group] if group_sizes else shards_per_job
+        return max(10, 2 * n * SAMPLES_PER_SHARD // (HASH_RATE * threads * 60))
+
+    return {"threads": threads, "mem_mb": 750 + 250 * threads, "runtime": runtime}
+
+
+def _pool_stream(n_shards: int, mem_mb: int, per_minute: int) -> dict:
+    """A job streaming the whole pool's hashes (gather, match) or copying its shards (filter)."""
+    return {"threads": 1, "mem_mb": mem_mb, "runtime": max(10, n_shards // per_minute)}
+
+
+def of(config: Mapping, rule: str, pool_shards: int = 0, group_sizes: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """A rule's threads and resources: values, or functions of the job's wildcards.
+    ``pool_shards`` (how many shards the pool has) sizes the rules that read the whole pool;
+    ``group_sizes`` (group -> shards) the pool hash jobs."""
+    if rule == "train":
+        return per_run(config)
+    if rule == "evaluate":
+        return evaluate(config)
+    if rule == "index_pool":
+        return index_pool(pool_shards)
+    if rule == "dedup_hash_pool":
+        out = dedup_hash_pool(config["dedup"]["shards_per_job"], pool_shards)
+        runtime = out["runtime"]
+        out["runtime"] = lambda wildcards, **_: runtime(wildcards, group_sizes)
+        return out
+    if rule in ("dedup_gather", "dedup_match"):
+        return _pool_stream(pool_shards, 1000 if rule == "dedup_gather" else 4000, 1000)
+    if rule == "dedup_filter_subset":
+        return _pool_stream(pool_shards, 2000, 10)
+    return _fixed(rule)
+
+
+def per_run(config: Mapping) -> dict[str, Callable]:
+    """The train rule's resources, each a function of the job's wildcards (model, scale,
+    samples), plus ``threads``."""
+    keys = ("threads", "mem_mb", "runtime", "nodes", "tasks", "cpus_per_task", "gpu", "tasks_per_gpu", "mpi")
+
+    def getter(key):
+        return lambda wildcards, **_: train(config, grid.Run.from_wildcards(**dict(wildcards)))[key]
+
+    return {key: getter(key) for key in keys}
+
+
+def threads(config: Mapping, rule: str, **sizes):
+    """A rule's ``threads:`` (a value, or a function of the wildcards)."""
+    return of(config, rule, **sizes)["threads"]
+
+
+def resources(config: Mapping, rule: str, **sizes) -> dict[str, Any]:
+    """A rule's ``resources:`` (everything but threads)."""
+    return {k: v for k, v in of(config, rule, **sizes).items() if k != "threads"}

@@ -1,0 +1,120 @@
+"""Every rule's resources come from clipscale.resources, in the names the Slurm plugin reads: the
+sbatch command the plugin would build for a training job and an evaluation job asks for GPUs
+when the config gives them GPUs, and for none on a CPU-only config.
+
+The sbatch command is built by snakemake-executor-plugin-slurm's own functions
+(``get_submit_command`` + ``set_gres_string``, as its executor does) from the resources each job
+of a real dry run (``snakemake -n --profile profiles/slurm``) shows.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from conftest import CI_CONFIG, REPO
+
+from clipscale import resources
+
+PROFILE = REPO / "profiles" / "slurm"
+
+
+class _Resources(dict):
+    """A job's resources as the plugin reads them: .get() and attribute access."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _value(text: str):
+    return int(text) if re.fullmatch(r"-?\d+", text) else text.strip("'\"")
+
+
+def dry_run_resources(tmp_path: Path, cfg: dict) -> dict[str, dict]:
+    """rule -> resources of its first job in a dry run of the pipeline with the Slurm profile."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"),
+                          "-d", str(tmp_path), "--configfile", str(path), "--profile", str(PROFILE), "-n",
+                          "--forceall"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    jobs = {}
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:[ \t]+.*\n?)*)", out.stdout, re.M):
+        res = re.search(r"^\s+resources: (.*)$", m.group(2), re.M)
+        threads = re.search(r"^\s+threads: (\d+)$", m.group(2), re.M)
+        items = dict(i.split("=", 1) for i in res.group(1).split(", ") if "=" in i) if res else {}
+        jobs.setdefault(m.group(1), {"threads": int(threads.group(1)) if threads else 1,
+                                     **{k: _value(v) for k, v in items.items()}})
+    return jobs
+
+
+def sbatch_command(job: dict) -> str:
+    """The plugin's sbatch call for a job with these resources (its executor adds the GRES part)."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    fake = SimpleNamespace(resources=_Resources({k: v for k, v in job.items() if k != "threads"}),
+                           threads=job["threads"])
+    params = {"run_uuid": "test", "slurm_logfile": "log", "comment_str": "c", "account": "",
+              "partition": "", "workdir": "."}
+    return get_submit_command(fake, params) + set_gres_string(fake)
+
+
+def _gpu_config() -> dict:
+    cfg = yaml.safe_load(CI_CONFIG.read_text())
+    cfg["train"].update({"gpus_per_node": 1, "nproc": 1, "device": "auto"})
+    cfg["evaluate"] = {**cfg["evaluate"], "gpus": 1}
+    return cfg
+
+
+@pytest.mark.parametrize("gpus", [True, False], ids=["gpu", "cpu"])
+def test_training_and_evaluation_jobs_ask_for_gpus_only_with_a_gpu_config(tmp_path, gpus):
+    cfg = _gpu_config() if gpus else yaml.safe_load(CI_CONFIG.read_text())
+    jobs = dry_run_resources(tmp_path, cfg)
+    for rule in ("train", "evaluate"):
+        call = sbatch_command(jobs[rule])
+        if gpus:
+            assert "--gpus=1" in call and "--ntasks-per-gpu=1" in call, (rule, call)
+        else:
+            assert "--gpus" not in call, (rule, call)
+        assert re.search(r"-t \S+", call) and "--mem " in call, (rule, call)
+    for rule, job in jobs.items():  # only training and evaluation use GPUs
+        if rule not in ("train", "evaluate"):
+            assert not job.get("gpu"), rule
+
+
+def test_a_multi_gpu_run_asks_for_one_task_per_gpu_on_every_node(tmp_path):
+    cfg = _gpu_config()
+    cfg["train"].update({"gpus_per_node": 4, "nproc": 4, "nodes": 2})
+    cfg["grid"]["samples_seen"] = ["8k"]  # one global batch (4 x 2 x 128) per checkpoint at least
+    job = dry_run_resources(tmp_path, cfg)["train"]
+    call = sbatch_command(job)
+    assert "--gpus=8" in call and "--ntasks-per-gpu=1" in call and "--nodes=2" in call, call
+    assert job["mpi"] == "srun" and job["tasks"] == 8 and job["cpus_per_task"] == 1
+
+
+def test_every_rule_has_its_resources_from_one_place():
+    """Every rule of the pipeline is sized by clipscale.resources (a rule added without an entry
+    fails here, not on a cluster)."""
+    out = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"),
+                          "--list-rules", "--configfile", str(CI_CONFIG)], capture_output=True, text=True,
+                         cwd=REPO, timeout=300)
+    rules = {line.split()[0] for line in out.stdout.splitlines() if line.strip()} - {"all", "published"}
+    assert {"train", "evaluate", "dedup_hash_pool", "figure_compute"} <= rules
+    cfg = copy.deepcopy(yaml.safe_load(CI_CONFIG.read_text()))
+    from clipscale import config as cs_config
+
+    cs_config.validate(cfg)
+    for rule in sorted(rules):
+        got = resources.of(cfg, rule)
+        assert {"threads", "mem_mb", "runtime"} <= set(got), rule
