@@ -65,7 +65,8 @@ HOOKS = textwrap.dedent('''
 
         kill_at = int(os.environ.get("CLIPSCALE_TEST_KILL_AT_STEP", "0"))
         pause_at = int(os.environ.get("CLIPSCALE_TEST_PAUSE_AT_STEP", "0"))
-        if kill_at or pause_at:
+        signal_at = int(os.environ.get("CLIPSCALE_TEST_SIGNAL_AT_STEP", "0"))  # send SIGUSR1 there
+        if kill_at or pause_at or signal_at:
             import time
 
             import open_clip_train.train as oct_train
@@ -77,6 +78,8 @@ HOOKS = textwrap.dedent('''
                 calls[0] += 1
                 if calls[0] == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)
+                if calls[0] == signal_at:  # as Slurm's walltime warning would
+                    os.kill(os.getpid(), signal.SIGUSR1)
                 if calls[0] == pause_at:  # training is underway: say so (pid), then wait
                     with open(os.environ["CLIPSCALE_TEST_PAUSED_FILE"], "w") as fh:
                         fh.write(str(os.getpid()))
@@ -150,7 +153,7 @@ def hooks_env(tmp_path_factory) -> dict:
     (folder / "sitecustomize.py").write_text(HOOKS)
     path = os.pathsep.join([str(folder)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     return {"PYTHONPATH": path, "CLIPSCALE_TEST_HOOKS": "1", "CLIPSCALE_TEST_KILL_AT_STEP": None,
-            "CLIPSCALE_TEST_PAUSE_AT_STEP": None}
+            "CLIPSCALE_TEST_PAUSE_AT_STEP": None, "CLIPSCALE_TEST_SIGNAL_AT_STEP": None}
 
 
 def launch(cfg, samples, manifest, folder: Path, env=None) -> dict:
@@ -325,6 +328,92 @@ def test_killed_run_resumes_to_the_same_weights(baseline, killed, hooks_env, tmp
     assert {p: (ckpts / p).read_bytes() for p in before} == before  # epochs 1-2 not redone
     log = (ckpts.parent / "out.log").read_text()
     assert "resuming checkpoint" in log and "epoch_2.pt' (epoch 2)" in log
+
+
+def losses(folder: Path, samples) -> dict[int, str]:
+    """global step -> loss (as written: repr of the float) from the run's losses.csv; a step
+    trained again after a resume counts with its last value."""
+    out = {}
+    path = folder / "results" / "train" / MODEL / SCALE / str(samples) / train.LOSSES_NAME
+    for line in path.read_text().splitlines():
+        step, loss = line.split(",")
+        out[int(step)] = loss
+    return out
+
+
+@pytest.mark.slow
+def test_walltime_warning_saves_the_place_and_the_next_window_resumes_exactly(baseline, pool_index,
+                                                                             hooks_env, tmp_path):
+    """Slurm's walltime warning (SIGUSR1) in the middle of epoch 3: the step is finished, a
+    partial checkpoint is written, the job ends; the next window resumes at that step and ends
+    with the uninterrupted run's step count, losses and weights, bit for bit."""
+    folder = tmp_path / "windows"
+    folder.mkdir()
+    manifest = subset_in(pool_index, folder)
+    signal_at = 2 * STEPS_PER_EPOCH + 2  # the 2nd step of epoch 3
+    with pytest.raises(train.TrainingError, match=r"walltime warning \(SIGUSR1\) after 10 steps, at epoch 2 \+ 2 "
+                                                  r"of 4 steps.*re-running the workflow resumes there"):
+        launch(baseline["cfg"], SAMPLES, manifest, folder, {**hooks_env, "CLIPSCALE_TEST_SIGNAL_AT_STEP": str(signal_at)})
+    run_folder = folder / "results" / "train" / MODEL / SCALE / str(SAMPLES)
+    ckpts = ckpt_dir(folder, SAMPLES)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch_1.pt", "epoch_2.pt"]
+    partial = load(run_folder / "partial.pt")
+    assert (partial["epoch"], partial["step_in_epoch"], partial["global_step"]) == (2, 2, 10)
+    assert optimizer_steps(partial) == 10  # the step in progress at the signal was finished
+
+    rec = launch(baseline["cfg"], SAMPLES, MANIFEST, folder, hooks_env)  # the next window
+
+    first, second = rec["attempts"]
+    assert first["ended"].startswith("signal SIGUSR1") and first["steps"] == 10
+    assert first["stopped_at"] == {"epoch": 2, "step_in_epoch": 2, "global_step": 10}
+    assert (second["resumed_from"], second["resumed_from_step"], second["steps"]) == (2, 10, 6)
+    assert rec["steps_total"] == EPOCHS * STEPS_PER_EPOCH == baseline["record"]["steps_total"]
+    final = load(ckpts / f"epoch_{EPOCHS}.pt")
+    assert optimizer_steps(final) == EPOCHS * STEPS_PER_EPOCH
+    assert losses(folder, SAMPLES) == losses(baseline["folder"], SAMPLES)
+    assert same_weights(final["state_dict"], baseline["final"]["state_dict"])
+    assert not list(run_folder.glob("partial.pt*"))  # the final checkpoint holds all it had
+
+
+def test_a_window_without_a_step_is_not_requeued(in_tmp, monkeypatch):
+    """Attempts go on while each trains: one whose window ended before its first step stops the
+    run with the reason (and never calls scontrol)."""
+    cfg = tiny_config()
+    run = run_of(cfg, SAMPLES)
+    train.run_dir(run).mkdir(parents=True)
+    entry = train.start_attempt(run, 2, [])
+    train.end_attempt(run, entry, "signal SIGUSR1", 0, 40.0)
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    calls = []
+    monkeypatch.setattr(train, "requeue_this_job", lambda job: calls.append(job))
+    hp = grid.hparams(cfg, run)
+    with pytest.raises(train.TrainingError, match=r"before this attempt trained a step.*not requeued.*"
+                                                  r"train.runtime.*signal_lead_s.*see job.log"):
+        train.end_of_window(run, hp, "job.log")
+    assert calls == []
+    train.end_attempt(run, entry, "signal SIGUSR1", 3, 40.0)  # with progress: requeued
+    with pytest.raises(train.TrainingError, match=r"Slurm job 123 requeued"):
+        train.end_of_window(run, hp, "job.log")
+    assert calls == ["123"]
+
+
+@pytest.mark.slow
+def test_changed_settings_start_the_run_afresh_and_keep_the_old_one(baseline, tmp_path):
+    """Snakemake reruns a run whose settings changed: it must not resume the old run's
+    checkpoints; they are moved to superseded/ (nothing lost) and the run starts at step 0."""
+    folder = tmp_path / "changed"
+    shutil.copytree(baseline["folder"], folder, symlinks=True)
+    (folder / "run.json").unlink()
+    cfg = tiny_config(lr=baseline["cfg"]["train"]["lr"] / 4)
+    rec = launch(cfg, SAMPLES, MANIFEST, folder)
+    assert [a["resumed_from"] for a in rec["attempts"]] == [0]
+    assert rec["steps_this_attempt"] == EPOCHS * STEPS_PER_EPOCH and rec["lr"] == cfg["train"]["lr"]
+    run_folder = folder / "results" / "train" / MODEL / SCALE / str(SAMPLES)
+    (old,) = (run_folder / "superseded").iterdir()
+    assert (old / train.OPENCLIP_NAME / "checkpoints" / f"epoch_{EPOCHS}.pt").exists()
+    assert json.loads((old / "settings.json").read_text())["hparams"]["lr"] == baseline["cfg"]["train"]["lr"]
+    rec = launch(cfg, SAMPLES, MANIFEST, folder)  # same settings again: resumes (already done)
+    assert rec["steps_this_attempt"] == 0 and len(list((run_folder / "superseded").iterdir())) == 1
 
 
 @pytest.mark.slow
@@ -514,10 +603,10 @@ def test_skipped_samples_are_recorded(in_tmp, small_world):
 
 
 class _SignalsWhilePickled:
-    """torch.save pickles this as an empty OrderedDict, sending SIGTERM to this process meanwhile."""
+    """torch.save pickles this as an empty OrderedDict, sending SIGINT to this process meanwhile."""
 
     def __reduce__(self):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
         return collections.OrderedDict, ()
 
 
@@ -527,13 +616,24 @@ def test_stop_signal_waits_for_a_checkpoint_being_saved(tmp_path):
     with train.stop_on_signals() as stop:
         torch.save({"epoch": 1, "w": torch.ones(1000), "x": _SignalsWhilePickled()}, path)
         assert stop.pending  # the save finished first
-        with pytest.raises(train.TrainingStopped, match="SIGTERM"):
+        with pytest.raises(train.TrainingStopped, match="SIGINT"):
             stop.check()
         with pytest.raises(train.TrainingStopped, match="SIGINT"):  # outside a save: at once
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
     assert signal.getsignal(signal.SIGTERM) is before
     assert load(path)["epoch"] == 1  # complete
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_term_and_the_walltime_warning_stop_at_the_next_step_with_its_place(sig):
+    """SIGTERM (preemption, requeue, scancel) and SIGUSR1 (the walltime warning) do not interrupt
+    a step: they ask for a stop at the next step boundary, where the place is saved."""
+    with train.stop_on_signals() as stop:
+        os.kill(os.getpid(), sig)
+        time.sleep(0.2)  # nothing raised
+        assert stop.save_requested and stop.signum == sig and not stop.pending
+        stop.check()  # not a pending SIGINT: nothing raised either
 
 
 LAUNCHER = textwrap.dedent("""

@@ -5,7 +5,9 @@ The names are those snakemake-executor-plugin-slurm reads (checked in its source
 which it ignores), ``tasks`` (--ntasks), ``tasks_per_gpu`` (--ntasks-per-gpu; it defaults to
 ``tasks`` when a job has GPUs), ``cpus_per_task`` (--cpus-per-task), ``nodes`` (--nodes) and
 ``mpi`` (set only for multi-task jobs: with fewer than 2 tasks the plugin raises inside its
-submission thread and the run waits forever). Snakemake's ``threads`` also bound local runs.
+submission thread and the run waits forever) and ``slurm_extra`` (further sbatch options: a
+training job's walltime warning ``--signal=USR1@<train.signal_lead_s>`` and ``--requeue``; a
+profile's ``set-resources: train: slurm_extra`` replaces it, so repeat them there). Snakemake's ``threads`` also bound local runs.
 
 ``of(config, rule, **sizes)`` gives a rule's resources: plain values, or functions of the
 wildcards where a job's size depends on them (a training run's shape, a hash job's shard count).
@@ -62,6 +64,9 @@ def train(config: Mapping, run: grid.Run) -> dict:
         "gpu": gpus_per_node * nodes,
         "tasks_per_gpu": hp["nproc"] // gpus_per_node if gpus_per_node else 0,
         "mpi": "srun" if world > 1 else "",
+        # the walltime warning (clipscale.train saves its place and requeues the job: a run
+        # spans as many walltime windows as it needs); --requeue where a site's default is not to
+        "slurm_extra": f"--signal=USR1@{hp['signal_lead_s']} --requeue",
     }
     return out
 
@@ -135,7 +140,8 @@ def of(config: Mapping, rule: str, pool_shards: int = 0, group_sizes: Mapping[st
 def per_run(config: Mapping) -> dict[str, Callable]:
     """The train rule's resources, each a function of the job's wildcards (model, scale,
     samples), plus ``threads``."""
-    keys = ("threads", "mem_mb", "runtime", "nodes", "tasks", "cpus_per_task", "gpu", "tasks_per_gpu", "mpi")
+    keys = ("threads", "mem_mb", "runtime", "nodes", "tasks", "cpus_per_task", "gpu", "tasks_per_gpu", "mpi",
+            "slurm_extra")
 
     def getter(key):
         return lambda wildcards, **_: train(config, grid.Run.from_wildcards(**dict(wildcards)))[key]

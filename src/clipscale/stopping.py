@@ -3,8 +3,11 @@
 A training run must stop within seconds when its workflow is stopped, keep the checkpoints it
 saved, and never leave a half-written one as the latest:
 
-* in a training process, SIGINT/SIGTERM raise ``TrainingStopped`` (``stop_on_signals``), except
-  while a checkpoint is being saved: then right after the save;
+* in a training process, SIGINT raises ``TrainingStopped`` at once (``stop_on_signals``), except
+  while a checkpoint is being saved: then right after the save; SIGTERM and the walltime warning
+  SIGUSR1 (``sbatch --signal``, Slurm's preemption and requeue send SIGTERM) ask it to stop *and
+  keep its place*: it finishes its step, a partial checkpoint is saved and every rank stops at
+  that step (``clipscale.resume.step_boundary``);
 * the launcher (the rule's script process) runs the training command in its own session and
   passes SIGINT/SIGTERM, or its own parent's exit, on to that process group
   (``run_until_stopped``); a training process also stops when its launcher is gone;
@@ -32,6 +35,8 @@ log = logging.getLogger("clipscale.train")
 LAUNCHER_ENV = "CLIPSCALE_LAUNCHER"  # host:pid of the launcher, watched by training processes
 LAUNCHER_REGISTRY_ENV = "CLIPSCALE_LAUNCHER_REGISTRY"  # folder where running launchers register
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+WALLTIME_SIGNAL = signal.SIGUSR1  # sbatch --signal=USR1@<lead>: the job's time limit is near
+SAVE_SIGNALS = (signal.SIGTERM, WALLTIME_SIGNAL)  # stop at the next step, after saving the place
 STOP_GRACE_S = 30  # how long the launcher waits for stopped training processes before SIGKILL
 
 
@@ -72,20 +77,37 @@ def _saving(frame) -> bool:
 
 
 class StopSignals:
-    """SIGINT/SIGTERM in a training process: raise TrainingStopped at once, except while a
-    checkpoint is being saved: then when the save is done (``check()``, called before each step
-    and after open_clip returns), so a stop never leaves a half-written checkpoint as the latest.
-    Data worker processes forked from it inherit this handler and ignore SIGINT (torch's own
-    SIGTERM handler there exits): the training process shuts them down as it exits."""
+    """Stop signals in a training process.
+
+    SIGINT: raise TrainingStopped at once, except while a checkpoint is being saved: then when
+    the save is done (``check()``, called before each step and after open_clip returns), so a
+    stop never leaves a half-written checkpoint as the latest.
+
+    SIGTERM, SIGUSR1 (the walltime warning): ``save_requested``; the next step boundary saves a
+    partial checkpoint and raises TrainingStopped (``clipscale.resume.step_boundary``), with
+    ``place`` saying where (a SIGTERM may arrive twice: from Slurm and from the launcher).
+
+    Data worker processes forked from it inherit this handler and ignore these signals (torch's
+    own SIGTERM handler there exits): the training process shuts them down as it exits."""
 
     def __init__(self):
         self.owner = os.getpid()
         self.signum: int | None = None
         self.pending = False
+        self.save_requested = False
+        self.place: dict | None = None
         self.why = ""
 
     def handle(self, signum, frame) -> None:
         if os.getpid() != self.owner:
+            return
+        if signum in SAVE_SIGNALS:
+            if not self.save_requested:
+                log.warning("%s received: stopping after this step, with a checkpoint of it%s",
+                            signal.Signals(signum).name,
+                            " (the walltime warning)" if signum == WALLTIME_SIGNAL else "")
+            self.signum = self.signum or signum
+            self.save_requested = True
             return
         self.signum = signum
         if _saving(frame):
@@ -137,7 +159,7 @@ def stop_on_signals(watch_parent: bool = True):
     """Install StopSignals for SIGINT/SIGTERM (and the parent watch) in this, the main, thread."""
     global _stop
     stop = StopSignals()
-    previous = {s: signal.signal(s, stop.handle) for s in STOP_SIGNALS}
+    previous = {s: signal.signal(s, stop.handle) for s in (*STOP_SIGNALS, WALLTIME_SIGNAL)}
     _stop, done = stop, threading.Event()
     if watch_parent:
         threading.Thread(target=_watch_parent, args=(stop, done), daemon=True).start()
@@ -167,13 +189,15 @@ def run_until_stopped(cmd: list[str], stdout=None, grace_s: float = STOP_GRACE_S
     on and wrote run.json. So the command runs in its own session (a process group: python,
     torchrun or srun, and what they start in it), and on SIGINT/SIGTERM to this process, or when
     this process's parent exits, the signal goes to that group (srun gets SIGTERM: its first
-    SIGINT only prints status); after ``grace_s`` what is left is killed.
+    SIGINT only prints status); after ``grace_s`` what is left is killed. The walltime warning
+    SIGUSR1 is passed on the same way (Slurm signals the processes of a job step itself; this is
+    for a launcher outside one, and for a user's ``kill -USR1``).
     """
     received: list[int] = []
     registered = _register_launcher()
     in_main = threading.current_thread() is threading.main_thread()
     previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
-                for s in STOP_SIGNALS} if in_main else {}
+                for s in (*STOP_SIGNALS, WALLTIME_SIGNAL)} if in_main else {}
     parent = os.getppid()
     env = {**os.environ, LAUNCHER_ENV: f"{socket.gethostname()}:{os.getpid()}"}
     proc = None
@@ -190,8 +214,8 @@ def run_until_stopped(cmd: list[str], stdout=None, grace_s: float = STOP_GRACE_S
         sig = received[0] if received else signal.SIGTERM
         why = (f"received {signal.Signals(sig).name}" if received
                else f"its parent process {parent} exited")
-        if os.path.basename(cmd[0]) == "srun":
-            sig = signal.SIGTERM
+        if os.path.basename(cmd[0]) == "srun" and sig == signal.SIGINT:
+            sig = signal.SIGTERM  # srun forwards SIGTERM and SIGUSR1 to the tasks
         log.warning("launcher: %s: sending %s to the training processes (process group %d); "
                     "waiting up to %d s", why, signal.Signals(sig).name, proc.pid, grace_s)
         _signal_group(proc.pid, sig)
@@ -280,3 +304,12 @@ def forward_to_launchers(folder: str | Path) -> None:
                 os.kill(os.getpid(), signum)
 
         signal.signal(sig, handler)
+
+
+def ignore_walltime_warning() -> None:
+    """In a Slurm job, the walltime warning (``sbatch --signal=USR1@<lead>``) reaches every
+    process of the job step: the snakemake process running the job must not die of it (SIGUSR1's
+    default action), the training processes handle it. Called by the Snakefile; the rule's
+    script inherits the disposition and ``run_until_stopped`` replaces it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(WALLTIME_SIGNAL, signal.SIG_IGN)

@@ -41,6 +41,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections import Counter, deque
@@ -49,7 +50,7 @@ from pathlib import Path
 
 from clipscale import config as config_mod
 from clipscale import grid, models, paths
-from clipscale import stopping
+from clipscale import resume, shaping, stopping
 from clipscale.stopping import TrainingStopped, run_until_stopped, stop_on_signals  # noqa: F401
 from clipscale.subsets import read_manifest
 
@@ -58,6 +59,9 @@ log = logging.getLogger("clipscale.train")
 OPENCLIP_NAME = "openclip"  # open_clip's --name: logs and checkpoints under <run dir>/openclip/
 ATTEMPTS_NAME = "attempts.jsonl"  # <run dir>/attempts.jsonl: one line per attempt start and end
 SKIPPED_NAME = "skipped"  # <run dir>/skipped/: per-process counts of skipped samples
+SETTINGS_NAME = "settings.json"  # <run dir>/settings.json: what shapes the run (its params)
+LOSSES_NAME = "losses.csv"  # <run dir>/losses.csv: global step, loss (rank 0, every step)
+SUPERSEDED_NAME = "superseded"  # <run dir>/superseded/<time>/: a run of earlier settings
 SKIP_DIR_ENV = "CLIPSCALE_SKIP_DIR"  # tells data worker processes where to count
 MAX_SKIP_EXAMPLES = 3  # examples kept per skip reason
 
@@ -354,19 +358,50 @@ def _append_attempt(run: grid.Run, entry: dict) -> None:
         fh.write(json.dumps(entry) + "\n")
 
 
-def start_attempt(run: grid.Run, resumed_from: int, rejected: list[dict]) -> dict:
+def start_attempt(run: grid.Run, resumed_from: int, rejected: list[dict], partial: dict | None = None) -> dict:
     """Record this attempt's start (a line in attempts.jsonl): an attempt killed without a chance
-    to record its end (SIGKILL, out of memory) still shows up."""
+    to record its end (SIGKILL, out of memory) still shows up. ``resumed_from`` is the epoch
+    checkpoint, ``resumed_from_step`` the global step (a partial checkpoint's, if any)."""
     entry = {"id": f"{time.time_ns()}-{os.getpid()}", "started": _now(), "host": socket.gethostname(),
-             "pid": os.getpid(), "resumed_from": resumed_from, "rejected_checkpoints": rejected,
-             "ended": "running"}
+             "pid": os.getpid(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
+             "resumed_from": resumed_from,
+             "resumed_from_step": partial.get("global_step") if partial else None,
+             "rejected_checkpoints": rejected, "ended": "running"}
     _append_attempt(run, entry)
     return entry
 
 
 def end_attempt(run: grid.Run, entry: dict, ended: str, steps: int, seconds: float) -> None:
-    entry.update(finished=_now(), ended=ended, steps=steps, seconds=round(seconds, 2))
+    stop = stopping.current()
+    place = stop.place if stop is not None else None
+    entry.update(finished=_now(), ended=ended, steps=steps, seconds=round(seconds, 2), stopped_at=place)
     _append_attempt(run, entry)
+
+
+def supersede_other_settings(run: grid.Run, settings: dict) -> Path | None:
+    """Keep a run's folder only for the settings it was trained with (``settings.json``, the
+    train rule's params). Snakemake reruns a run whose settings changed, and resuming would
+    continue the old run's checkpoints under the new settings: move what an earlier setting left
+    (checkpoints, partial checkpoint, attempts, skips, losses) to ``superseded/<time>/`` instead,
+    so the run starts afresh and nothing is lost."""
+    folder = run_dir(run)
+    stamp = folder / SETTINGS_NAME
+    text = json.dumps(settings, indent=1, sort_keys=True)
+    leftovers = [folder / n for n in (OPENCLIP_NAME, resume.PARTIAL_NAME, ATTEMPTS_NAME, SKIPPED_NAME,
+                                      LOSSES_NAME)]
+    leftovers = [p for p in leftovers if p.exists()]
+    target = None
+    old = stamp.read_text() if stamp.exists() else None
+    if leftovers and old != text:
+        target = folder / SUPERSEDED_NAME / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        target.mkdir(parents=True)
+        for p in leftovers + ([stamp] if stamp.exists() else []):
+            p.replace(target / p.name)
+        why = "other settings" if old is not None else "no settings.json (an unknown setting)"
+        log.warning("run %s: its folder holds a run of %s; moved it to %s: this run starts afresh",
+                    run.name, why, target)
+    stamp.write_text(text)
+    return target
 
 
 def read_attempts(run: grid.Run) -> list[dict]:
@@ -404,9 +439,13 @@ class LossGuard:
         self.min_history = min_history
         self.step = 0  # losses checked
         self.done = 0  # backward passes completed (an attempt's steps)
+        self.loss_log = None  # an open file: "global step,loss" per step (rank 0)
 
     def check(self, value: float) -> None:
         self.step += 1
+        if self.loss_log is not None:
+            step = resume.global_step()
+            self.loss_log.write(f"{'' if step is None else step},{value!r}\n")
         hint = ("resume from the last good checkpoint with another precision, e.g. "
                 "train.precision: amp_bf16 -> fp32 (or lower lr), and re-run the workflow")
         if not math.isfinite(value):
@@ -446,6 +485,7 @@ def install_guards(guard: LossGuard) -> None:
         def guarded_backward(total_loss, scaler):
             if stopping.current() is not None:
                 stopping.current().check()  # a signal that came while the last checkpoint was being saved
+            resume.step_boundary()  # asked to stop and keep the place: save it, stop every rank
             _active_guard.check(float(total_loss.detach()))
             out = original_backward(total_loss, scaler)
             _active_guard.done += 1
@@ -512,19 +552,24 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path) -> dict:
     guard = LossGuard(run.name, hp.get("max_loss_jump", 4.0))
     final = checkpoint_dir(run) / f"epoch_{hp['epochs']}.pt"
     skip_dir = run_dir(run) / SKIPPED_NAME
-    attempt, t0 = None, time.time()
+    attempt, t0, loss_log = None, time.time(), None
     try:
         if rank() == 0:
             run_dir(run).mkdir(parents=True, exist_ok=True)
+            supersede_other_settings(run, shaping.train(config, run))
             rejected = check_resume_checkpoints(run, hp["epochs"])
             done = checkpoints(run)
             start = max(done) if done else 0
-            attempt = start_attempt(run, start, rejected)
-            log.info("run %s: epochs %d x %d samples = %d samples seen, %s; resuming after epoch %d",
+            partial = resume.check_partial(resume.partial_path(run_dir(run)), start, hp["epochs"])
+            attempt = start_attempt(run, start, rejected, partial)
+            log.info("run %s: epochs %d x %d samples = %d samples seen, %s; resuming after %s",
                      run.name, hp["epochs"], hp["train_num_samples"], hp["samples_seen_exact"],
-                     device, start)
+                     device, resume.describe(partial) if partial else f"epoch {start}")
             log.info("open_clip_train %s", " ".join(args))
+            loss_log = open(run_dir(run) / LOSSES_NAME, "a", buffering=1)  # a line per step
+            guard.loss_log = loss_log
         install_guards(guard)
+        resume.install(run_dir(run), OPENCLIP_NAME, rank())
         install_skip_counting()
         skip_dir.mkdir(parents=True, exist_ok=True)
         os.environ[SKIP_DIR_ENV] = str(skip_dir.absolute())  # data workers inherit it
@@ -537,12 +582,16 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path) -> dict:
                                 f"{run_dir(run) / OPENCLIP_NAME / 'out.log'}")
         if not final.exists():
             raise TrainingError(f"run {run.name}: finished without its final checkpoint {final}")
+        if rank() == 0:
+            resume.finished(run_dir(run))
     except BaseException as e:
         if attempt is not None:
             end_attempt(run, attempt, _how_it_ended(e), guard.done, time.time() - t0)
         raise
     finally:
         os.environ.pop(SKIP_DIR_ENV, None)  # counting is for this run's data workers only
+        if loss_log is not None:
+            loss_log.close()
     seconds = time.time() - t0
     if attempt is None:  # another rank: rank 0 writes the record
         return {}
@@ -595,21 +644,86 @@ def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
     cmd = build_command(["-m", "clipscale.train"], args, nproc=hp["nproc"], nodes=hp["nodes"],
                         cpus_per_task=hp.get("threads"))
     log.info("launching: %s", " ".join(cmd))
+    # a stopped run saves its place first: at the walltime warning it has signal_lead_s for that
+    grace = max(stopping.STOP_GRACE_S, hp["signal_lead_s"] - 15)
     if log_file:
         with open(log_file, "a") as sink:  # the processes' progress goes to the job's log
-            status, stopped = run_until_stopped(cmd, stdout=sink)
+            status, stopped = run_until_stopped(cmd, stdout=sink, grace_s=grace)
     else:
-        status, stopped = run_until_stopped(cmd)
-    if stopped:
-        raise TrainingError(f"run {run.name}: stopped ({stopped}; training processes exited with "
-                            f"status {status}); re-running the workflow resumes from the latest "
-                            f"checkpoint in {checkpoint_dir(run)}")
+        status, stopped = run_until_stopped(cmd, grace_s=grace)
+    if status == 128 + stopping.WALLTIME_SIGNAL:
+        end_of_window(run, hp, log_file)
+    if stopped or status == 128 + signal.SIGTERM:
+        raise TrainingError(f"run {run.name}: stopped ({stopped or 'SIGTERM'}; training processes "
+                            f"exited with status {status}) at {_place(run)}; re-running the "
+                            f"workflow resumes there")
     if status != 0:
         raise TrainingError(f"run {run.name}: training processes exited with status {status}; "
                             f"re-running the workflow resumes from the latest checkpoint in "
                             f"{checkpoint_dir(run)}")
     if not Path(out).exists():
         raise TrainingError(f"run {run.name}: training ended without writing {out}")
+
+
+def _place(run: grid.Run) -> str:
+    """Where the run would resume: its partial checkpoint, else its newest epoch checkpoint."""
+    partial = resume.peek(resume.partial_path(run_dir(run)))
+    if partial:
+        return f"{resume.describe(partial)} ({resume.partial_path(run_dir(run))})"
+    done = checkpoints(run)
+    return f"epoch {max(done)} ({done[max(done)]})" if done else "the start (no checkpoint yet)"
+
+
+def requeue_this_job(job_id: str) -> str | None:
+    """``scontrol requeue`` this Slurm job (it goes back to the queue under the same id, so
+    Snakemake keeps waiting for it and its retries are not used); returns the error, if any."""
+    try:
+        res = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{type(e).__name__}: {e}"
+    return None if res.returncode == 0 else (res.stderr or res.stdout).strip() or f"exit {res.returncode}"
+
+
+def end_of_window(run: grid.Run, hp: dict, log_file) -> None:
+    """The training processes stopped at the walltime warning (raises TrainingError, always).
+
+    With progress in this attempt and inside a Slurm job: requeue the job, so the next window
+    resumes from the place just saved. Attempts go on while each one trains at least a step;
+    one that could not (start-up took the whole window) stops the run with the reason."""
+    last = (read_attempts(run) or [{}])[-1]
+    steps = last.get("steps") or 0
+    where = _place(run)
+    logs = f"see {log_file}" if log_file else f"see {run_dir(run) / ATTEMPTS_NAME}"
+    if steps <= 0:
+        raise TrainingError(
+            f"run {run.name}: the walltime warning came before this attempt trained a step "
+            f"(start-up took the window: {hp['runtime']} min minus signal_lead_s "
+            f"{hp['signal_lead_s']} s); not requeued. Raise train.runtime or lower "
+            f"train.signal_lead_s; {logs}")
+    remaining = _remaining_windows(run, hp, last)
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        raise TrainingError(f"run {run.name}: stopped at the walltime warning (SIGUSR1) after {steps} "
+                            f"steps, at {where}; re-running the workflow resumes there")
+    error = requeue_this_job(job)
+    if error:
+        raise TrainingError(f"run {run.name}: window ended at {where} after {steps} steps, but "
+                            f"`scontrol requeue {job}` failed ({error}): the job fails and Snakemake's "
+                            f"retry resumes there (does the site allow requeue? sbatch --requeue); {logs}")
+    log.warning("run %s: window ended after %d steps at %s; Slurm job %s requeued: the next window "
+                "resumes there%s", run.name, steps, where, job, remaining)
+    raise TrainingError(f"run {run.name}: Slurm job {job} requeued for its next window (resumes at {where})")
+
+
+def _remaining_windows(run: grid.Run, hp: dict, last: dict) -> str:
+    """', about N more windows' from this attempt's pace (for the log)."""
+    place = last.get("stopped_at") or {}
+    seconds, steps = last.get("seconds") or 0, last.get("steps") or 0
+    if not place or not seconds or not steps:
+        return ""
+    total = math.ceil(hp["samples_seen_exact"] / hp["global_batch_size"])
+    left = max(0, total - place["global_step"])
+    return f", about {math.ceil(left / (steps / seconds) / 60 / max(1e-9, hp['runtime'] - hp['signal_lead_s'] / 60)) if left else 0} more window(s) at this pace ({left} steps left)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,10 @@ except cs_config.ConfigError as error:
 
 RUNS = grid.runs(config)
 
+# In a Slurm job the walltime warning (SIGUSR1, sbatch --signal) reaches this process too: it
+# is for the training processes, which save their place and stop (clipscale.stopping).
+stopping.ignore_walltime_warning()
+
 
 USE_WORLD = config["pool"]["source"] == "world"
 

@@ -1,0 +1,314 @@
+"""Resuming a run exactly where it stopped, also in the middle of a virtual epoch.
+
+A long run spans many Slurm jobs (walltime windows). open_clip saves a checkpoint per virtual
+epoch only, and resumes at the start of the epoch after it; a window that ends between two
+checkpoints would lose its work, and a window shorter than an epoch would never progress. So:
+
+* **a checkpoint at a step boundary**: when a training process is asked to stop and keep its
+  place (the walltime warning SIGUSR1 that ``sbatch --signal`` sends, or SIGTERM: preemption,
+  ``scontrol requeue``, ``scancel``, a stopped workflow; ``clipscale.stopping``), it finishes
+  the step it is in, rank 0 writes ``<run>/partial.pt`` (model, optimizer and scaler state,
+  epoch and step within it: open_clip's checkpoint format plus ``step_in_epoch``; written to a
+  temporary file and renamed, so a kill during the save leaves the previous one), and every rank
+  stops at that same step (ranks agree on it with one all-reduce of a flag per step);
+* **resume from it**: open_clip resumes from the newest epoch checkpoint as always; at the start
+  of that epoch this module loads ``partial.pt`` of the same epoch over it, skips the batches
+  already trained on (they are read and dropped, so the data that follows is the same) and
+  shifts the learning-rate schedule by as many steps. The run's total steps and schedule are
+  those of an uninterrupted run;
+* **a data order that does not depend on where a run was resumed**: webdataset's sample shuffle
+  is seeded from the clock (``webdataset.filters._shuffle``), so no two runs see the same data.
+  ``seeded_shuffle`` replaces it, for open_clip's pipeline, by one seeded from the process's
+  torch seed (open_clip's ``--seed`` + rank, or a data worker's seed), restarted with the
+  augmentation RNG at the start of every epoch. With it, a run interrupted and resumed, at an
+  epoch boundary or in the middle of one, computes the same losses and weights, bit for bit
+  (same device, threads and versions), as one never interrupted (tests/test_train.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from clipscale import stopping
+
+log = logging.getLogger("clipscale.train")
+
+PARTIAL_NAME = "partial.pt"  # <run dir>/partial.pt: the checkpoint at a step inside an epoch
+
+
+class PartialCheckpointError(RuntimeError):
+    pass
+
+
+def partial_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / PARTIAL_NAME
+
+
+def describe(state: dict) -> str:
+    return f"epoch {state['epoch']} + {state['step_in_epoch']} of {state['num_batches']} steps"
+
+
+def read_partial(path: str | Path) -> dict | None:
+    """The partial checkpoint at ``path`` (loaded with weights_only=True), or None if absent."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unreadable or unsafe: not resumable
+        raise PartialCheckpointError(f"{path}: cannot be loaded with weights_only=True "
+                                     f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+    keys = ("epoch", "step_in_epoch", "num_batches", "state_dict", "optimizer")
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        raise PartialCheckpointError(f"{path}: not a partial checkpoint (needs {', '.join(keys)})")
+    return state
+
+
+def peek(path: str | Path) -> dict | None:
+    """epoch, step_in_epoch, num_batches, global_step of the partial checkpoint (no weights), or
+    None if there is none or it cannot be used."""
+    try:
+        state = read_partial(path)
+    except PartialCheckpointError:
+        return None
+    if state is None:
+        return None
+    return {k: state[k] for k in ("epoch", "step_in_epoch", "num_batches", "global_step") if k in state}
+
+
+def check_partial(path: str | Path, epochs_done: int, epochs: int) -> dict | None:
+    """Before a resume (rank 0): keep ``partial.pt`` only if it continues the newest epoch
+    checkpoint (its epoch is ``epochs_done``); remove it when an epoch checkpoint after it exists
+    (that one holds all it had), move it aside when it is not usable (``.rejected``/``.corrupt``).
+    Returns what it says (no weights) or None."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    reason, suffix = None, ".rejected"
+    try:
+        state = read_partial(path)
+    except PartialCheckpointError as e:
+        reason, suffix, state = str(e), ".corrupt", None
+    if state is not None:
+        if state["epoch"] < epochs_done:  # an epoch checkpoint after it holds all it had
+            path.unlink()
+            log.info("removed %s (%s): epoch checkpoint %d is newer", path, describe(state), epochs_done)
+            return None
+        elif state["epoch"] > epochs_done or state["epoch"] >= epochs:
+            reason = f"it continues epoch {state['epoch']}, but the newest epoch checkpoint is {epochs_done}"
+        elif not 0 < state["step_in_epoch"] < state["num_batches"]:
+            reason = f"step {state['step_in_epoch']} is not inside an epoch of {state['num_batches']} steps"
+    if reason is None:
+        return {k: state[k] for k in ("epoch", "step_in_epoch", "num_batches", "global_step") if k in state}
+    target = path.with_name(path.name + suffix)
+    path.replace(target)
+    log.warning("partial checkpoint %s not resumed from: %s; moved to %s", path, reason, target)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# inside open_clip's training loop
+
+
+@dataclasses.dataclass
+class _Epoch:
+    """The epoch in progress in this process."""
+
+    epoch: int
+    num_batches: int
+    loader: "_SkippingLoader"
+    model: Any
+    optimizer: Any
+    scaler: Any
+    args: Any
+
+
+class _SkippingLoader:
+    """open_clip's train dataloader, skipping the first ``skip`` batches of the epoch (read and
+    dropped: the data after them is what an uninterrupted run sees). ``position`` is the index
+    (in the epoch) of the next batch; ``num_batches`` and the rest are the wrapped loader's."""
+
+    def __init__(self, inner, skip: int):
+        self.inner, self.skip, self.position = inner, skip, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __iter__(self):
+        it = iter(self.inner)
+        for _ in range(self.skip):
+            next(it)
+            self.position += 1
+        for batch in it:
+            self.position += 1
+            yield batch
+
+
+class _State:
+    run_dir: Path | None = None
+    name: str = ""
+    rank: int = 0
+    first_epoch: bool = True
+    current: _Epoch | None = None
+    partial_epoch: int | None = None  # the epoch of partial.pt, while this process knows of one
+
+
+_state = _State()
+
+
+def _unwrapped(model):
+    return model.module if hasattr(model, "module") else model  # DistributedDataParallel
+
+
+def _train_one_epoch(original):
+    def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None):
+        skip = 0
+        first, _state.first_epoch = _state.first_epoch, False
+        path = partial_path(_state.run_dir)
+        if _state.rank == 0 and not first and _state.partial_epoch is not None and epoch > _state.partial_epoch:
+            path.unlink(missing_ok=True)  # epoch checkpoint `epoch` was just saved: it is newer
+            _state.partial_epoch = None
+        state = read_partial(path) if first and path.exists() else None
+        num_batches = data["train"].dataloader.num_batches // args.accum_freq
+        if state is not None and state["epoch"] == epoch:
+            if state["num_batches"] != num_batches:
+                raise PartialCheckpointError(
+                    f"{path}: saved with {state['num_batches']} steps per epoch, this run has "
+                    f"{num_batches}: it belongs to other settings")
+            target = _unwrapped(model)
+            target.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            skip = state["step_in_epoch"]
+            _state.partial_epoch = epoch
+            if _state.rank == 0:
+                log.info("resuming from %s (%s): skipping its first %d batches", path, describe(state), skip)
+        loader = _SkippingLoader(data["train"].dataloader, skip)
+        data = {**data, "train": dataclasses.replace(data["train"], dataloader=loader)}
+        if skip and not args.skip_scheduler:
+            shifted = scheduler
+
+            def scheduler(step, shifted=shifted):  # noqa: F811 - open_clip counts steps from 0 in the loop
+                return shifted(step + skip)
+        _state.current = _Epoch(epoch, num_batches, loader, model, optimizer, scaler, args)
+        try:
+            return original(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer)
+        finally:
+            _state.current = None
+
+    train_one_epoch._clipscale_resume = True
+    return train_one_epoch
+
+
+def _agree(want: bool, args) -> bool:
+    """Whether any rank wants to stop (one all-reduce of a flag, every step)."""
+    if not getattr(args, "distributed", False):
+        return want
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if want else 0], device=args.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def step_boundary() -> None:
+    """Called before every backward pass: if this process (or any rank) was asked to stop and
+    keep its place, save the partial checkpoint (rank 0) and stop every rank here."""
+    cur = _state.current
+    stop = stopping.current()
+    want = bool(stop is not None and stop.save_requested)
+    if cur is None:
+        return
+    if not _agree(want, cur.args):
+        return
+    import torch
+
+    step = cur.loader.position - 1  # steps done in this epoch: the current batch is not applied
+    saved = ""
+    if cur.args.accum_freq == 1 and 0 < step < cur.num_batches and _state.rank == 0:
+        state = {"epoch": cur.epoch, "step_in_epoch": step, "num_batches": cur.num_batches,
+                 "global_step": cur.epoch * cur.num_batches + step, "name": _state.name,
+                 "state_dict": _unwrapped(cur.model).state_dict(),
+                 "optimizer": cur.optimizer.state_dict()}
+        if cur.scaler is not None:
+            state["scaler"] = cur.scaler.state_dict()
+        path = partial_path(_state.run_dir)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        _state.partial_epoch = cur.epoch
+        saved = f"saved {path} ({describe(state)})"
+    elif step == 0:
+        saved = f"at the start of epoch {cur.epoch}: nothing to save"
+    if getattr(cur.args, "distributed", False):
+        torch.distributed.barrier()
+    signum = stop.signum if stop is not None and stop.signum else stopping.WALLTIME_SIGNAL
+    if stop is not None:
+        stop.place = {"epoch": cur.epoch, "step_in_epoch": step, "global_step": cur.epoch * cur.num_batches + step}
+    raise stopping.TrainingStopped(signum, saved or (stop.why if stop is not None else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# a data order that does not depend on where the run was resumed
+
+
+def seeded_shuffle(bufsize=1000, initial=100, **kwargs):
+    """webdataset.shuffle for open_clip's pipeline, seeded from this process's torch seed and
+    restarted (with the augmentation RNG) at the start of every epoch."""
+    from webdataset.filters import _shuffle
+
+    def stage(src):  # runs where the data is read (a data worker, or the training process)
+        import torch
+
+        seed = torch.initial_seed()  # open_clip's --seed + rank, or the data worker's seed
+        torch.manual_seed(seed)  # the augmentation RNG restarts every epoch
+        return _shuffle(src, bufsize, initial, rng=random.Random(seed))
+
+    return stage
+
+
+def install(run_dir: str | Path, name: str, rank: int) -> None:
+    """Hook this module into open_clip_train in this process (module attributes only; fails
+    loudly if upstream renamed what is hooked)."""
+    import open_clip_train.data as oct_data
+    import open_clip_train.main as oct_main
+    import webdataset
+
+    build = getattr(oct_data, "get_wds_dataset", None)
+    if not hasattr(oct_main, "train_one_epoch") or build is None or "shuffle" not in build.__code__.co_names:
+        raise RuntimeError("open_clip_train changed (main.train_one_epoch, data.get_wds_dataset's "
+                           "wds.shuffle): update clipscale.resume.install")
+    _state.run_dir, _state.name, _state.rank = Path(run_dir), name, rank
+    _state.first_epoch, _state.current, _state.partial_epoch = True, None, None
+    if not getattr(oct_main.train_one_epoch, "_clipscale_resume", False):
+        oct_main.train_one_epoch = _train_one_epoch(oct_main.train_one_epoch)
+    if webdataset.shuffle is not seeded_shuffle:
+        if oct_data.wds is not webdataset:
+            raise RuntimeError("open_clip_train.data.wds is not the webdataset module: update "
+                               "clipscale.resume.install")
+        webdataset.shuffle = seeded_shuffle  # open_clip_train.data calls wds.shuffle(...)
+
+
+def global_step() -> int | None:
+    """The step being trained (0-based, counted over the whole run), or None outside an epoch."""
+    cur = _state.current
+    if cur is None:
+        return None
+    return cur.epoch * cur.num_batches + cur.loader.position - 1
+
+
+def finished(run_dir: str | Path) -> None:
+    """The run's final checkpoint exists: a partial checkpoint left is obsolete."""
+    partial_path(run_dir).unlink(missing_ok=True)
