@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -645,3 +646,120 @@ def test_expand_nodelist_agrees_with_scontrol(slurm_cluster):
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert launch.expand_nodelist(nodelist) == out.stdout.split(), nodelist
+
+
+# ---------------------------------------------------------------------------------------------
+# runs longer than a walltime (issue 18)
+# ---------------------------------------------------------------------------------------------
+
+WINDOW_RUN = "results/train/vit-xs/1k/{samples}/run.json"
+
+
+def _window_config(tmp_path: Path, samples: str, **train) -> Path:
+    """tests/data/slurm.yaml cut to one single-process training run, with a walltime of
+    ``train.runtime`` minutes and the warning ``train.signal_lead_s`` before it."""
+    cfg = yaml.safe_load((ROOT / "tests" / "data" / "slurm.yaml").read_text())
+    cfg["grid"]["samples_seen"] = [samples]
+    cfg["train"].update(nproc=1, workers=0, threads=1, checkpoints=2, **train)
+    path = tmp_path / f"windows-{samples}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _losses(run_folder: Path) -> dict[int, str]:
+    out = {}
+    for line in (run_folder / "losses.csv").read_text().splitlines():
+        step, loss = line.split(",")
+        out[int(step)] = loss
+    return out
+
+
+def _requeue_when_underway(run_folder: Path, attempt: int, stop: threading.Event, done: list) -> None:
+    """``scontrol requeue`` the job of the run's ``attempt``-th attempt (1-based) once it has
+    trained for a while (as an admin or a node failure would): Slurm's SIGTERM, then the job
+    runs again under the same id."""
+    while not stop.wait(1.0):
+        path = run_folder / "attempts.jsonl"
+        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        starts = [x for x in lines if x["ended"] == "running"]
+        if len(starts) >= attempt and not any(x["id"] == starts[attempt - 1]["id"] and x["ended"] != "running"
+                                              for x in lines):
+            started = starts[attempt - 1]
+            time.sleep(15)  # some steps into the window
+            res = subprocess.run(["scontrol", "requeue", started["slurm_job"]], capture_output=True, text=True)
+            done.append((started["slurm_job"], res.returncode, res.stderr))
+            return
+
+
+@pytest.mark.slurm
+def test_a_run_longer_than_its_walltime_finishes_over_several_windows(slurm_cluster, tmp_path):
+    """A run that needs several 2-minute walltime windows completes from one `snakemake --profile`:
+    at each warning (sbatch --signal=USR1@30) the job saves its place and requeues itself; a
+    `scontrol requeue` in the middle (preemption, an admin) is resumed the same way. The run ends
+    with the step count, losses and weights of the same run made uninterrupted, bit for bit."""
+    import torch
+
+    samples = "200k"
+    config = _window_config(tmp_path, samples, runtime=2, signal_lead_s=30)
+    target = WINDOW_RUN.format(samples=samples)
+    # the same run uninterrupted, on this machine without Slurm (also makes world and subset)
+    ref = tmp_path / "uninterrupted"
+    t0 = time.time()
+    res = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(ref), "--configfile", str(config),
+                          "--cores", "2", target], capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-4000:]
+    reference = json.loads((ref / target).read_text())
+    print(f"\n[windows] uninterrupted run: {time.time() - t0:.0f} s, {reference['seconds_total']:.0f} s training")
+    # the workflow through Slurm, in a copy with the run's outputs removed
+    wd = tmp_path / "windows"
+    shutil.copytree(ref, wd, symlinks=True)
+    shutil.rmtree(wd / Path(target).parent)
+    run_folder = wd / Path(target).parent
+    stop, requeued = threading.Event(), []
+    watcher = threading.Thread(target=_requeue_when_underway, args=(run_folder, 2, stop, requeued), daemon=True)
+    watcher.start()
+    try:
+        run = run_profile(wd, [target], config, timeout_s=1500)
+    finally:
+        stop.set()
+    assert run.returncode == 0, _explain(run)
+    record = json.loads((wd / target).read_text())
+    attempts = record["attempts"]
+    ends = [a["ended"] for a in attempts]
+    print(f"[windows] through Slurm in {run.seconds:.0f} s: {len(attempts)} attempts: {ends}")
+    assert requeued and requeued[0][1] == 0, requeued
+    (train_job,) = run.jobs_of("train")  # one Slurm job: requeued, never resubmitted by snakemake
+    assert {a["slurm_job"] for a in attempts} == {train_job}
+    walltime = [a for a in attempts if a["ended"].startswith("signal SIGUSR1")]
+    assert len(walltime) >= 2, ends  # at least three windows from the time limit alone
+    assert any(a["ended"].startswith("signal SIGTERM") for a in attempts), ends  # the scontrol requeue
+    assert ends[-1] == "completed" and all(a["steps"] > 0 for a in attempts), attempts
+    for before, after in zip(attempts, attempts[1:]):  # each window resumes where the last stopped
+        assert after["resumed_from_step"] in (None, before["stopped_at"]["global_step"]), (before, after)
+    assert record["steps_total"] == reference["steps_total"]
+    assert _losses(run_folder) == _losses(ref / Path(target).parent)
+    final = record["final_checkpoint"]
+    a = torch.load(wd / final, map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(ref / final, map_location="cpu", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    recs = slurm_cluster.wait_jobcomp([train_job])
+    assert recs[train_job]["JobState"] == "COMPLETED", recs[train_job]
+
+
+@pytest.mark.slurm
+def test_a_run_that_fails_at_start_stops_after_one_retry(slurm_cluster, tmp_path):
+    """A run that crashes without progress is tried twice (the profile's retries: 1), not
+    requeued, and the error names the run, its log and the reason."""
+    samples = "2k"
+    config = _window_config(tmp_path, samples, extra_args=["--no-such-open-clip-flag"])
+    target = WINDOW_RUN.format(samples=samples)
+    run = run_profile(tmp_path / "failing", [target], config, timeout_s=900)
+    assert run.returncode != 0 and not run.timed_out, _explain(run)
+    jobs = run.jobs_of("train")
+    assert len(jobs) == 2, _explain(run)  # the first attempt and one retry
+    recs = slurm_cluster.wait_jobcomp(jobs)
+    assert all(recs[j]["JobState"] == "FAILED" for j in jobs), [recs[j] for j in jobs]
+    log = tmp_path / "failing" / "results" / "logs" / "train" / "vit-xs" / "1k" / f"{samples}.log"
+    text = log.read_text()
+    assert "run vit-xs/1k/2k" in text and "no-such-open-clip-flag" in text, text[-3000:]
+    assert "requeue" not in text.lower(), text[-3000:]
