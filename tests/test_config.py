@@ -332,3 +332,12 @@ def test_paper_grid_matches_table18():
     assert len(runs) == 29  # the runs of the paper's Table 18
     hp = grid.hparams(cfg, grid.Run("ViT-H-14", "2B", 34 * 10**9))
     assert (hp["batch_size"], hp["lr"], hp["nodes"] * hp["nproc"]) == (96, 0.0005, 824)
+
+
+def test_a_walltime_warning_outside_the_walltime_is_refused():
+    cfg = yaml.safe_load(CI_CONFIG.read_text())
+    cfg["train"].update(runtime=5, signal_lead_s=300)
+    with pytest.raises(config.ConfigError, match=r"train.signal_lead_s: 300 s is not less than .* train.runtime 5 min"):
+        config.validate(cfg, "t.yaml")
+    cfg["train"]["signal_lead_s"] = 240
+    config.validate(cfg, "t.yaml")

@@ -160,3 +160,49 @@ def test_bench_dag_reads_the_job_stats_table():
            "---------------  -------\ndedup_hash_pool      232\nindex_pool             1\n"
            "total                233\n\nReasons:\n")
     assert bench_dag.job_stats(out) == {"dedup_hash_pool": 232, "index_pool": 1, "total": 233}
+
+
+# a run cut into jobs (train.segments): checkpoints evaluated while the run goes on ---------
+
+
+def _dry_run_jobs(workdir: Path, *args: str) -> dict[str, tuple[str, set[str]]]:
+    """output file -> (rule, input files) of every job a dry run schedules."""
+    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "-n", "--cores", "2",
+                           *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    jobs = {}
+    for block in re.split(r"^rule ", proc.stdout, flags=re.MULTILINE)[1:]:
+        rule = block.split(":", 1)[0]
+        inputs = re.search(r"^\s+input: (.*)$", block, re.MULTILINE)
+        outputs = re.search(r"^\s+output: (.*)$", block, re.MULTILINE)
+        for out in (outputs.group(1).replace(" (update)", "").split(", ") if outputs else []):
+            jobs[out] = (rule, set(inputs.group(1).split(", ")) if inputs else set())
+    return jobs
+
+
+def test_a_run_in_segments_is_a_chain_of_jobs_whose_checkpoints_are_evaluated_on_the_way(tmp_path):
+    """train.segments: 3 with 4 checkpoints: jobs end at epochs 1 and 3 (train_segment) and 4
+    (train), each after the one before; with evaluate.all_checkpoints, checkpoints 1 and 2-3
+    wait only for the segment that writes them, not for the run."""
+    (tmp_path / "segments.yaml").write_text(
+        "grid: {models: [vit-xs], scales: [1k], samples_seen: [4k]}\n"
+        "train: {checkpoints: 4, segments: 3}\nevaluate: {all_checkpoints: true}\n")
+    jobs = _dry_run_jobs(tmp_path, "results/results/results.parquet", "--configfile",
+                         str(REPO / "tests" / "data" / "ci.yaml"), str(tmp_path / "segments.yaml"))
+    run = "results/train/vit-xs/1k/4k"
+    assert jobs[f"{run}/segments/epoch_1.json"][0] == jobs[f"{run}/segments/epoch_3.json"][0] == "train_segment"
+    assert jobs[f"{run}/run.json"][0] == "train"
+    assert sorted(f for f in jobs if "/segments/" in f) == [f"{run}/segments/epoch_1.json", f"{run}/segments/epoch_3.json"]
+    assert f"{run}/segments/epoch_1.json" in jobs[f"{run}/segments/epoch_3.json"][1]
+    assert f"{run}/segments/epoch_3.json" in jobs[f"{run}/run.json"][1]
+
+    def waits_for(epoch):
+        (out,) = [f for f in jobs if f.startswith(f"results/eval/ours/vit-xs/1k/4k/epoch_{epoch}/shapes/zeroshot")]
+        return {f for f in jobs[out][1] if f.startswith("results/train/")}
+
+    assert waits_for(1) == {f"{run}/segments/epoch_1.json"}
+    assert waits_for(2) == waits_for(3) == {f"{run}/segments/epoch_3.json"}
+    assert waits_for(4) == {f"{run}/run.json"}
+    one_job = _dry_run_jobs(tmp_path, "results/results/results.parquet", "--configfile",
+                            str(REPO / "tests" / "data" / "ci.yaml"))  # segments: 1 (the default)
+    assert not any("/segments/" in f for f in one_job) and any(f.endswith("/run.json") for f in one_job)

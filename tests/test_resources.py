@@ -103,6 +103,22 @@ def test_a_multi_gpu_run_asks_for_one_task_per_gpu_on_every_node(tmp_path):
     assert job["mpi"] == "srun" and job["tasks"] == 8 and job["cpus_per_task"] == 1
 
 
+def test_a_training_job_asks_for_the_walltime_warning_and_may_be_requeued(tmp_path):
+    """sbatch --signal=USR1@<train.signal_lead_s> --requeue on training jobs only (the job saves
+    its place at the warning and requeues itself), accepted by the plugin's slurm_extra check."""
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    cfg = yaml.safe_load(CI_CONFIG.read_text())
+    cfg["train"]["signal_lead_s"] = 240
+    jobs = dry_run_resources(tmp_path, cfg)
+    call = sbatch_command(jobs["train"])
+    assert "--signal=USR1@240 --requeue" in call, call
+    validate_slurm_extra(SimpleNamespace(resources=_Resources(jobs["train"])))
+    for rule, job in jobs.items():
+        if rule != "train":
+            assert "--signal" not in sbatch_command(job), rule
+
+
 def test_every_rule_has_its_resources_from_one_place():
     """Every rule of the pipeline is sized by clipscale.resources (a rule added without an entry
     fails here, not on a cluster)."""

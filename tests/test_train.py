@@ -933,3 +933,29 @@ def test_two_process_pipeline_run(in_tmp, manifest, caplog):
     assert all(k.startswith("module.") for k in final["state_dict"])  # trained wrapped in DDP
     assert optimizer_steps(final) == EPOCHS
     assert final["epoch"] == EPOCHS
+
+
+@pytest.mark.slow
+def test_a_run_in_two_jobs_ends_as_the_run_in_one(baseline, pool_index, hooks_env, tmp_path):
+    """train.segments: the first job stops once checkpoint 2 is saved and records the run up to
+    it (what evaluating checkpoints 1-2 needs); the last job resumes there and ends with the
+    weights of the run made in one job: open_clip's schedule spans the whole run."""
+    folder = tmp_path / "segments"
+    folder.mkdir()
+    manifest = subset_in(pool_index, folder)
+    run = run_of(baseline["cfg"], SAMPLES)
+    with inside(folder, hooks_env):
+        train.launch(baseline["cfg"], run, manifest, "segment.json", log_file="train.log", until=2)
+    segment = json.loads((folder / "segment.json").read_text())
+    assert segment["segment_end"] == 2 and segment["final_checkpoint"] is None
+    assert sorted(segment["checkpoints"]) == ["1", "2"] and segment["epochs"] == EPOCHS
+    assert segment["attempts"][-1]["ended"] == "segment done (epoch 2)"
+    assert segment["steps_total"] == 2 * STEPS_PER_EPOCH
+    assert sorted(p.name for p in ckpt_dir(folder, SAMPLES).iterdir()) == ["epoch_1.pt", "epoch_2.pt"]
+
+    rec = launch(baseline["cfg"], SAMPLES, manifest, folder, hooks_env)  # the run's last job
+
+    assert rec["steps_total"] == EPOCHS * STEPS_PER_EPOCH and rec["segment_end"] is None
+    final = load(ckpt_dir(folder, SAMPLES) / f"epoch_{EPOCHS}.pt")
+    assert same_weights(final["state_dict"], baseline["final"]["state_dict"])
+    assert losses(folder, SAMPLES) == losses(baseline["folder"], SAMPLES)

@@ -206,6 +206,13 @@ def _batch_problems(config: dict) -> list[str]:
             f"than one global batch of {hp['global_batch_size']} (train.batch_size {hp['batch_size']} x "
             f"train.nproc {hp['nproc']} x train.nodes {hp['nodes']}){overridden}; raise samples_seen or "
             f"lower train.checkpoints or the batch")
+    for run in grid.runs(config):  # the walltime warning must come inside the walltime
+        hp = grid.hparams(config, run)
+        if hp["signal_lead_s"] >= hp["runtime"] * 60:
+            problems.append(
+                f"train.signal_lead_s: {hp['signal_lead_s']} s is not less than {run.name}'s walltime "
+                f"train.runtime {hp['runtime']} min: the job would stop before training")
+            break
     return problems
 
 

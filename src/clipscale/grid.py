@@ -79,6 +79,19 @@ def hparams(config: dict, run: Run) -> dict:
     return settings
 
 
+def segment_ends(config: dict, run: Run) -> list[int]:
+    """Epochs at which a run's jobs end before its last (``train.segments`` jobs per run in the
+    DAG, cut at epochs E x k / S, at most one per epoch): [] for a run in one job."""
+    hp = hparams(config, run)
+    epochs, segments = hp["epochs"], hp.get("segments", 1)
+    return sorted({round(epochs * k / segments) for k in range(1, segments)} - {0, epochs})
+
+
+def segment_of(config: dict, run: Run, epoch: int) -> int | None:
+    """The segment end whose job writes checkpoint ``epoch`` (None: the run's last job)."""
+    return next((end for end in segment_ends(config, run) if end >= epoch), None)
+
+
 def samples_per_epoch(train_num_samples: int, global_batch_size: int, workers: int) -> int:
     """Samples open_clip_train really draws per (virtual) epoch with --dataset-resampled: it
     rounds up to whole global batches, then to a multiple of the dataloader workers

@@ -35,6 +35,7 @@ PLANTED_RECALL = f"{DEDUP}/planted_recall.json"
 RUN_DIR = f"{RESULTS}/train/{{model}}/{{scale}}/{{samples}}"
 RUN_DONE = f"{RUN_DIR}/run.json"                  # written last: final checkpoint, samples, GMAC
 RUN_CHECKPOINTS = f"{RUN_DIR}/openclip/checkpoints"  # epoch_N.pt, kept across failures (not an output)
+RUN_SEGMENT = f"{RUN_DIR}/segments/epoch_{{epoch}}.json"  # a segment's end (train.segments > 1): its record
 MODEL_PROFILE = f"{RESULTS}/models/{{model}}.profile.json"  # measured GMAC per sample, params
 
 # 4. evaluate -----------------------------------------------------------------------------------

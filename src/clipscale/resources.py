@@ -119,7 +119,7 @@ def of(config: Mapping, rule: str, pool_shards: int = 0, group_sizes: Mapping[st
     """A rule's threads and resources: values, or functions of the job's wildcards.
     ``pool_shards`` (how many shards the pool has) sizes the rules that read the whole pool;
     ``group_sizes`` (group -> shards) the pool hash jobs."""
-    if rule == "train":
+    if rule in ("train", "train_segment"):
         return per_run(config)
     if rule == "evaluate":
         return evaluate(config)
@@ -138,13 +138,14 @@ def of(config: Mapping, rule: str, pool_shards: int = 0, group_sizes: Mapping[st
 
 
 def per_run(config: Mapping) -> dict[str, Callable]:
-    """The train rule's resources, each a function of the job's wildcards (model, scale,
-    samples), plus ``threads``."""
+    """The resources of the train and train_segment rules, each a function of the job's
+    wildcards (model, scale, samples), plus ``threads``."""
     keys = ("threads", "mem_mb", "runtime", "nodes", "tasks", "cpus_per_task", "gpu", "tasks_per_gpu", "mpi",
             "slurm_extra")
 
     def getter(key):
-        return lambda wildcards, **_: train(config, grid.Run.from_wildcards(**dict(wildcards)))[key]
+        return lambda wildcards, **_: train(config, grid.Run.from_wildcards(
+            wildcards.model, wildcards.scale, wildcards.samples))[key]
 
     return {key: getter(key) for key in keys}
 

@@ -45,6 +45,14 @@ class PartialCheckpointError(RuntimeError):
     pass
 
 
+class SegmentDone(Exception):
+    """The job's segment of the run ends here: checkpoint ``epoch`` is saved (train.segments)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+        super().__init__(f"segment ends at epoch {epoch}")
+
+
 def partial_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / PARTIAL_NAME
 
@@ -161,6 +169,7 @@ class _State:
     first_epoch: bool = True
     current: _Epoch | None = None
     partial_epoch: int | None = None  # the epoch of partial.pt, while this process knows of one
+    until: int | None = None  # this job's segment ends with this epoch's checkpoint
 
 
 _state = _State()
@@ -172,6 +181,8 @@ def _unwrapped(model):
 
 def _train_one_epoch(original):
     def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None):
+        if _state.until is not None and epoch >= _state.until:
+            raise SegmentDone(epoch)  # every rank, at the same epoch: checkpoint `epoch` is saved
         skip = 0
         first, _state.first_epoch = _state.first_epoch, False
         path = partial_path(_state.run_dir)
@@ -279,9 +290,10 @@ def seeded_shuffle(bufsize=1000, initial=100, **kwargs):
     return stage
 
 
-def install(run_dir: str | Path, name: str, rank: int) -> None:
+def install(run_dir: str | Path, name: str, rank: int, until: int | None = None) -> None:
     """Hook this module into open_clip_train in this process (module attributes only; fails
-    loudly if upstream renamed what is hooked)."""
+    loudly if upstream renamed what is hooked). ``until``: stop (``SegmentDone``) once the
+    checkpoint of that epoch is saved."""
     import open_clip_train.data as oct_data
     import open_clip_train.main as oct_main
     import webdataset
@@ -291,7 +303,7 @@ def install(run_dir: str | Path, name: str, rank: int) -> None:
         raise RuntimeError("open_clip_train changed (main.train_one_epoch, data.get_wds_dataset's "
                            "wds.shuffle): update clipscale.resume.install")
     _state.run_dir, _state.name, _state.rank = Path(run_dir), name, rank
-    _state.first_epoch, _state.current, _state.partial_epoch = True, None, None
+    _state.first_epoch, _state.current, _state.partial_epoch, _state.until = True, None, None, until
     if not getattr(oct_main.train_one_epoch, "_clipscale_resume", False):
         oct_main.train_one_epoch = _train_one_epoch(oct_main.train_one_epoch)
     if webdataset.shuffle is not seeded_shuffle:

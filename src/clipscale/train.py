@@ -528,8 +528,10 @@ def rank() -> int:
     return 0
 
 
-def train(config: dict, run: grid.Run, manifest_path: str | Path) -> dict:
-    """Run (or resume) one training run; return the run record written to run.json."""
+def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | None = None) -> dict:
+    """Run (or resume) one training run; return the run record written to run.json. With
+    ``until`` (a segment of the run, train.segments), stop once checkpoint ``until`` is saved:
+    the record then describes the run up to that checkpoint (``segment_end``)."""
     import torch
     from open_clip_train.main import main as open_clip_main
 
@@ -569,20 +571,25 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path) -> dict:
             loss_log = open(run_dir(run) / LOSSES_NAME, "a", buffering=1)  # a line per step
             guard.loss_log = loss_log
         install_guards(guard)
-        resume.install(run_dir(run), OPENCLIP_NAME, rank())
+        resume.install(run_dir(run), OPENCLIP_NAME, rank(), until=until)
         install_skip_counting()
         skip_dir.mkdir(parents=True, exist_ok=True)
         os.environ[SKIP_DIR_ENV] = str(skip_dir.absolute())  # data workers inherit it
         t0 = time.time()
-        status = open_clip_main(args)
+        try:
+            status = open_clip_main(args)
+        except resume.SegmentDone:
+            status = None
         if stopping.current() is not None:
             stopping.current().check()  # a signal that came while the last checkpoint was being saved
         if status not in (None, 0):  # open_clip's main returns -1 on errors yet exits 0
             raise TrainingError(f"run {run.name}: open_clip_train returned {status}; see its log "
                                 f"{run_dir(run) / OPENCLIP_NAME / 'out.log'}")
+        if until is not None:
+            final = checkpoint_dir(run) / f"epoch_{until}.pt"
         if not final.exists():
-            raise TrainingError(f"run {run.name}: finished without its final checkpoint {final}")
-        if rank() == 0:
+            raise TrainingError(f"run {run.name}: finished without its checkpoint {final}")
+        if rank() == 0 and until is None:
             resume.finished(run_dir(run))
     except BaseException as e:
         if attempt is not None:
@@ -595,7 +602,8 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path) -> dict:
     seconds = time.time() - t0
     if attempt is None:  # another rank: rank 0 writes the record
         return {}
-    end_attempt(run, attempt, "completed", guard.done, seconds)
+    end_attempt(run, attempt, "completed" if until is None else f"segment done (epoch {until})",
+                guard.done, seconds)
     attempts = read_attempts(run)
     record = {
         "model": run.model,
@@ -619,15 +627,17 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path) -> dict:
         "attempts": attempts,
         "rejected_checkpoints": [r for a in attempts for r in a.get("rejected_checkpoints", [])],
         "skipped_samples": skipped_summary(run),
-        "final_checkpoint": str(final),
-        "checkpoints": {str(e): str(p) for e, p in checkpoints(run).items()},
+        "final_checkpoint": str(final) if until is None else None,
+        "segment_end": until,
+        "checkpoints": {str(e): str(p) for e, p in checkpoints(run).items() if until is None or e <= until},
     }
     return record
 
 
 def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
-           log_file: str | Path | None = None) -> None:
+           log_file: str | Path | None = None, until: int | None = None) -> None:
     """Start the run's processes (python, torchrun, or srun inside a Slurm job) and wait.
+    ``until``: this job is the segment of the run that ends with checkpoint ``until``.
 
     The resolved config travels as JSON beside the run so every process sees the same one.
     SIGINT/SIGTERM to this process, or its parent's exit, stop them (``run_until_stopped``).
@@ -641,6 +651,8 @@ def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
     resolved.write_text(json.dumps(config, indent=1, default=str))
     args = ["--config-json", str(resolved), "--model", run.model, "--scale", run.scale,
             "--samples", run.samples_label, "--manifest", str(manifest), "--out", str(out)]
+    if until is not None:
+        args += ["--until-epoch", str(until)]
     cmd = build_command(["-m", "clipscale.train"], args, nproc=hp["nproc"], nodes=hp["nodes"],
                         cpus_per_task=hp.get("threads"))
     log.info("launching: %s", " ".join(cmd))
@@ -736,6 +748,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", required=True, help="samples seen, e.g. 48k or 3B")
     parser.add_argument("--manifest", required=True, help="subset manifest.json")
     parser.add_argument("--out", required=True, help="run.json to write on success")
+    parser.add_argument("--until-epoch", type=int, help="stop once this epoch's checkpoint is saved "
+                        "(a segment of the run); --out then gets the record up to it")
     a = parser.parse_args(argv)
     # our own handler on the clipscale logger only: open_clip_train installs one on the root
     # logger, and a second root handler would print every line twice
@@ -753,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     run = grid.find_run(cfg, a.model, a.scale, a.samples)
     with stop_on_signals():
         try:
-            record = train(cfg, run, a.manifest)
+            record = train(cfg, run, a.manifest, until=a.until_epoch)
             if rank() == 0:
                 profile = Path(paths.fill(paths.MODEL_PROFILE, model=run.model))
                 prof = json.loads(profile.read_text()) if profile.exists() else None

@@ -1,6 +1,7 @@
-# 3. train: one open_clip run per (model, data scale, samples seen) of the grid.
-# Only run.json is an output: checkpoints stay in the run folder when a job fails, is killed or
-# hits its walltime, and the next attempt resumes from the latest one.
+# 3. train: one open_clip run per (model, data scale, samples seen) of the grid, in
+# train.segments jobs (train_segment for all but the last). Only records are outputs (run.json,
+# segments/epoch_N.json): checkpoints stay in the run folder when a job fails, is killed or
+# reaches its walltime, and the next attempt resumes from the latest one (clipscale.resume).
 
 
 from clipscale import resources as cs_resources
@@ -25,10 +26,35 @@ rule model_profile:
         "../scripts/model_profile.py"
 
 
+rule train_segment:
+    # with train.segments > 1: the jobs of a run before its last, each resuming the one before
+    # and ending with checkpoint {epoch}; its record lets that checkpoint be evaluated now
+    input:
+        manifest=train_manifest,
+        profile=model_profile,
+        previous=previous_segment,
+    output:
+        paths.RUN_SEGMENT,
+    log:
+        log_path("train", "{model}", "{scale}", "{samples}", "epoch_{epoch}"),
+    benchmark:
+        bench_path("train", "{model}", "{scale}", "{samples}", "epoch_{epoch}")
+    wildcard_constraints:
+        epoch="[0-9]+",
+    threads: cs_resources.threads(config, "train_segment")
+    resources:
+        **cs_resources.resources(config, "train_segment"),
+    params:
+        shaping=lambda wc: shaping.train(config, grid.Run.from_wildcards(wc.model, wc.scale, wc.samples)),
+    script:
+        "../scripts/train.py"
+
+
 rule train:
     input:
         manifest=train_manifest,
         profile=model_profile,
+        previous=previous_segment,
     output:
         paths.RUN_DONE,
     log:

@@ -19,3 +19,17 @@ def model_profile(wildcards):
     if "open_clip" in spec and not spec.get("gmac_per_sample"):
         return paths.fill(paths.MODEL_PROFILE, model=wildcards.model)
     return []
+
+
+def previous_segment(wildcards):
+    """The record of the run's job before this one (train.segments > 1), or nothing."""
+    run = grid.Run.from_wildcards(wildcards.model, wildcards.scale, wildcards.samples)
+    ends = grid.segment_ends(config, run)
+    if "epoch" in wildcards.keys():  # train_segment
+        if int(wildcards.epoch) not in ends:
+            raise WorkflowError(
+                f"{run.name}: no job of the run ends at epoch {wildcards.epoch} "
+                f"(train.segments: its jobs end at epochs {ends} and the last)"
+            )
+        ends = [e for e in ends if e < int(wildcards.epoch)]
+    return [paths.fill(paths.RUN_SEGMENT, **run.wildcards, epoch=ends[-1])] if ends else []

@@ -68,7 +68,9 @@ def our_checkpoint(config: dict, model: str, scale: str, samples: str, epoch: in
     if final and record.get("final_checkpoint"):
         path = record["final_checkpoint"]
     path = str(path or checkpoint_dir(run) / f"epoch_{epoch}.pt")
-    seen = int(record["samples_seen_exact"]) if final else epoch * int(record["train_num_samples"])
+    # what the run had really drawn by that checkpoint (open_clip rounds each epoch up to whole
+    # batches: samples_seen_exact is epochs x that)
+    seen = int(record["samples_seen_exact"]) * epoch // epochs
     spec = config["models"][model]
     return CheckpointInfo(
         source="ours", model=model, label=spec.get("label", model), arch_id=model,

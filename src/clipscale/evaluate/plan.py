@@ -105,8 +105,8 @@ def outputs_of(config: dict, checkpoint: dict) -> dict[tuple[str, str], str]:
 
 
 def job_inputs(config: dict, source: str, model: str, scale: str, samples: str, epoch: str) -> dict[str, str]:
-    """Files an evaluation job waits for: the run's run.json (ours) or the checkpoint file
-    (released), and the world when it generates a downstream set (a user's set, with a path,
+    """Files an evaluation job waits for: the record of the training job that wrote the
+    checkpoint (ours: run.json, or a segment's record) or the checkpoint file (released), and the world when it generates a downstream set (a user's set, with a path,
     is checked before any job starts)."""
     out: dict[str, str] = {}
     if source == "ours":
@@ -114,7 +114,11 @@ def job_inputs(config: dict, source: str, model: str, scale: str, samples: str, 
         if epoch not in [str(e) for e in our_epochs(config, run)]:
             raise ConfigError(f"{run.name}: epoch {epoch} is not evaluated (epochs: "
                               f"{our_epochs(config, run)}; see evaluate.all_checkpoints)")
-        out["run"] = paths.fill(paths.RUN_DONE, **run.wildcards)
+        # the record of the job that writes the checkpoint: the run's (run.json), or, with
+        # train.segments, the segment's that ends with or after it (evaluated while the run goes on)
+        segment = grid.segment_of(config, run, int(epoch))
+        out["run"] = (paths.fill(paths.RUN_SEGMENT, **run.wildcards, epoch=segment) if segment
+                      else paths.fill(paths.RUN_DONE, **run.wildcards))
     elif source == "released":
         if epoch != FINAL:
             raise ConfigError(f"released checkpoints are evaluated as epoch_{FINAL}, not {epoch}")
