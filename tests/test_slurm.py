@@ -418,6 +418,7 @@ def test_sigint_cancels_running_jobs(slurm_cluster, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        leftover = _cancel_leftovers(_parse_run(ProfileRun([], -1, out.read_text(), 0.0, False)))
     text = out.read_text()
     assert rc != 0 and "Terminating processes on user request" in text, text
     assert seconds < 30, f"snakemake took {seconds:.0f} s to stop"
@@ -425,6 +426,7 @@ def test_sigint_cancels_running_jobs(slurm_cluster, tmp_path):
     recs = slurm_cluster.wait_jobcomp([jid])
     assert recs[jid]["JobState"] == "CANCELLED", recs.get(jid)
     assert slurm_cluster.squeue(run.run_id) == {jid: "CANCELLED"}
+    assert not leftover, f"jobs left running after SIGINT (cancelled now): {leftover}\n{text}"
 
 
 @pytest.mark.slurm

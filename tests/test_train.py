@@ -5,12 +5,12 @@ the Snakemake rule) on a small world, inside a temporary directory (paths are re
 results/train/...). The slow tests train a 2-layer ViT for 4 virtual epochs of 4 steps.
 
 Bit-exact resume: open_clip's data order is not reproducible by itself (webdataset's sample
-shuffle buffer is seeded from the clock, and a persistent data worker's augmentation RNG runs
-on across epochs), so two uninterrupted runs already differ. The test processes get a
-``sitecustomize`` (``HOOKS`` below, on PYTHONPATH) that seeds the shuffle and the worker's RNG at
-the start of every epoch; with that, a run SIGKILLed in epoch 3 and resumed ends with the same
-weights, bit for bit, as one never interrupted. The same hook kills the process at a chosen
-step (CLIPSCALE_TEST_KILL_AT_STEP): a real SIGKILL, at a deterministic point.
+shuffle buffer is seeded from the clock); clipscale.resume seeds it and the augmentation RNG, so a
+run SIGKILLed in epoch 3, or stopped by the walltime warning in the middle of it, and resumed ends
+with the same losses and weights, bit for bit, as one never interrupted. The test processes get
+a ``sitecustomize`` (``HOOKS`` below, on PYTHONPATH) that kills the process at a chosen step
+(CLIPSCALE_TEST_KILL_AT_STEP: a real SIGKILL, at a deterministic point), pauses it, or sends it
+SIGUSR1 there.
 """
 
 from __future__ import annotations
@@ -47,21 +47,7 @@ HOOKS = textwrap.dedent('''
     import os
 
     if os.environ.get("CLIPSCALE_TEST_HOOKS"):
-        import random
         import signal
-
-        import torch
-        import webdataset
-        from webdataset.filters import _shuffle
-
-        def seeded_shuffle(bufsize=1000, initial=100, **kwargs):
-            def stage(src):  # called in the data worker at the start of each epoch
-                seed = torch.initial_seed()  # the worker's seed, from open_clip's --seed
-                torch.manual_seed(seed)      # augmentation RNG restarts every epoch
-                return _shuffle(src, bufsize, initial, rng=random.Random(seed))
-            return stage
-
-        webdataset.shuffle = seeded_shuffle  # open_clip_train.data calls wds.shuffle(...)
 
         kill_at = int(os.environ.get("CLIPSCALE_TEST_KILL_AT_STEP", "0"))
         pause_at = int(os.environ.get("CLIPSCALE_TEST_PAUSE_AT_STEP", "0"))
@@ -194,6 +180,17 @@ def baseline(pool_index, hooks_env, tmp_path_factory) -> dict:
     """One uninterrupted run (deterministic data order), for the resume tests to compare with."""
     folder = tmp_path_factory.mktemp("baseline")
     cfg = tiny_config()
+    record = launch(cfg, SAMPLES, subset_in(pool_index, folder), folder, hooks_env)
+    return {"cfg": cfg, "folder": folder, "record": record,
+            "final": load(ckpt_dir(folder, SAMPLES) / f"epoch_{EPOCHS}.pt")}
+
+
+@pytest.fixture(scope="module", params=[0, 2], ids=["in-process", "2-workers"])
+def baseline_workers(request, pool_index, hooks_env, tmp_path_factory) -> dict:
+    """The same run with its data read in the training process (train.workers 0, the embedded
+    default) or by 2 data workers."""
+    folder = tmp_path_factory.mktemp(f"baseline-w{request.param}")
+    cfg = tiny_config(workers=request.param)
     record = launch(cfg, SAMPLES, subset_in(pool_index, folder), folder, hooks_env)
     return {"cfg": cfg, "folder": folder, "record": record,
             "final": load(ckpt_dir(folder, SAMPLES) / f"epoch_{EPOCHS}.pt")}
@@ -342,31 +339,37 @@ def losses(folder: Path, samples) -> dict[int, str]:
 
 
 @pytest.mark.slow
-def test_walltime_warning_saves_the_place_and_the_next_window_resumes_exactly(baseline, pool_index,
+def test_walltime_warning_saves_the_place_and_the_next_window_resumes_exactly(baseline_workers, pool_index,
                                                                              hooks_env, tmp_path):
-    """Slurm's walltime warning (SIGUSR1) in the middle of epoch 3: the step is finished, a
-    partial checkpoint is written, the job ends; the next window resumes at that step and ends
-    with the uninterrupted run's step count, losses and weights, bit for bit."""
+    """Slurm's walltime warning (SIGUSR1) at the start of epoch 3: the step is finished, a
+    partial checkpoint is written, the job ends; the next window resumes at that step (the data
+    stream drops what the first steps of the epoch were made of, undecoded) and ends with the
+    uninterrupted run's step count, losses and weights, bit for bit, whether the data is read in
+    the training process or by data workers (with 2 workers the stop waits for an even step)."""
+    baseline = baseline_workers
     folder = tmp_path / "windows"
     folder.mkdir()
     manifest = subset_in(pool_index, folder)
-    signal_at = 2 * STEPS_PER_EPOCH + 2  # the 2nd step of epoch 3
-    with pytest.raises(train.TrainingError, match=r"walltime warning \(SIGUSR1\) after 10 steps, at epoch 2 \+ 2 "
-                                                  r"of 4 steps.*re-running the workflow resumes there"):
+    signal_at = 2 * STEPS_PER_EPOCH + 1  # during the 1st step of epoch 3
+    workers = baseline["cfg"]["train"]["workers"]
+    in_epoch = 1 if workers == 0 else 2  # the next step; with 2 workers the next even one
+    done = 2 * STEPS_PER_EPOCH + in_epoch
+    with pytest.raises(train.TrainingError, match=rf"walltime warning \(SIGUSR1\) after {done} steps, at epoch 2 "
+                                                  rf"\+ {in_epoch} of 4 steps.*re-running the workflow resumes there"):
         launch(baseline["cfg"], SAMPLES, manifest, folder, {**hooks_env, "CLIPSCALE_TEST_SIGNAL_AT_STEP": str(signal_at)})
     run_folder = folder / "results" / "train" / MODEL / SCALE / str(SAMPLES)
     ckpts = ckpt_dir(folder, SAMPLES)
     assert sorted(p.name for p in ckpts.iterdir()) == ["epoch_1.pt", "epoch_2.pt"]
     partial = load(run_folder / "partial.pt")
-    assert (partial["epoch"], partial["step_in_epoch"], partial["global_step"]) == (2, 2, 10)
-    assert optimizer_steps(partial) == 10  # the step in progress at the signal was finished
+    assert (partial["epoch"], partial["step_in_epoch"], partial["global_step"]) == (2, in_epoch, done)
+    assert optimizer_steps(partial) == done  # the step in progress at the signal was finished
 
     rec = launch(baseline["cfg"], SAMPLES, MANIFEST, folder, hooks_env)  # the next window
 
     first, second = rec["attempts"]
-    assert first["ended"].startswith("signal SIGUSR1") and first["steps"] == 10
-    assert first["stopped_at"] == {"epoch": 2, "step_in_epoch": 2, "global_step": 10}
-    assert (second["resumed_from"], second["resumed_from_step"], second["steps"]) == (2, 10, 6)
+    assert first["ended"].startswith("signal SIGUSR1") and first["steps"] == done
+    assert first["stopped_at"] == {"epoch": 2, "step_in_epoch": in_epoch, "global_step": done}
+    assert (second["resumed_from"], second["resumed_from_step"], second["steps"]) == (2, done, 16 - done)
     assert rec["steps_total"] == EPOCHS * STEPS_PER_EPOCH == baseline["record"]["steps_total"]
     final = load(ckpts / f"epoch_{EPOCHS}.pt")
     assert optimizer_steps(final) == EPOCHS * STEPS_PER_EPOCH
@@ -959,3 +962,19 @@ def test_a_run_in_two_jobs_ends_as_the_run_in_one(baseline, pool_index, hooks_en
     final = load(ckpt_dir(folder, SAMPLES) / f"epoch_{EPOCHS}.pt")
     assert same_weights(final["state_dict"], baseline["final"]["state_dict"])
     assert losses(folder, SAMPLES) == losses(baseline["folder"], SAMPLES)
+
+
+def test_each_virtual_epoch_draws_other_shards_also_without_data_workers():
+    """open_clip_train's ResampledShards2 seeds itself with pytorch_worker_seed(epoch), which
+    upstream ignores the epoch in outside a data worker (train.workers 0): every virtual epoch
+    drew the same shards. clipscale.resume.install makes it count."""
+    import open_clip_train.data as oct_data
+
+    from clipscale import resume
+
+    resume.install(Path("."), "test", 0)
+    shards = oct_data.ResampledShards2([f"s{i}.tar" for i in range(100)], deterministic=True, epoch=-1)
+    epochs = [[s["url"] for s, _ in zip(iter(shards), range(10))] for _ in range(3)]  # each iter: an epoch
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
+    again = oct_data.ResampledShards2([f"s{i}.tar" for i in range(100)], deterministic=True, epoch=-1)
+    assert [[s["url"] for s, _ in zip(iter(again), range(10))] for _ in range(3)] == epochs  # deterministic

@@ -12,17 +12,19 @@ checkpoints would lose its work, and a window shorter than an epoch would never 
   temporary file and renamed, so a kill during the save leaves the previous one), and every rank
   stops at that same step (ranks agree on it with one all-reduce of a flag per step);
 * **resume from it**: open_clip resumes from the newest epoch checkpoint as always; at the start
-  of that epoch this module loads ``partial.pt`` of the same epoch over it, skips the batches
-  already trained on (they are read and dropped, so the data that follows is the same) and
-  shifts the learning-rate schedule by as many steps. The run's total steps and schedule are
-  those of an uninterrupted run;
+  of that epoch this module loads ``partial.pt`` of the same epoch over it, makes the data
+  pipeline drop the samples of the batches already trained on right after its shuffle (read from
+  the tars but not decoded: cheap) and shifts the learning-rate schedule by as many steps. The
+  run's total steps and schedule are those of an uninterrupted run;
 * **a data order that does not depend on where a run was resumed**: webdataset's sample shuffle
   is seeded from the clock (``webdataset.filters._shuffle``), so no two runs see the same data.
-  ``seeded_shuffle`` replaces it, for open_clip's pipeline, by one seeded from the process's
-  torch seed (open_clip's ``--seed`` + rank, or a data worker's seed), restarted with the
-  augmentation RNG at the start of every epoch. With it, a run interrupted and resumed, at an
-  epoch boundary or in the middle of one, computes the same losses and weights, bit for bit
-  (same device, threads and versions), as one never interrupted (tests/test_train.py).
+  ``seeded_shuffle`` replaces it, for open_clip's pipeline, by one seeded from (open_clip's
+  --seed, rank, data worker, epoch), and restarts the augmentation RNG at every batch of the
+  stream from that and the batch's index. With it, a run interrupted and resumed, at an epoch
+  boundary or in the middle of one, computes the same losses and weights, bit for bit (same
+  device, threads and versions), as one never interrupted (tests/test_train.py). With W data
+  workers (the loader takes their batches in turn) a stop is delayed to a multiple of W steps in
+  the epoch, at most W - 1 more, so that the resumed epoch takes them in the same order.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def check_partial(path: str | Path, epochs_done: int, epochs: int) -> dict | Non
         reason, suffix, state = str(e), ".corrupt", None
     if state is not None:
         if state["epoch"] < epochs_done:  # an epoch checkpoint after it holds all it had
-            path.unlink()
+            finished(path.parent)
             log.info("removed %s (%s): epoch checkpoint %d is newer", path, describe(state), epochs_done)
             return None
         elif state["epoch"] > epochs_done or state["epoch"] >= epochs:
@@ -131,20 +133,21 @@ class _Epoch:
 
     epoch: int
     num_batches: int
-    loader: "_SkippingLoader"
+    loader: "_ResumedLoader"
     model: Any
     optimizer: Any
     scaler: Any
     args: Any
 
 
-class _SkippingLoader:
-    """open_clip's train dataloader, skipping the first ``skip`` batches of the epoch (read and
-    dropped: the data after them is what an uninterrupted run sees). ``position`` is the index
-    (in the epoch) of the next batch; ``num_batches`` and the rest are the wrapped loader's."""
+class _ResumedLoader:
+    """open_clip's train dataloader for an epoch that starts at batch ``start``: the data
+    pipeline itself drops what the first ``start`` batches were made of, before decoding
+    (``seeded_shuffle``), so this yields the epoch's remaining ``num_batches - start`` batches.
+    ``position`` is the index (in the epoch) of the next batch."""
 
-    def __init__(self, inner, skip: int):
-        self.inner, self.skip, self.position = inner, skip, 0
+    def __init__(self, inner, start: int, num_batches: int):
+        self.inner, self.position, self.limit = inner, start, num_batches
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -154,10 +157,11 @@ class _SkippingLoader:
 
     def __iter__(self):
         it = iter(self.inner)
-        for _ in range(self.skip):
-            next(it)
-            self.position += 1
-        for batch in it:
+        while self.position < self.limit:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
             self.position += 1
             yield batch
 
@@ -170,6 +174,11 @@ class _State:
     current: _Epoch | None = None
     partial_epoch: int | None = None  # the epoch of partial.pt, while this process knows of one
     until: int | None = None  # this job's segment ends with this epoch's checkpoint
+    steps: int = 0  # steps this process trained (step boundaries passed)
+    drop_batches: int = 0  # the resumed epoch starts at this batch: the data stream drops them
+    batch_size: int = 0
+    seed: int = 0  # open_clip's --seed + rank: the data streams' seeds derive from it
+    shared_epoch: Any = None  # open_clip's SharedEpoch (shared with the data workers)
 
 
 _state = _State()
@@ -187,7 +196,7 @@ def _train_one_epoch(original):
         first, _state.first_epoch = _state.first_epoch, False
         path = partial_path(_state.run_dir)
         if _state.rank == 0 and not first and _state.partial_epoch is not None and epoch > _state.partial_epoch:
-            path.unlink(missing_ok=True)  # epoch checkpoint `epoch` was just saved: it is newer
+            finished(_state.run_dir)  # epoch checkpoint `epoch` was just saved: it is newer
             _state.partial_epoch = None
         state = read_partial(path) if first and path.exists() else None
         num_batches = data["train"].dataloader.num_batches // args.accum_freq
@@ -204,8 +213,12 @@ def _train_one_epoch(original):
             skip = state["step_in_epoch"]
             _state.partial_epoch = epoch
             if _state.rank == 0:
-                log.info("resuming from %s (%s): skipping its first %d batches", path, describe(state), skip)
-        loader = _SkippingLoader(data["train"].dataloader, skip)
+                log.info("resuming from %s (%s): the data stream drops its first %d batches, undecoded",
+                         path, describe(state), skip)
+        # read by seeded_shuffle, in this process or in the data workers (forked at the first epoch)
+        _state.drop_batches, _state.batch_size = skip, args.batch_size
+        _state.seed, _state.shared_epoch = args.seed + _state.rank, data["train"].shared_epoch
+        loader = _ResumedLoader(data["train"].dataloader, skip, num_batches)
         data = {**data, "train": dataclasses.replace(data["train"], dataloader=loader)}
         if skip and not args.skip_scheduler:
             shifted = scheduler
@@ -243,12 +256,20 @@ def step_boundary() -> None:
     if cur is None:
         return
     if not _agree(want, cur.args):
+        _state.steps += 1
         return
     import torch
 
     step = cur.loader.position - 1  # steps done in this epoch: the current batch is not applied
     saved = ""
-    if cur.args.accum_freq == 1 and 0 < step < cur.num_batches and _state.rank == 0:
+    if _state.steps and step % max(1, cur.args.workers):
+        # the loader takes batches from the W data workers in turn: stopping at a multiple of W
+        # lets the resumed epoch take them in the same order (at most W - 1 more steps)
+        _state.steps += 1
+        return
+    if _state.steps == 0:
+        saved = "before this process trained a step: the place is the one it resumed from"
+    if _state.steps and cur.args.accum_freq == 1 and 0 < step < cur.num_batches and _state.rank == 0:
         state = {"epoch": cur.epoch, "step_in_epoch": step, "num_batches": cur.num_batches,
                  "global_step": cur.epoch * cur.num_batches + step, "name": _state.name,
                  "state_dict": _unwrapped(cur.model).state_dict(),
@@ -256,12 +277,10 @@ def step_boundary() -> None:
         if cur.scaler is not None:
             state["scaler"] = cur.scaler.state_dict()
         path = partial_path(_state.run_dir)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        _save_atomic(state, path)
         _state.partial_epoch = cur.epoch
         saved = f"saved {path} ({describe(state)})"
-    elif step == 0:
+    elif step == 0 and not saved:
         saved = f"at the start of epoch {cur.epoch}: nothing to save"
     if getattr(cur.args, "distributed", False):
         torch.distributed.barrier()
@@ -276,18 +295,80 @@ def step_boundary() -> None:
 
 
 def seeded_shuffle(bufsize=1000, initial=100, **kwargs):
-    """webdataset.shuffle for open_clip's pipeline, seeded from this process's torch seed and
-    restarted (with the augmentation RNG) at the start of every epoch."""
+    """webdataset.shuffle for open_clip's pipeline: seeded from (open_clip's --seed, rank, data
+    worker, epoch), and reseeding the augmentation RNG at each batch of its stream from that and
+    the batch's index; at a resume inside an epoch it first drops (undecoded) the samples of the
+    batches already trained on."""
     from webdataset.filters import _shuffle
 
     def stage(src):  # runs where the data is read (a data worker, or the training process)
         import torch
 
-        seed = torch.initial_seed()  # open_clip's --seed + rank, or the data worker's seed
-        torch.manual_seed(seed)  # the augmentation RNG restarts every epoch
-        return _shuffle(src, bufsize, initial, rng=random.Random(seed))
+        info = torch.utils.data.get_worker_info()
+        epoch = _state.shared_epoch.get_value() if _state.shared_epoch is not None else 0
+        base = _mix(_state.seed, info.id if info else 0, epoch)
+        samples = _shuffle(src, bufsize, initial, rng=random.Random(base))
+        drop = _take_drop()
+        for _ in range(drop):  # what the batches trained before the resume were made of: not decoded
+            if next(samples, None) is None:
+                return
+        # the augmentation RNG restarts at each batch of this stream (samples are decoded and
+        # augmented as they are pulled, one batch at a time): a resume at any batch is exact
+        generator, size = torch.random.default_generator, max(1, _state.batch_size)
+        for n, sample in enumerate(samples, start=drop):
+            if n % size == 0:
+                generator.manual_seed(_mix(base, n // size))
+            yield sample
 
     return stage
+
+
+def _worker_seed(original):
+    """open_clip_train.data.pytorch_worker_seed, which ResampledShards2 seeds itself with at each
+    epoch (``pytorch_worker_seed(epoch)``), counting the epoch also when the data is read in the
+    training process: upstream (open_clip_train 3.3.0) falls back to webdataset's rank-based seed
+    and drops the increment there, so with train.workers 0 every virtual epoch drew the same
+    shards in the same order (a run saw the same few shards again and again)."""
+
+    def pytorch_worker_seed(increment=0):
+        import torch
+
+        if torch.utils.data.get_worker_info() is not None:
+            return original(increment)
+        return _mix(original(0), increment)
+
+    pytorch_worker_seed._clipscale = True
+    return pytorch_worker_seed
+
+
+def _take_drop() -> int:
+    """Samples this data stream drops at the start of a resumed epoch, and the RNG state to go on
+    with (once per process: a data worker forked at the resume has its own copy). In the training
+    process (workers 0) that is every skipped batch; a data worker made every W-th batch (the
+    loader takes batches from the W workers in turn), so it drops its own."""
+    import torch
+
+    batches, _state.drop_batches = _state.drop_batches, 0
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        batches = len(range(info.id, batches, info.num_workers))
+    return batches * _state.batch_size
+
+
+def _mix(*values: int) -> int:
+    """A seed from integers (deterministic across processes, unlike hash())."""
+    out = 0
+    for v in values:
+        out = (out * 1_000_003 + int(v)) % (2 ** 63)
+    return out
+
+
+def _save_atomic(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def install(run_dir: str | Path, name: str, rank: int, until: int | None = None) -> None:
@@ -304,8 +385,11 @@ def install(run_dir: str | Path, name: str, rank: int, until: int | None = None)
                            "wds.shuffle): update clipscale.resume.install")
     _state.run_dir, _state.name, _state.rank = Path(run_dir), name, rank
     _state.first_epoch, _state.current, _state.partial_epoch, _state.until = True, None, None, until
+    _state.steps, _state.drop_batches, _state.shared_epoch = 0, 0, None
     if not getattr(oct_main.train_one_epoch, "_clipscale_resume", False):
         oct_main.train_one_epoch = _train_one_epoch(oct_main.train_one_epoch)
+    if not getattr(oct_data.pytorch_worker_seed, "_clipscale", False):
+        oct_data.pytorch_worker_seed = _worker_seed(oct_data.pytorch_worker_seed)
     if webdataset.shuffle is not seeded_shuffle:
         if oct_data.wds is not webdataset:
             raise RuntimeError("open_clip_train.data.wds is not the webdataset module: update "
@@ -323,4 +407,5 @@ def global_step() -> int | None:
 
 def finished(run_dir: str | Path) -> None:
     """The run's final checkpoint exists: a partial checkpoint left is obsolete."""
-    partial_path(run_dir).unlink(missing_ok=True)
+    for path in Path(run_dir).glob(f"{PARTIAL_NAME[:-3]}*"):
+        path.unlink(missing_ok=True)
