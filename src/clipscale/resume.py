@@ -133,7 +133,7 @@ class _Epoch:
 
     epoch: int
     num_batches: int
-    loader: "_ResumedLoader"
+    loader: _ResumedLoader
     model: Any
     optimizer: Any
     scaler: Any
@@ -223,7 +223,7 @@ def _train_one_epoch(original):
         if skip and not args.skip_scheduler:
             shifted = scheduler
 
-            def scheduler(step, shifted=shifted):  # noqa: F811 - open_clip counts steps from 0 in the loop
+            def scheduler(step, shifted=shifted):
                 return shifted(step + skip)
         _state.current = _Epoch(epoch, num_batches, loader, model, optimizer, scaler, args)
         try:

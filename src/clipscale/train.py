@@ -49,9 +49,8 @@ from datetime import datetime
 from pathlib import Path
 
 from clipscale import config as config_mod
-from clipscale import grid, models, paths
-from clipscale import resume, shaping, stopping
-from clipscale.stopping import TrainingStopped, run_until_stopped, stop_on_signals  # noqa: F401
+from clipscale import grid, models, paths, resume, shaping, stopping
+from clipscale.stopping import TrainingStopped, run_until_stopped, stop_on_signals
 from clipscale.subsets import read_manifest
 
 log = logging.getLogger("clipscale.train")
@@ -470,9 +469,9 @@ def install_guards(guard: LossGuard) -> None:
     Patches module attributes of open_clip_train in this process only (no installed file is
     edited); fails loudly if upstream renamed what is patched.
     """
-    import torch
-    import open_clip_train.train as oct_train
     import open_clip_train.main as oct_main
+    import open_clip_train.train as oct_train
+    import torch
 
     global _active_guard
     for module, name in ((oct_train, "backward"), (oct_main, "pt_load")):
@@ -690,7 +689,8 @@ def requeue_this_job(job_id: str) -> str | None:
     """``scontrol requeue`` this Slurm job (it goes back to the queue under the same id, so
     Snakemake keeps waiting for it and its retries are not used); returns the error, if any."""
     try:
-        res = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+        res = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60,
+                             check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{type(e).__name__}: {e}"
     return None if res.returncode == 0 else (res.stderr or res.stdout).strip() or f"exit {res.returncode}"

@@ -45,7 +45,9 @@ rule train_segment:
     resources:
         **cs_resources.resources(config, "train_segment"),
     params:
-        shaping=lambda wc: shaping.train(config, grid.Run.from_wildcards(wc.model, wc.scale, wc.samples)),
+        shaping=lambda wc: shaping.train(
+            config, grid.Run.from_wildcards(wc.model, wc.scale, wc.samples)
+        ),
     script:
         "../scripts/train.py"
 

@@ -32,4 +32,6 @@ def previous_segment(wildcards):
                 f"(train.segments: its jobs end at epochs {ends} and the last)"
             )
         ends = [e for e in ends if e < int(wildcards.epoch)]
-    return [paths.fill(paths.RUN_SEGMENT, **run.wildcards, epoch=ends[-1])] if ends else []
+    return (
+        [paths.fill(paths.RUN_SEGMENT, **run.wildcards, epoch=ends[-1])] if ends else []
+    )
