@@ -70,3 +70,12 @@ def finished_workdir(tmp_path_factory) -> Path:
     workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("pipeline")
     run_snakemake(workdir)
     return workdir
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child that a test stops with SIGINT: a shell's background job (CI run
+    as `bash .ci/run &`, nohup) inherits SIGINT ignored, and Python then never installs its
+    handler; the child must react to SIGINT as it does from a terminal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import CI_CONFIG, REPO, run_snakemake
+from conftest import CI_CONFIG, REPO, default_sigint, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,8 @@ def test_stopping_snakemake_stops_training_and_the_next_run_resumes(tmp_path, si
     cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
            "--configfile", str(config), "--cores", "2", target]
     log = open(tmp_path / "snakemake.log", "w")
-    smk = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    smk = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                           preexec_fn=default_sigint)
     checkpoints = tmp_path / "results/train/vit-xs/1k/30k/openclip/checkpoints"
     deadline = time.time() + 600
     while not (checkpoints / "epoch_1.pt").exists():

@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from clipscale import launch
+from conftest import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm"
@@ -398,7 +399,8 @@ def test_sigint_cancels_running_jobs(slurm_cluster, tmp_path):
     _write_workflow(wd, HANGING_WORKFLOW)
     out = wd / "snakemake.out"
     with open(out, "w") as sink:
-        proc = subprocess.Popen(profile_command(wd), cwd=wd, stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(profile_command(wd), cwd=wd, stdout=sink, stderr=subprocess.STDOUT,
+                                preexec_fn=default_sigint)
     try:
         run = ProfileRun([], -1, "", 0.0, False)
         deadline = time.time() + 120
@@ -679,8 +681,10 @@ def _losses(run_folder: Path) -> dict[int, str]:
 def _watch_windows(run_folder: Path, requeue_attempt: int, stop: threading.Event, requeued: list) -> None:
     """While the run goes on: ``scontrol requeue`` its job some seconds into attempt
     ``requeue_attempt`` (1-based; as an admin, a preemption or a node failure would), and start a
-    requeued job at once instead of after Slurm's requeue delay (BeginTime = requeue + 2 min:
-    CI time, nothing the pipeline relies on)."""
+    requeued job 5 s after it went back to the queue instead of after Slurm's requeue delay
+    (BeginTime = requeue + 2 min; CI time, nothing the pipeline relies on). Not at once: a job
+    restarted in the second it was requeued is killed by slurmctld ("Job credential revoked")."""
+    pending_since: dict[str, float] = {}
     while not stop.wait(1.0):
         path = run_folder / "attempts.jsonl"
         lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
@@ -688,8 +692,11 @@ def _watch_windows(run_folder: Path, requeue_attempt: int, stop: threading.Event
         for job in {x["slurm_job"] for x in starts if x.get("slurm_job")}:
             res = subprocess.run(["squeue", "--noheader", "--format=%T|%r", "--jobs", job],
                                  capture_output=True, text=True)
-            if res.stdout.strip() == "PENDING|BeginTime":
+            if res.stdout.strip() != "PENDING|BeginTime":
+                pending_since.pop(job, None)
+            elif time.time() - pending_since.setdefault(job, time.time()) >= 5:
                 subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+                pending_since.pop(job, None)
         if not requeued and len(starts) >= requeue_attempt:
             started = starts[requeue_attempt - 1]
             if not any(x["id"] == started["id"] and x["ended"] != "running" for x in lines):

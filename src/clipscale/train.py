@@ -587,7 +587,8 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
         if until is not None:
             final = checkpoint_dir(run) / f"epoch_{until}.pt"
         if not final.exists():
-            raise TrainingError(f"run {run.name}: finished without its checkpoint {final}")
+            which = "final checkpoint" if until is None else f"checkpoint of epoch {until}"
+            raise TrainingError(f"run {run.name}: finished without its {which} {final}")
         if rank() == 0 and until is None:
             resume.finished(run_dir(run))
     except BaseException as e:
