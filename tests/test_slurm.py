@@ -705,29 +705,41 @@ def _watch_windows(run_folder: Path, requeue_attempt: int, stop: threading.Event
                 requeued.append((started["slurm_job"], res.returncode, res.stderr))
 
 
+def _local_snakemake(workdir: Path, config: Path, *targets: str) -> subprocess.Popen:
+    return subprocess.Popen([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile",
+                             str(config), "--cores", "1", *targets],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def windows_workdir(tmp_path_factory) -> tuple[Path, Path]:
+    """A workdir with the world, the subset and the model profile made (locally: what the Slurm
+    tests of a training run do not need to wait for), and the config of its 60k-sample run."""
+    folder = tmp_path_factory.mktemp("windows")
+    config = _window_config(folder, "60k", runtime=2, signal_lead_s=30)
+    work = folder / "prepared"
+    proc = _local_snakemake(work, config, "results/data/subsets/1k/manifest.json",
+                            "results/models/vit-xs.profile.json")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    return work, config
+
+
 @pytest.mark.slurm
-def test_a_run_longer_than_its_walltime_finishes_over_several_windows(slurm_cluster, tmp_path):
+def test_a_run_longer_than_its_walltime_finishes_over_several_windows(slurm_cluster, windows_workdir, tmp_path):
     """A run that needs several 2-minute walltime windows completes from one `snakemake --profile`:
     at each warning (sbatch --signal=USR1@30) the job saves its place and requeues itself; a
     `scontrol requeue` in the middle (preemption, an admin) is resumed the same way. The run ends
-    with the step count, losses and weights of the same run made uninterrupted, bit for bit."""
+    with the step count, losses and weights of the same run made uninterrupted (at the same time,
+    on this machine without Slurm: one CPU each), bit for bit."""
     import torch
 
-    samples = "60k"  # ~120 s of training here; a window trains ~50 s (the warning comes 30-90 s in)
-    config = _window_config(tmp_path, samples, runtime=2, signal_lead_s=30)
-    target = WINDOW_RUN.format(samples=samples)
-    # the same run uninterrupted, on this machine without Slurm (also makes world and subset)
-    ref = tmp_path / "uninterrupted"
-    t0 = time.time()
-    res = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(ref), "--configfile", str(config),
-                          "--cores", "2", target], capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, res.stderr[-4000:]
-    reference = json.loads((ref / target).read_text())
-    print(f"\n[windows] uninterrupted run: {time.time() - t0:.0f} s, {reference['seconds_total']:.0f} s training")
-    # the workflow through Slurm, in a copy with the run's outputs removed
-    wd = tmp_path / "windows"
-    shutil.copytree(ref, wd, symlinks=True)
-    shutil.rmtree(wd / Path(target).parent)
+    prepared, config = windows_workdir
+    target = WINDOW_RUN.format(samples="60k")  # ~120 s of training; a window trains ~50 s
+    ref, wd = tmp_path / "uninterrupted", tmp_path / "windows"
+    shutil.copytree(prepared, ref, symlinks=True)
+    shutil.copytree(prepared, wd, symlinks=True)
+    reference_run = _local_snakemake(ref, config, target)
     run_folder = wd / Path(target).parent
     stop, requeued = threading.Event(), []
     watcher = threading.Thread(target=_watch_windows, args=(run_folder, 2, stop, requeued), daemon=True)
@@ -736,6 +748,9 @@ def test_a_run_longer_than_its_walltime_finishes_over_several_windows(slurm_clus
         run = run_profile(wd, [target], config, timeout_s=1500)
     finally:
         stop.set()
+        out, _ = reference_run.communicate(timeout=900)
+    assert reference_run.returncode == 0, out[-4000:]
+    reference = json.loads((ref / target).read_text())
     assert run.returncode == 0, _explain(run)
     record = json.loads((wd / target).read_text())
     attempts = record["attempts"]
@@ -761,20 +776,23 @@ def test_a_run_longer_than_its_walltime_finishes_over_several_windows(slurm_clus
 
 
 @pytest.mark.slurm
-def test_a_run_that_fails_at_start_stops_after_one_retry(slurm_cluster, tmp_path):
+def test_a_run_that_fails_at_start_stops_after_one_retry(slurm_cluster, windows_workdir, tmp_path):
     """A run that crashes without progress is tried twice (the profile's retries: 1), not
     requeued, and the error names the run, its log and the reason."""
-    samples = "2k"
-    config = _window_config(tmp_path, samples, extra_args=["--no-such-open-clip-flag"])
-    target = WINDOW_RUN.format(samples=samples)
-    (tmp_path / "failing").mkdir()
-    run = run_profile(tmp_path / "failing", [target], config, timeout_s=900)
+    prepared, config = windows_workdir
+    cfg = yaml.safe_load(config.read_text())
+    cfg["train"]["extra_args"] = ["--no-such-open-clip-flag"]
+    failing_config = tmp_path / "failing.yaml"
+    failing_config.write_text(yaml.safe_dump(cfg))
+    wd = tmp_path / "failing"
+    shutil.copytree(prepared, wd, symlinks=True)
+    target = WINDOW_RUN.format(samples="60k")
+    run = run_profile(wd, [target], failing_config, timeout_s=900)
     assert run.returncode != 0 and not run.timed_out, _explain(run)
     jobs = run.jobs_of("train")
-    assert len(jobs) == 2, _explain(run)  # the first attempt and one retry
+    assert len(jobs) == 2 and len(run.jobs) == 2, _explain(run)  # the first attempt and one retry, nothing else
     recs = slurm_cluster.wait_jobcomp(jobs)
     assert all(recs[j]["JobState"] == "FAILED" for j in jobs), [recs[j] for j in jobs]
-    log = tmp_path / "failing" / "results" / "logs" / "train" / "vit-xs" / "1k" / f"{samples}.log"
-    text = log.read_text()
-    assert "run vit-xs/1k/2k" in text and "no-such-open-clip-flag" in text, text[-3000:]
+    text = (wd / "results" / "logs" / "train" / "vit-xs" / "1k" / "60k.log").read_text()
+    assert "run vit-xs/1k/60k" in text and "no-such-open-clip-flag" in text, text[-3000:]
     assert "requeue" not in text.lower(), text[-3000:]
