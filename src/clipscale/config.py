@@ -182,20 +182,24 @@ def cross_check(config: dict) -> list[str]:
                     f"of the paper's Table 25 (its GMAC per sample is unknown: the fit would skip it)")
     problems += released.problems(config)
     if not problems:
-        problems += _batch_problems(config)
+        problems += _run_problems(config)
     return problems
 
 
-def _batch_problems(config: dict) -> list[str]:
-    """Runs with fewer samples per checkpoint than one global batch (per-run overrides applied):
-    open_clip_train cannot run them (clipscale.train.open_clip_args refuses them)."""
+def _run_problems(config: dict) -> list[str]:
+    """Per run (overrides applied): fewer samples per checkpoint than one global batch
+    (open_clip_train cannot run it; clipscale.train.open_clip_args refuses it), and a walltime
+    warning that would not come inside the walltime (reported once)."""
     from clipscale import grid
 
     labels = {parse_count(v): v for v in config["grid"]["samples_seen"]}
     train = config["train"]
-    problems = []
+    problems, walltime = [], None
     for run in grid.runs(config):
         hp = grid.hparams(config, run)
+        if walltime is None and hp["signal_lead_s"] >= hp["runtime"] * 60:
+            walltime = (f"train.signal_lead_s: {hp['signal_lead_s']} s is not less than {run.name}'s walltime "
+                        f"train.runtime {hp['runtime']} min: the job would stop before training")
         if hp["train_num_samples"] >= hp["global_batch_size"]:
             continue
         keys = ("checkpoints", "batch_size", "nproc", "nodes")
@@ -206,14 +210,7 @@ def _batch_problems(config: dict) -> list[str]:
             f"than one global batch of {hp['global_batch_size']} (train.batch_size {hp['batch_size']} x "
             f"train.nproc {hp['nproc']} x train.nodes {hp['nodes']}){overridden}; raise samples_seen or "
             f"lower train.checkpoints or the batch")
-    for run in grid.runs(config):  # the walltime warning must come inside the walltime
-        hp = grid.hparams(config, run)
-        if hp["signal_lead_s"] >= hp["runtime"] * 60:
-            problems.append(
-                f"train.signal_lead_s: {hp['signal_lead_s']} s is not less than {run.name}'s walltime "
-                f"train.runtime {hp['runtime']} min: the job would stop before training")
-            break
-    return problems
+    return problems + ([walltime] if walltime else [])
 
 
 def path_problems(config: dict) -> list[str]:

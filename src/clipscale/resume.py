@@ -63,15 +63,27 @@ def describe(state: dict) -> str:
     return f"epoch {state['epoch']} + {state['step_in_epoch']} of {state['num_batches']} steps"
 
 
-def read_partial(path: str | Path) -> dict | None:
-    """The partial checkpoint at ``path`` (loaded with weights_only=True), or None if absent."""
+def load_weights_only(path: str | Path):
+    """torch.load that can only rebuild tensors and plain containers, never run code (memory-
+    mapped where the file format allows it, so reading a big checkpoint's fields reads little)."""
     import torch
 
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):  # an old (non-zip) file cannot be memory-mapped: read it
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_partial(path: str | Path) -> dict | None:
+    """The partial checkpoint at ``path`` (loaded with weights_only=True, memory-mapped: its
+    weights are read only when used), or None if absent."""
     path = Path(path)
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
     except Exception as e:  # noqa: BLE001 - unreadable or unsafe: not resumable
         raise PartialCheckpointError(f"{path}: cannot be loaded with weights_only=True "
                                      f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
@@ -138,6 +150,15 @@ class _Epoch:
     optimizer: Any
     scaler: Any
     args: Any
+
+    @property
+    def done(self) -> int:
+        """Steps done in this epoch (the batch being trained is not applied yet)."""
+        return self.loader.position - 1
+
+    @property
+    def global_step(self) -> int:
+        return self.epoch * self.num_batches + self.done
 
 
 class _ResumedLoader:
@@ -260,18 +281,20 @@ def step_boundary() -> None:
         return
     import torch
 
-    step = cur.loader.position - 1  # steps done in this epoch: the current batch is not applied
-    saved = ""
+    step = cur.done
     if _state.steps and step % max(1, cur.args.workers):
         # the loader takes batches from the W data workers in turn: stopping at a multiple of W
         # lets the resumed epoch take them in the same order (at most W - 1 more steps)
         _state.steps += 1
         return
+    saved = ""
     if _state.steps == 0:
         saved = "before this process trained a step: the place is the one it resumed from"
-    if _state.steps and cur.args.accum_freq == 1 and 0 < step < cur.num_batches and _state.rank == 0:
+    elif step == 0:
+        saved = f"at the start of epoch {cur.epoch}: nothing to save"
+    elif cur.args.accum_freq == 1 and _state.rank == 0:
         state = {"epoch": cur.epoch, "step_in_epoch": step, "num_batches": cur.num_batches,
-                 "global_step": cur.epoch * cur.num_batches + step, "name": _state.name,
+                 "global_step": cur.global_step, "name": _state.name,
                  "state_dict": _unwrapped(cur.model).state_dict(),
                  "optimizer": cur.optimizer.state_dict()}
         if cur.scaler is not None:
@@ -280,13 +303,11 @@ def step_boundary() -> None:
         _save_atomic(state, path)
         _state.partial_epoch = cur.epoch
         saved = f"saved {path} ({describe(state)})"
-    elif step == 0 and not saved:
-        saved = f"at the start of epoch {cur.epoch}: nothing to save"
     if getattr(cur.args, "distributed", False):
         torch.distributed.barrier()
     signum = stop.signum if stop is not None and stop.signum else stopping.WALLTIME_SIGNAL
     if stop is not None:
-        stop.place = {"epoch": cur.epoch, "step_in_epoch": step, "global_step": cur.epoch * cur.num_batches + step}
+        stop.place = {"epoch": cur.epoch, "step_in_epoch": step, "global_step": cur.global_step}
     raise stopping.TrainingStopped(signum, saved or (stop.why if stop is not None else ""))
 
 
@@ -342,8 +363,8 @@ def _worker_seed(original):
 
 
 def _take_drop() -> int:
-    """Samples this data stream drops at the start of a resumed epoch, and the RNG state to go on
-    with (once per process: a data worker forked at the resume has its own copy). In the training
+    """Samples this data stream drops at the start of a resumed epoch (once per process: a data
+    worker forked at the resume has its own copy). In the training
     process (workers 0) that is every skipped batch; a data worker made every W-th batch (the
     loader takes batches from the W workers in turn), so it drops its own."""
     import torch
@@ -400,12 +421,12 @@ def install(run_dir: str | Path, name: str, rank: int, until: int | None = None)
 def global_step() -> int | None:
     """The step being trained (0-based, counted over the whole run), or None outside an epoch."""
     cur = _state.current
-    if cur is None:
-        return None
-    return cur.epoch * cur.num_batches + cur.loader.position - 1
+    return None if cur is None else cur.global_step
 
 
 def finished(run_dir: str | Path) -> None:
-    """The run's final checkpoint exists: a partial checkpoint left is obsolete."""
-    for path in Path(run_dir).glob(f"{PARTIAL_NAME[:-3]}*"):
-        path.unlink(missing_ok=True)
+    """A newer epoch checkpoint exists: the partial checkpoint (and a half-written one) is
+    obsolete. Files moved aside (``.rejected``, ``.corrupt``) are kept."""
+    path = partial_path(run_dir)
+    for obsolete in (path, path.with_name(path.name + ".tmp")):
+        obsolete.unlink(missing_ok=True)

@@ -153,19 +153,6 @@ def check_shards(manifest: dict, manifest_path: str | Path) -> None:
             f"re-make the subset (or the pool it links to)")
 
 
-def _load_weights_only(path: Path):
-    """torch.load that can only rebuild tensors and plain containers, never run code (memory-
-    mapped where the file format allows it, so checking a big checkpoint reads little)."""
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e):  # an old (non-zip) file cannot be memory-mapped: read it
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def checkpoint_problem(path: Path, folder: Path, epochs: int) -> tuple[str, str] | None:
     """Why ``--resume`` must not load ``path`` as (reason, suffix to move it aside with), or None.
 
@@ -181,7 +168,7 @@ def checkpoint_problem(path: Path, folder: Path, epochs: int) -> tuple[str, str]
     if named > epochs:
         return f"epoch {named} is beyond the run's {epochs} epochs", ".rejected"
     try:
-        ckpt = _load_weights_only(path)
+        ckpt = resume.load_weights_only(path)
     except Exception as e:  # noqa: BLE001 - any failure to load means unusable
         text = str(e)
         if "Weights only load failed" in text:
