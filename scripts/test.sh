@@ -5,4 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
+# Two test processes by default (pytest-xdist; CLIPSCALE_TEST_WORKERS=0 runs the suite in this
+# one): the Slurm tests, in one process, wait on the scheduler and on walltimes much of the time.
+workers=${CLIPSCALE_TEST_WORKERS:-2}
+if [ "$workers" != 0 ]; then
+  set -- -n "$workers" --dist loadgroup "$@"
+fi
 exec .venv/bin/python -m pytest "$@"
