@@ -62,6 +62,10 @@ def _validated(cfg: dict) -> dict:
     return cs_config.validate(copy.deepcopy(cfg))
 
 
+# the analyses of each input's results table (clipscale.analysis)
+ANALYSES = {"fit_extrapolation", "fit_comparison", "fit_frontier"}
+
+
 def figure_names(cfg: dict, compute_only: bool = False, inputs: str | None = None) -> set[str]:
     """Figures of the config: of the compute kind only, or those that read a results table
     (``inputs``: "ours" or "published"; overlap figures read the dedup overlap table)."""
@@ -91,7 +95,7 @@ def test_changed_fit_bins_refits_and_redraws_only(finished_workdir, tmp_path):
     cfg = changed(fit={"bins": 2})
     jobs = scheduled(finished_workdir, cfg, tmp_path)
     assert sorted(wc["input"] for rule, wc in jobs if rule == "fit_input") == ["ours", "published"]
-    assert set(rules(jobs)) <= {"fit_input", "fit_collect", "figure_compute"}
+    assert set(rules(jobs)) <= {"fit_input", "fit_collect", "figure_compute"} | ANALYSES
     assert drawn(jobs) == figure_names(cfg, compute_only=True)
 
 
@@ -112,7 +116,7 @@ def test_changed_linear_probe_shots_rerun_evaluations_not_training(finished_work
     cfg = changed(evaluate={"linear_probe_k": [2]})
     jobs = scheduled(finished_workdir, cfg, tmp_path)
     assert rules(jobs)["evaluate"] == len(grid.runs(_validated(cfg)))
-    assert set(rules(jobs)) <= {"evaluate", "aggregate_results", "fit_input", "fit_collect"} | {
+    assert set(rules(jobs)) <= {"evaluate", "aggregate_results", "fit_input", "fit_collect"} | ANALYSES | {
         rule for rule in rules(jobs) if rule.startswith("figure_")}
 
 

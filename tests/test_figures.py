@@ -257,7 +257,7 @@ def test_lint_clean(smk_dir):
     r = snakemake(smk_dir, "--lint")
     blocks = (r.stdout + r.stderr).split("Lints for ")[1:]
     ours = [b for b in blocks if "workflow/rules/fit" in b.splitlines()[0] or "workflow/rules/figures" in b.splitlines()[0]]
-    assert len(ours) == 7, blocks  # the 7 rules, each with the conda advice only
+    assert len(ours) == 10, blocks  # the 10 rules, each with the conda advice only
     for block in ours:
         items = [line.strip() for line in block.splitlines() if line.strip().startswith("* ")]
         assert items == ["* Specify a conda environment or container for each rule.:"], block
@@ -269,16 +269,35 @@ def test_published_target_and_report(smk_dir):
     r = snakemake(smk_dir, "published", "--configfile", f"{REPO}/config/config.yaml", str(smk_dir / "fast.yaml"))
     assert r.returncode == 0, r.stderr[-3000:]
     figs = sorted(p.name for p in (smk_dir / "results" / "figures").iterdir())
-    assert len(figs) == 16 and "imagenet_zeroshot_published.png" in figs
-    coef = pd.read_csv(smk_dir / "results" / "fit" / "published" / "coefficients.csv")
+    assert len(figs) == 20 and "imagenet_zeroshot_published.png" in figs
+    assert {"extrapolation_published.png", "comparison_published.pdf"} <= set(figs)
+    fitdir = smk_dir / "results" / "fit" / "published"
+    coef = pd.read_csv(fitdir / "coefficients.csv")
     row = coef[(coef["source"] == "published") & (coef["dataset"] == "imagenet1k") & (coef["metric"] == "acc1")
                & (coef["method"] == "binned")]
     assert row["alpha"].iloc[0] == pytest.approx(-0.11139884981557445, abs=1e-9)
+    # the analyses of the paper's numbers: OpenAI's exponent is the steeper on ImageNet zero-shot,
+    # OpenCLIP's on retrieval; each law checked against the highest compute bin; the frontier
+    comp = pd.read_csv(fitdir / "comparison.csv").drop_duplicates(["dataset", "metric"]).set_index(["dataset", "metric"])
+    assert comp.loc[("imagenet1k", "acc1"), "alpha_ratio_hi"] < 1
+    assert comp.loc[("flickr30k", "image_retrieval_recall@5"), "alpha_ratio_lo"] > 1
+    summary = pd.read_csv(fitdir / "extrapolation_summary.csv")
+    assert set(summary["source"]) == {"published"} and (summary["n_held"] > 0).all()
+    assert "paper (binned)" in set(summary["method"])
+    front = pd.read_csv(fitdir / "frontier.csv")
+    assert "ViT-H/14" in set(front["model"])
+    tables = smk_dir / "results" / "tables"
+    assert "OpenCLIP (LAION)" in (tables / "comparison_published.md").read_text()
+    assert "inside interval" in (tables / "extrapolation_published.md").read_text()
+    log = (smk_dir / "results" / "logs" / "fit" / "comparison_published.log").read_text()
+    assert "comparison openclip_vs_openai, imagenet1k/acc1" in log
     r = snakemake(smk_dir, "published", "--configfile", f"{REPO}/config/config.yaml", str(smk_dir / "fast.yaml"),
                   "--report", str(smk_dir / "report.html"))
     assert r.returncode == 0, r.stderr[-3000:]
     html = (smk_dir / "report.html").read_text(errors="replace")
     assert "imagenet_zeroshot_published" in html and "coefficients_published" in html
+    for name in ("comparison_published", "extrapolation_published", "frontier_published"):
+        assert name in html
 
 
 def test_comparison_figures_where_sets_match():

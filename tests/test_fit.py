@@ -211,7 +211,13 @@ def test_saturating_and_pareto_on_published(published):
     assert -1 < sat.params["sat_c"] < 0 and 0 <= sat.params["sat_d"] < 0.2
     r2_sat, _ = sat.goodness()
     r2_par, _ = par.goodness()
-    assert r2_sat >= r2_par - 1e-9  # the saturating form nests the power law (b=d=0)
+    # the saturating form nests the power law (b = d = 0); fitted with a Huber loss it may trade a
+    # little squared error for robustness, but not more
+    assert r2_sat >= r2_par - 0.002
+    # on ImageNet zero-shot it finds no floor: it is the plain power law, and says so
+    assert sat.params["sat_c"] == pytest.approx(par.params["alpha"], abs=0.01)
+    assert not sat.identifiable and "d at its bound 0" in sat.note
+    assert "no better than the plain power law" in sat.note
 
 
 def test_run_step_outputs(tmp_path, published):

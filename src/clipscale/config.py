@@ -169,6 +169,10 @@ def cross_check(config: dict) -> list[str]:
         for name, size in scales.items():
             if size > pool_size:
                 problems.append(f"scales.{name}: {size} samples > world.pool_size {pool_size}")
+        world = config["world"]
+        if world["caption_noise"] + world["short_captions"] > 1:
+            problems.append(f"world: caption_noise {world['caption_noise']} + short_captions "
+                            f"{world['short_captions']} > 1 (they are shares of the captions)")
     predictions = config["fit"].get("predictions", [])
     if predictions:
         from clipscale.reference import gmac_lookup

@@ -15,9 +15,18 @@ Methods (the ``method`` column of every output):
   bins (binning would not select anything).
 - ``pareto``: least squares in log-log space through the strict Pareto frontier (runs that no
   other run beats or ties on both compute and error).
-- ``saturating``: E = a * (C + b)^c + d (a > 0, b >= 0, c < 0, 0 <= d < min E), fitted with
-  scipy's curve_fit on log E through the Pareto frontier, from several starting values; needs
-  at least 6 frontier points.
+- ``saturating``: E = a * (C + b)^c + d (a > 0, 0 <= b <= 1000 min C, -5 <= c < 0,
+  0 <= d < min E) through the Pareto frontier; needs at least 6 frontier points. Fitted robustly
+  (as LAION's scaling-laws-for-comparison and Chinchilla do): a Huber loss on the residuals of
+  ln E (``fit.saturating.huber_delta``), from a grid of starting values, the best wins. A
+  saturating fit is then *diagnosed* (``diagnose_saturating``) and reported as not identifiable,
+  with its reasons (``note``), when a parameter sits at a bound (c at -5 or 0, d at 0 or at the
+  smallest error, b at its upper bound), when the bootstrap interval of c or d spans more than
+  ``fit.saturating.max_span_decades`` orders of magnitude (or reaches d = 0), when fewer than half
+  the resamples could be fitted, or when it is no better than the plain power law through the
+  same points: AIC = n ln(SSE/n) + 2k (SSE of log10 E, k = 4 vs 2) must fall by at least
+  ``fit.saturating.min_aic_gain``. A fit that is not identifiable has no formula in the tables,
+  no prediction and no curve in the figures.
 
 The Pareto and saturating variants are not fitted for OpenAI (three models, fitted directly).
 
@@ -56,6 +65,11 @@ METHODS = ("binned", "direct", "pareto", "saturating")
 DEFAULT_BIN_PAD = 0.1  # decades added above the largest log10 C (the paper's code: eps=0.1)
 DIRECT_SOURCES = ("openai",)
 MIN_SATURATING_POINTS = 6  # 4 parameters + 2 degrees of freedom
+#: the saturating fit's settings (config fit.saturating): Huber delta on ln E residuals, the widest
+#: bootstrap interval of c or d (orders of magnitude), the least AIC gain over the plain power law
+SATURATING_DEFAULTS = {"huber_delta": 0.01, "max_span_decades": 1.0, "min_aic_gain": 2.0}
+SAT_C_BOUNDS = (-5.0, -1e-6)
+SAT_B_MAX = 1e3  # in units of the smallest compute
 
 #: (architecture, samples seen) pairs beyond the published runs, as in the paper's Table 4
 #: (the paper trained up to ViT-H/14 on 34B and ViT-g/14 on 13B samples seen).
@@ -72,7 +86,7 @@ COEFFICIENT_COLUMNS = [
     "input", "source", "task", "dataset", "metric", "method", "n_points", "n_fit", "c_min", "c_max",
     "alpha", "alpha_lo", "alpha_hi", "beta", "beta_lo", "beta_hi",
     "sat_a", "sat_b", "sat_c", "sat_c_lo", "sat_c_hi", "sat_d", "sat_d_lo", "sat_d_hi",
-    "r2_log", "rmse_log", "bins", "bootstrap", "bootstrap_valid", "ci", "formula",
+    "r2_log", "rmse_log", "bins", "bootstrap", "bootstrap_valid", "ci", "formula", "identifiable", "note",
 ]
 PREDICTION_COLUMNS = [
     "input", "source", "task", "dataset", "metric", "method", "model", "samples_seen",
@@ -200,14 +214,34 @@ def _sat_log_jac(x, a, b, c, d):
     return np.column_stack([powc / h, a * c * powc / base / h, a * powc * np.log(base) / h, 1.0 / h])
 
 
-def saturating(sel: Selection, start: Mapping[str, float] | None = None) -> dict[str, float]:
+def _sat_starts(x: np.ndarray, E: np.ndarray) -> list[list[float]]:
+    """Starting values (a, b, c, d) in scaled compute: a grid over the floor d (0 to 95 % of the
+    smallest error) and the offset b, with a and c from a log-log line through E - d."""
+    e_min = float(E.min())
+    starts = []
+    for frac in (0.0, 0.25, 0.5, 0.75, 0.95):
+        for b0 in (1e-6, 10.0):
+            d0 = frac * e_min
+            try:
+                slope, intercept = _line(np.log(x + b0), np.log(E - d0))
+            except FitError:
+                continue
+            starts.append([math.exp(intercept), b0, min(max(slope, -4.9), -1e-3), d0])
+    return starts
+
+
+def saturating(sel: Selection, start: Mapping[str, float] | None = None,
+               huber_delta: float = SATURATING_DEFAULTS["huber_delta"]) -> dict[str, float]:
     """a, b, c, d of E = a * (C + b)^c + d through the selected points (b in GMAC).
 
-    Fitted on log E with compute scaled by its smallest value; several starting values (d at
-    0, 30, 60, 90 % of the smallest error, the others from a log-log line) unless ``start`` is
-    given; the best least-squares solution wins.
+    Fitted on ln E with a Huber loss (``huber_delta``: residuals of ln E beyond it count
+    linearly, so one outlying run cannot bend the law), compute scaled by its smallest value,
+    from a grid of starting values (``_sat_starts``) unless ``start`` is given (the bootstrap
+    starts from the full fit, and stops after 100 evaluations: a resample that needs more is
+    sliding along a flat valley of the loss); the lowest robust loss wins. Parameters may end at their bounds:
+    ``diagnose_saturating`` says when that makes the fit meaningless.
     """
-    from scipy.optimize import OptimizeWarning, curve_fit
+    from scipy.optimize import least_squares
 
     n = len(sel.log_c)
     if n < MIN_SATURATING_POINTS:
@@ -218,36 +252,33 @@ def saturating(sel: Selection, start: Mapping[str, float] | None = None) -> dict
     x = C / scale
     y = np.log(E)
     e_min = float(E.min())
-    lower = [1e-12, 0.0, -5.0, 0.0]
-    upper = [np.inf, 1e3, -1e-6, e_min * (1 - 1e-9)]
-    starts = []
+    lower = np.array([1e-12, 0.0, SAT_C_BOUNDS[0], 0.0])
+    upper = np.array([np.inf, SAT_B_MAX, SAT_C_BOUNDS[1], e_min * (1 - 1e-9)])
     if start is not None:
-        starts.append([start["sat_a"] * scale ** start["sat_c"], start["sat_b"] / scale, start["sat_c"],
-                       start["sat_d"]])
+        starts = [[start["sat_a"] * scale ** start["sat_c"], start["sat_b"] / scale, start["sat_c"],
+                   start["sat_d"]]]
     else:
-        for frac in (0.0, 0.3, 0.6, 0.9):
-            d0 = frac * e_min
-            try:
-                slope, intercept = _line(np.log(x + 1e-3), np.log(E - d0))
-            except FitError:
-                continue
-            starts.append([math.exp(intercept), 1e-3, min(max(slope, -4.9), -1e-3), d0])
-    best, best_sse = None, math.inf
+        starts = _sat_starts(x, E)
+
+    def resid(p):
+        return _sat_log_model(x, *p) - y
+
+    def jac(p):
+        return _sat_log_jac(x, *p)
+
+    best, best_cost = None, math.inf
     for p0 in starts:
-        p0 = np.clip(p0, np.array(lower) + 1e-12, np.array(upper) - 1e-12)
+        p0 = np.clip(np.asarray(p0, dtype=float), lower + 1e-12, upper - 1e-12)
         p0[0] = max(p0[0], 1e-9)
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", OptimizeWarning)
                 warnings.simplefilter("ignore", RuntimeWarning)
-                p, _ = curve_fit(_sat_log_model, x, y, p0=p0, bounds=(lower, upper), method="trf",
-                                 jac=_sat_log_jac, max_nfev=2000)
+                res = least_squares(resid, p0, jac=jac, bounds=(lower, upper), method="trf", loss="huber",
+                                    f_scale=float(huber_delta), max_nfev=300 if start is None else 100)
         except (RuntimeError, ValueError):
             continue
-        resid = _sat_log_model(x, *p) - y
-        sse = float(np.sum(resid**2))
-        if np.isfinite(sse) and sse < best_sse:
-            best, best_sse = p, sse
+        if np.isfinite(res.cost) and np.all(np.isfinite(res.x)) and res.cost < best_cost:
+            best, best_cost = res.x, float(res.cost)
     if best is None:
         raise FitError("the saturating form did not converge from any starting value")
     a, b, c, d = (float(v) for v in best)
@@ -271,13 +302,14 @@ SELECTORS: dict[str, Callable[..., Selection]] = {
 
 
 def fit_arrays(C, E, method: str, bins: int = 5, pad: float = DEFAULT_BIN_PAD,
-               start: Mapping[str, float] | None = None) -> tuple[dict[str, float], Selection]:
+               start: Mapping[str, float] | None = None,
+               huber_delta: float = SATURATING_DEFAULTS["huber_delta"]) -> tuple[dict[str, float], Selection]:
     """Fit one method to arrays of compute and error; returns (parameters, selected points)."""
     if method not in SELECTORS:
         raise FitError(f"unknown method {method!r} (expected one of {list(SELECTORS)})")
     sel = SELECTORS[method](C, E, bins=bins, pad=pad) if method == "binned" else SELECTORS[method](C, E)
     if method == "saturating":
-        return saturating(sel, start), sel
+        return saturating(sel, start, huber_delta=huber_delta), sel
     return power_law(sel), sel
 
 
@@ -298,6 +330,16 @@ class Fit:
     ci: float
     bootstrap: int
     draws: list[dict[str, float]] = field(default_factory=list)
+    diagnosis: list[str] = field(default_factory=list)  # why a saturating fit is not identifiable
+
+    @property
+    def identifiable(self) -> bool:
+        """False for a saturating fit that ``diagnose_saturating`` found meaningless."""
+        return not self.diagnosis
+
+    @property
+    def note(self) -> str:
+        return "; ".join(self.diagnosis)
 
     @property
     def c_range(self) -> tuple[float, float]:
@@ -345,6 +387,60 @@ class Fit:
         return r2, float(np.sqrt(np.mean(resid**2)))
 
 
+def diagnose_saturating(fit: Fit, max_span_decades: float = SATURATING_DEFAULTS["max_span_decades"],
+                        min_aic_gain: float = SATURATING_DEFAULTS["min_aic_gain"]) -> list[str]:
+    """Why a saturating fit is not identifiable (empty: it is). The criteria (module docstring):
+    a parameter at a bound, a bootstrap interval of c or d spanning more than
+    ``max_span_decades`` orders of magnitude, fewer than half the resamples fitted, an AIC gain
+    over the plain power law through the same points below ``min_aic_gain``."""
+    p = fit.params
+    reasons = []
+    e_min = float(10.0 ** fit.selection.log_e.min())
+    c_min = float(10.0 ** fit.selection.log_c.min())
+    c_lo = SAT_C_BOUNDS[0]
+    if p["sat_c"] <= c_lo + 1e-3:
+        reasons.append(f"c at its bound {c_lo:g}")
+    elif p["sat_c"] >= -1e-4:
+        reasons.append("c at its bound 0 (no decrease)")
+    if p["sat_d"] <= 1e-6 * e_min:
+        reasons.append("d at its bound 0 (no floor: the plain power law)")
+    elif p["sat_d"] >= e_min * (1 - 1e-3):
+        reasons.append(f"d at its bound, the smallest error {e_min:.3g}")
+    if p["sat_b"] >= SAT_B_MAX * c_min * (1 - 1e-3):
+        reasons.append(f"b at its bound {SAT_B_MAX:g} x the smallest compute")
+    if fit.bootstrap:
+        if len(fit.draws) < fit.bootstrap / 2:
+            reasons.append(f"only {len(fit.draws)} of {fit.bootstrap} bootstrap resamples could be fitted")
+        if len(fit.draws) >= 2:
+            lo, hi = fit.param_interval("sat_c")
+            span = math.log10(lo / hi) if hi < 0 else math.inf
+            if span > max_span_decades:
+                reasons.append(f"the interval of c [{lo:.3g}, {hi:.3g}] spans {span:.1f} orders of magnitude")
+            lo, hi = fit.param_interval("sat_d")
+            if lo <= 1e-6 * e_min:
+                reasons.append(f"the interval of d [{lo:.3g}, {hi:.3g}] reaches 0")
+            elif math.log10(hi / lo) > max_span_decades:
+                reasons.append(f"the interval of d [{lo:.3g}, {hi:.3g}] spans {math.log10(hi / lo):.1f} "
+                               "orders of magnitude")
+    gain = aic_gain(fit)
+    if not gain >= min_aic_gain:
+        reasons.append(f"no better than the plain power law through the same points (AIC gain {gain:.1f} < "
+                       f"{min_aic_gain:g})")
+    return reasons
+
+
+def aic_gain(fit: Fit) -> float:
+    """AIC of the plain power law (least squares in log-log, k = 2) minus the saturating fit's
+    (k = 4), through the fit's points: AIC = n ln(SSE/n) + 2k, SSE of log10 E."""
+    sel = fit.selection
+    n = len(sel.log_c)
+    pl = power_law(sel)
+    sse_pl = float(np.sum((sel.log_e - np.log10(predict(pl, 10.0 ** sel.log_c))) ** 2))
+    sse_sat = float(np.sum((sel.log_e - np.log10(fit.predict(10.0 ** sel.log_c))) ** 2))
+    tiny = 1e-30
+    return n * math.log(max(sse_pl, tiny) / max(sse_sat, tiny)) - 2 * (4 - 2)
+
+
 def _fmt(v: float, digits: int) -> str:
     if v == 0 or (1e-3 <= abs(v) < 1e4):
         return f"{v:.{digits}f}"
@@ -352,7 +448,11 @@ def _fmt(v: float, digits: int) -> str:
 
 
 def _seed(seed: int, key: Mapping) -> np.random.Generator:
+    """The fit's own generator: (seed, crc32 of source|task|dataset|metric|), and of the key's
+    ``subset`` too when it has one (a comparison side restricted to some data or models)."""
     text = "|".join(str(key[k]) for k in ("source", "task", "dataset", "metric")) + "|"
+    if key.get("subset"):
+        text += str(key["subset"])
     return np.random.default_rng([int(seed), zlib.crc32(text.encode())])
 
 
@@ -362,14 +462,17 @@ def paper_method(source: str, n_distinct: int, bins: int, direct_sources: Sequen
 
 
 def fit_points(points: pd.DataFrame, method: str, key: Mapping, bins: int = 5, bootstrap: int = 1000,
-               ci: float = 0.95, seed: int = 0, pad: float = DEFAULT_BIN_PAD) -> Fit:
-    """Fit final runs (rows of a results table) with a method and its bootstrap."""
+               ci: float = 0.95, seed: int = 0, pad: float = DEFAULT_BIN_PAD,
+               saturating_options: Mapping | None = None) -> Fit:
+    """Fit final runs (rows of a results table) with a method and its bootstrap; a saturating fit
+    is diagnosed (``saturating_options``: config fit.saturating) and its reasons logged."""
+    opts = {**SATURATING_DEFAULTS, **(saturating_options or {})}
     # a canonical order, so that the bootstrap draws do not depend on the table's row order
     order = [c for c in ("total_gmac", "error", "model", "data", "checkpoint") if c in points]
     points = points.sort_values(order, kind="mergesort").reset_index(drop=True)
     C = points["total_gmac"].to_numpy(float)
     E = points["error"].to_numpy(float)
-    params, sel = fit_arrays(C, E, method, bins=bins, pad=pad)
+    params, sel = fit_arrays(C, E, method, bins=bins, pad=pad, huber_delta=opts["huber_delta"])
     fit = Fit(dict(key), method, params, sel, points, bins, ci, bootstrap)
     rng = _seed(seed, key)
     n = len(C)
@@ -377,10 +480,16 @@ def fit_points(points: pd.DataFrame, method: str, key: Mapping, bins: int = 5, b
         idx = rng.integers(0, n, n)
         try:
             p, _ = fit_arrays(C[idx], E[idx], method, bins=bins, pad=pad,
-                              start=params if method == "saturating" else None)
+                              start=params if method == "saturating" else None, huber_delta=opts["huber_delta"])
         except FitError:
             continue
         fit.draws.append(p)
+    if method == "saturating":
+        fit.diagnosis = diagnose_saturating(fit, opts["max_span_decades"], opts["min_aic_gain"])
+        if fit.diagnosis:
+            log.info("saturating fit of %s not identifiable (%s): %s; no formula, prediction or curve",
+                     "/".join(str(key.get(k)) for k in ("input", "source", "dataset", "metric")),
+                     fit.formula(), fit.note)
     return fit
 
 
@@ -393,7 +502,8 @@ def final_points(df: pd.DataFrame) -> pd.DataFrame:
 def fit_table(df: pd.DataFrame, input_name: str = "published", bins: int = 5, bootstrap: int = 1000,
               ci: float = 0.95, seed: int = 0, methods: Iterable[str] = ("paper", "pareto", "saturating"),
               direct_sources: Sequence[str] = DIRECT_SOURCES, pad: float = DEFAULT_BIN_PAD,
-              where: Mapping[str, Iterable[str]] | None = None) -> list[Fit]:
+              where: Mapping[str, Iterable[str]] | None = None,
+              saturating_options: Mapping | None = None) -> list[Fit]:
     """Fit every (source, task, dataset, metric) of a results table with each method.
 
     ``methods`` may hold "paper" (binned or direct, see ``paper_method``), "binned", "direct",
@@ -413,7 +523,7 @@ def fit_table(df: pd.DataFrame, input_name: str = "published", bins: int = 5, bo
                 continue
             try:
                 fits.append(fit_points(points, method, key, bins=bins, bootstrap=bootstrap, ci=ci, seed=seed,
-                                       pad=pad))
+                                       pad=pad, saturating_options=saturating_options))
             except FitError as e:
                 log.info("no %s fit for %s/%s/%s (%d runs): %s", method, source, dataset, metric, len(points), e)
     return fits
@@ -439,7 +549,8 @@ def coefficients_frame(fits: Sequence[Fit]) -> pd.DataFrame:
         r2, rmse = f.goodness()
         row = dict(f.key, method=f.method, n_points=len(f.points), n_fit=len(f.selection.log_c),
                    c_min=f.c_range[0], c_max=f.c_range[1], r2_log=r2, rmse_log=rmse, bins=f.bins,
-                   bootstrap=f.bootstrap, bootstrap_valid=len(f.draws), ci=f.ci, formula=f.formula())
+                   bootstrap=f.bootstrap, bootstrap_valid=len(f.draws), ci=f.ci,
+                   formula=f.formula() if f.identifiable else "", identifiable=f.identifiable, note=f.note)
         for name in ("alpha", "beta", "sat_a", "sat_b", "sat_c", "sat_d"):
             row[name] = f.params.get(name, math.nan)
         for name in ("alpha", "beta", "sat_c", "sat_d"):
@@ -506,6 +617,8 @@ def predictions_frame(fits: Sequence[Fit], targets: Sequence[Mapping]) -> pd.Dat
     for f in fits:
         if not targets:
             break
+        if not f.identifiable:  # no prediction from a meaningless law (the coefficients say why)
+            continue
         C = np.array([t["total_gmac"] for t in targets])
         est = f.predict(C)
         lo, hi = f.interval(C)
@@ -544,6 +657,13 @@ def coefficients_markdown(coef: pd.DataFrame) -> str:
             return format(est, fmt)
         return f"{format(est, fmt)} [{format(lo, fmt)}, {format(hi, fmt)}]"
 
+    coef = coef.copy()
+    ok = _identifiable(coef)
+    for name in ("sat_c", "sat_c_lo", "sat_c_hi", "sat_d", "sat_d_lo", "sat_d_hi"):
+        coef.loc[~ok, name] = math.nan
+    notes = coef["note"] if "note" in coef else pd.Series([""] * len(coef), index=coef.index)
+    formula = [f if k else f"not identifiable: {n}" for f, k, n in zip(coef["formula"].fillna(""), ok,
+                                                                         notes.fillna(""))]
     out = pd.DataFrame({
         "input": coef["input"], "source": coef["source"], "dataset": coef["dataset"], "metric": coef["metric"],
         "method": coef["method"], "runs": coef["n_points"], "fit pts": coef["n_fit"],
@@ -551,11 +671,18 @@ def coefficients_markdown(coef: pd.DataFrame) -> str:
         "beta": [ci(*v, ".3g") for v in zip(coef["beta"], coef["beta_lo"], coef["beta_hi"])],
         "c (saturating)": [ci(*v, ".3f") for v in zip(coef["sat_c"], coef["sat_c_lo"], coef["sat_c_hi"])],
         "d (saturating)": [ci(*v, ".3f") for v in zip(coef["sat_d"], coef["sat_d_lo"], coef["sat_d_hi"])],
-        "R² (log)": coef["r2_log"], "formula": coef["formula"],
+        "R² (log)": coef["r2_log"], "formula": formula,
     })
     level = coef["ci"].iloc[0]
     head = f"Scaling-law fits, E = β·C^α (C in GMAC, E error fraction); [{level:.0%} bootstrap interval]\n\n"
     return head + to_markdown(out, floatfmt=".3f")
+
+
+def _identifiable(coef: pd.DataFrame) -> pd.Series:
+    """The coefficient rows whose law means something (tables written before the column: all)."""
+    if "identifiable" not in coef:
+        return pd.Series(True, index=coef.index)
+    return coef["identifiable"].map(lambda v: str(v).lower() not in ("false", "0", "nan", "")).astype(bool)
 
 
 def predictions_markdown(pred: pd.DataFrame) -> str:
@@ -589,7 +716,8 @@ def run(table: pd.DataFrame, input_name: str, fit_config: Mapping, seed: int, ar
     fits = fit_table(table, input_name=input_name, bins=int(fit_config.get("bins", 5)),
                      bootstrap=int(fit_config.get("bootstrap", 1000)), ci=float(fit_config.get("ci", 0.95)),
                      seed=seed, methods=fit_config.get("methods", ("paper", "pareto", "saturating")),
-                     pad=float(fit_config.get("bin_pad", DEFAULT_BIN_PAD)))
+                     pad=float(fit_config.get("bin_pad", DEFAULT_BIN_PAD)),
+                     saturating_options=fit_config.get("saturating"))
     wanted = list(fit_config.get("predictions") or []) or default_targets(table, input_name)
     targets = resolve_targets(wanted, table, arch_gmac, model_gmac)
     return {

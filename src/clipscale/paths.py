@@ -54,10 +54,20 @@ FIT_INPUT = f"{FIT}/{{input}}"                      # input: "published" or "our
 FIT_INPUT_COEFFICIENTS = f"{FIT_INPUT}/coefficients.csv"
 FIT_INPUT_PREDICTIONS = f"{FIT_INPUT}/predictions.csv"
 FIT_INPUT_POINTS = f"{FIT_INPUT}/points.csv"        # the points each fit went through
+FIT_INPUT_EXTRAPOLATION = f"{FIT_INPUT}/extrapolation.csv"  # held-out runs predicted by laws fitted below a cut
+FIT_INPUT_EXTRAPOLATION_SUMMARY = f"{FIT_INPUT}/extrapolation_summary.csv"  # per task and method
+FIT_INPUT_COMPARISON = f"{FIT_INPUT}/comparison.csv"  # pairs of laws: exponent ratio, ΔE, crossing
+FIT_INPUT_FRONTIER = f"{FIT_INPUT}/frontier.csv"      # best run per compute bin
 
 # 6. figures and tables -------------------------------------------------------------------------
 FIGURE = f"{RESULTS}/figures/{{figure}}.{{ext}}"
 TABLE = f"{RESULTS}/tables/{{table}}.{{ext}}"
+# analyses of each input (clipscale.analysis): input is "published" or "ours"
+EXTRAPOLATION_TABLE = f"{RESULTS}/tables/extrapolation_{{input}}.md"
+COMPARISON_TABLE = f"{RESULTS}/tables/comparison_{{input}}.md"
+FRONTIER_TABLE = f"{RESULTS}/tables/frontier_{{input}}.md"
+EXTRAPOLATION_FIGURE = f"{RESULTS}/figures/extrapolation_{{input}}.{{ext}}"
+COMPARISON_FIGURE = f"{RESULTS}/figures/comparison_{{input}}.{{ext}}"
 
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"

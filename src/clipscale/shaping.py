@@ -134,13 +134,48 @@ def _model_gmac(config: Mapping) -> dict:
             for name, spec in config["models"].items()}
 
 
+# fit.* keys that only the analyses read (clipscale.analysis), not the coefficient tables
+_ANALYSIS_KEYS = ("extrapolation", "comparisons")
+
+
 def fit(config: Mapping, input_name: str) -> dict:
-    """fit_input: fit.*, the seed (bootstrap), the models' stated GMAC and labels (predictions)
-    and, for our runs, the downstream groups (fitted group means)."""
-    out = {"seed": config["seed"], "fit": config["fit"], "models": _model_gmac(config)}
+    """fit_input: fit.* (but the analyses' settings), the seed (bootstrap), the models' stated
+    GMAC and labels (predictions) and, for our runs, the downstream groups (fitted group means)."""
+    out = {"seed": config["seed"], "fit": _without(config["fit"], _ANALYSIS_KEYS), "models": _model_gmac(config)}
     if input_name == "ours":
         out["downstream"] = downstream_groups(config)
     return canonical(out)
+
+
+def _with_groups(out: dict, config: Mapping, input_name: str) -> dict:
+    if input_name == "ours":
+        out["downstream"] = downstream_groups(config)
+    return canonical(out)
+
+
+def extrapolation(config: Mapping, input_name: str) -> dict:
+    """fit_extrapolation: the fit settings it refits with (bins, bootstrap, ci, saturating) and
+    fit.extrapolation, the seed and, for our runs, the downstream groups."""
+    fit_cfg = _without(config["fit"], ("predictions", "methods", "comparisons"))
+    ex = dict(fit_cfg.get("extrapolation", {}))
+    ex["cut_gmac"] = {k: v for k, v in ex.get("cut_gmac", {}).items() if k == input_name}
+    fit_cfg["extrapolation"] = ex
+    return _with_groups({"seed": config["seed"], "fit": fit_cfg}, config, input_name)
+
+
+def comparison(config: Mapping, input_name: str) -> dict:
+    """fit_comparison: bins, bin_pad, bootstrap, ci, the comparisons of this input (None: the
+    built-in pairs), the seed and, for our runs, the downstream groups."""
+    fit_cfg = {k: config["fit"][k] for k in ("bins", "bin_pad", "bootstrap", "ci") if k in config["fit"]}
+    pairs = config["fit"].get("comparisons")
+    fit_cfg["comparisons"] = None if pairs is None else [p for p in pairs if p["input"] == input_name]
+    return _with_groups({"seed": config["seed"], "fit": fit_cfg}, config, input_name)
+
+
+def frontier(config: Mapping, input_name: str) -> dict:
+    """fit_frontier: the bins (fit.bins, fit.bin_pad) and, for our runs, the downstream groups."""
+    fit_cfg = {k: config["fit"][k] for k in ("bins", "bin_pad") if k in config["fit"]}
+    return _with_groups({"fit": fit_cfg}, config, input_name)
 
 
 def figure(config: Mapping, spec) -> dict:
@@ -151,5 +186,5 @@ def figure(config: Mapping, spec) -> dict:
            "downstream": downstream_groups(config) if "ours" in spec.inputs else {}}
     if spec.kind == "compute":
         out["seed"] = config["seed"]
-        out["fit"] = _without(config["fit"], ("predictions",))
+        out["fit"] = _without(config["fit"], ("predictions", "saturating") + _ANALYSIS_KEYS)
     return canonical(out)

@@ -2,9 +2,13 @@
 
 Images show 1-4 shapes of one kind and colour, small or large, on a noisy gradient background;
 captions compose the attributes ("two small red circles", "a large blue ring in the top left"),
-and like alt-text some captions are partial or unrelated. A slice of the pool is real
-handwritten digits from scikit-learn, captioned with their number. A tiny CLIP learns more of
-this world with more data and more compute, which is what a scaling study needs.
+some name only the object ("a triangle", "three rings", as object-centric alt-text does), and
+like alt-text some are partial or unrelated. A few pool images are renditions: the shapes drawn
+as outlines, or on crops of real photographs (half of the photographs; the other half appear
+only in the distribution-shift test set), as a web pool holds sketches and photos of the
+concepts a benchmark shifts to. A slice of the pool is real handwritten digits from
+scikit-learn, captioned with their number. A tiny CLIP learns more of this world with more data
+and more compute, which is what a scaling study needs.
 
 Downstream sets follow clip_benchmark's webdataset layout (classnames.txt, templates,
 test/ and train/ shards): shape, colour, count and position classification (the last two like
@@ -90,6 +94,8 @@ class WorldSpec:
     train_per_class: int = 40
     retrieval_size: int = 400
     digit_fraction: float = 0.02
+    short_captions: float = 0.25
+    renditions: float = 0.1
 
     @classmethod
     def from_config(cls, config: dict) -> "WorldSpec":
@@ -169,10 +175,10 @@ def render(attrs: dict, rng: np.random.Generator, size: int, photo: np.ndarray |
     jitter = rng.uniform(-18, 18, size=3)
     fill = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(COLOURS[attrs["colour"]], jitter))
     if count == 1:
-        r = big * (rng.uniform(0.17, 0.22) if large else rng.uniform(0.09, 0.12))
+        r = big * (rng.uniform(0.19, 0.22) if large else rng.uniform(0.13, 0.15))
         cells = [POSITIONS.index(attrs["position"])]
     else:
-        r = big * (rng.uniform(0.11, 0.13) if large else rng.uniform(0.065, 0.08))
+        r = big * (rng.uniform(0.15, 0.17) if large else rng.uniform(0.11, 0.12))
         cells = rng.permutation(4)[:count]  # one object per quadrant: countable, no overlap
     margin = big * 0.02
     lo, hi = r + margin, big / 2 - r - margin  # the object stays inside its quadrant
@@ -212,11 +218,17 @@ _CAPTION_TEMPLATES = ["{d}", "a photo of {d}", "{d} on a dark background", "pict
                       "{d}, digital art", "an image of {d}"]
 
 
-def caption(attrs: dict, rng: np.random.Generator, noise: float) -> tuple[str, str]:
-    """(caption, kind): kind is 'full', 'partial' (attributes dropped) or 'unrelated'."""
+def caption(attrs: dict, rng: np.random.Generator, noise: float, short: float = 0.0) -> tuple[str, str]:
+    """(caption, kind): kind is 'full', 'short' (the object only), 'partial' (attributes
+    dropped) or 'unrelated'."""
     template = _CAPTION_TEMPLATES[int(rng.integers(len(_CAPTION_TEMPLATES)))]
-    if rng.random() >= noise:
+    u = rng.random()
+    if u >= noise + short:
         return template.format(d=describe(attrs)), "full"
+    if u >= noise:
+        if attrs["count"] == "one":
+            return template.format(d=f"a {attrs['shape']}"), "short"
+        return template.format(d=f"{attrs['count']} {attrs['shape']}s"), "short"
     if rng.random() < 0.5:
         plural = attrs["count"] != "one"
         options = [attrs["shape"] + ("s" if plural else ""), f"{attrs['colour']} shape",
@@ -276,8 +288,15 @@ def _photos() -> list[np.ndarray]:
 # generation
 
 
-def pool_sample(spec: WorldSpec, index: int, digits=None) -> tuple[Image.Image, str, dict]:
-    """Sample `index` of the pool: (image, caption, metadata). Pure function of (spec, index)."""
+def pool_photos(photos: list[np.ndarray]) -> list[np.ndarray]:
+    """The photographs that pool renditions are drawn on: every other one (the shift test set
+    uses them all, so half of its backgrounds never appear in the pool)."""
+    return photos[::2]
+
+
+def pool_sample(spec: WorldSpec, index: int, digits=None, photos=None) -> tuple[Image.Image, str, dict]:
+    """Sample `index` of the pool: (image, caption, metadata). Pure function of (spec, index).
+    ``photos``: the photographs of renditions (``pool_photos``); None: no photo backgrounds."""
     rng = rng_for(spec.seed, "pool", index)
     if digits is not None and rng.random() < spec.digit_fraction:
         images, targets, parts = digits
@@ -288,9 +307,14 @@ def pool_sample(spec: WorldSpec, index: int, digits=None) -> tuple[Image.Image, 
         meta = {"kind": "digit", "digit": label, "caption_kind": "full", "source_index": pick}
         return render_digit(images[pick], rng, spec.image_size), text, meta
     attrs = random_attrs(rng)
-    text, kind = caption(attrs, rng, spec.caption_noise)
-    img = render(attrs, rng, spec.image_size)
-    return img, text, {"kind": "synthetic", "caption_kind": kind, **attrs}
+    text, kind = caption(attrs, rng, spec.caption_noise, spec.short_captions)
+    photo = None
+    if photos and rng.random() < spec.renditions:
+        photo = photos[int(rng.integers(len(photos)))]
+    outline = bool(rng.random() < spec.renditions)
+    img = render(attrs, rng, spec.image_size, photo, outline)
+    return img, text, {"kind": "synthetic", "caption_kind": kind, "photo": photo is not None,
+                       "outline": outline, **attrs}
 
 
 def _downstream_items(spec: WorldSpec, name: str, split: str, photos, digits):
@@ -426,7 +450,7 @@ def generate(spec: WorldSpec, out: str | Path, progress: bool = True) -> dict:
         with ShardWriter(pool_dir / f"{shard:05d}.tar") as w:
             for index in range(start, stop):
                 key = f"{shard:05d}{index - start:04d}"
-                img, text, meta = pool_sample(spec, index, digits)
+                img, text, meta = pool_sample(spec, index, digits, pool_photos(photos))
                 if index in planted:
                     (dataset, test_key, test_img), transform = planted[index]
                     img = near_duplicate(test_img, transform, rng_for(spec.seed, "planted", 1, index))

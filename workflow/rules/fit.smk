@@ -96,3 +96,99 @@ rule fit_collect:
         **cs_resources.resources(config, "fit_collect"),
     script:
         "../scripts/fit_collect.py"
+
+
+rule fit_extrapolation:
+    """Fit each law below a compute cut, predict the held-out runs (clipscale.analysis)."""
+    input:
+        table=fit_table_input,
+    output:
+        runs=paths.FIT_INPUT_EXTRAPOLATION,
+        summary=paths.FIT_INPUT_EXTRAPOLATION_SUMMARY,
+        md=report(
+            paths.EXTRAPOLATION_TABLE,
+            caption="../report/extrapolation.rst",
+            category="Tables",
+            subcategory="{input}",
+        ),
+        pdf=paths.fill(paths.EXTRAPOLATION_FIGURE, input="{input}", ext="pdf"),
+        png=report(
+            paths.fill(paths.EXTRAPOLATION_FIGURE, input="{input}", ext="png"),
+            caption="../report/extrapolation.rst",
+            category="Figures",
+            subcategory="Extrapolation and comparison",
+        ),
+    log:
+        f"{paths.LOGS}/fit/extrapolation_{{input}}.log",
+    benchmark:
+        f"{paths.BENCHMARKS}/fit/extrapolation_{{input}}.tsv"
+    wildcard_constraints:
+        input="published|ours",
+    threads: cs_resources.threads(config, "fit_extrapolation")
+    resources:
+        **cs_resources.resources(config, "fit_extrapolation"),
+    params:
+        settings=lambda wc: shaping.extrapolation(config, wc.input),
+    script:
+        "../scripts/fit_extrapolation.py"
+
+
+rule fit_comparison:
+    """Compare pairs of laws: exponent ratio, predicted error gap, crossing (clipscale.analysis)."""
+    input:
+        table=fit_table_input,
+    output:
+        csv=paths.FIT_INPUT_COMPARISON,
+        md=report(
+            paths.COMPARISON_TABLE,
+            caption="../report/comparison.rst",
+            category="Tables",
+            subcategory="{input}",
+        ),
+        pdf=paths.fill(paths.COMPARISON_FIGURE, input="{input}", ext="pdf"),
+        png=report(
+            paths.fill(paths.COMPARISON_FIGURE, input="{input}", ext="png"),
+            caption="../report/comparison.rst",
+            category="Figures",
+            subcategory="Extrapolation and comparison",
+        ),
+    log:
+        f"{paths.LOGS}/fit/comparison_{{input}}.log",
+    benchmark:
+        f"{paths.BENCHMARKS}/fit/comparison_{{input}}.tsv"
+    wildcard_constraints:
+        input="published|ours",
+    threads: cs_resources.threads(config, "fit_comparison")
+    resources:
+        **cs_resources.resources(config, "fit_comparison"),
+    params:
+        settings=lambda wc: shaping.comparison(config, wc.input),
+    script:
+        "../scripts/fit_comparison.py"
+
+
+rule fit_frontier:
+    """The best run per compute bin (clipscale.analysis)."""
+    input:
+        table=fit_table_input,
+    output:
+        csv=paths.FIT_INPUT_FRONTIER,
+        md=report(
+            paths.FRONTIER_TABLE,
+            caption="../report/frontier.rst",
+            category="Tables",
+            subcategory="{input}",
+        ),
+    log:
+        f"{paths.LOGS}/fit/frontier_{{input}}.log",
+    benchmark:
+        f"{paths.BENCHMARKS}/fit/frontier_{{input}}.tsv"
+    wildcard_constraints:
+        input="published|ours",
+    threads: cs_resources.threads(config, "fit_frontier")
+    resources:
+        **cs_resources.resources(config, "fit_frontier"),
+    params:
+        settings=lambda wc: shaping.frontier(config, wc.input),
+    script:
+        "../scripts/fit_frontier.py"

@@ -14,8 +14,29 @@ def fit_table_path(name, ext):
     return paths.fill(paths.TABLE, table=name, ext=ext)
 
 
+def analysis_targets(input_name):
+    """The analyses of one input (clipscale.analysis): extrapolation check, comparison of laws,
+    compute-optimal frontier; tables and figures."""
+    return [
+        paths.fill(pattern, input=input_name)
+        for pattern in (
+            paths.FIT_INPUT_EXTRAPOLATION,
+            paths.FIT_INPUT_EXTRAPOLATION_SUMMARY,
+            paths.EXTRAPOLATION_TABLE,
+            paths.FIT_INPUT_COMPARISON,
+            paths.COMPARISON_TABLE,
+            paths.FIT_INPUT_FRONTIER,
+            paths.FRONTIER_TABLE,
+        )
+    ] + [
+        paths.fill(pattern, input=input_name, ext=ext)
+        for pattern in (paths.EXTRAPOLATION_FIGURE, paths.COMPARISON_FIGURE)
+        for ext in ("pdf", "png")
+    ]
+
+
 def published_fit_targets():
-    """Fit tables of the paper's numbers alone."""
+    """Fit tables and analyses of the paper's numbers alone."""
     if "published" not in fit_inputs():
         return []
     return [
@@ -23,17 +44,18 @@ def published_fit_targets():
         paths.fill(paths.FIT_INPUT_PREDICTIONS, input="published"),
         fit_table_path("coefficients_published", "md"),
         fit_table_path("predictions_published", "md"),
-    ]
+    ] + analysis_targets("published")
 
 
 def fit_targets():
-    """Final fit outputs (for the top-level target): coefficients and predictions of all inputs."""
+    """Final fit outputs (for the top-level target): coefficients and predictions of all inputs,
+    and the analyses of each input."""
     return [
         paths.FIT_COEFFICIENTS,
         paths.FIT_PREDICTIONS,
         fit_table_path("coefficients", "md"),
         fit_table_path("predictions", "md"),
-    ]
+    ] + [path for name in fit_inputs() for path in analysis_targets(name)]
 
 
 def fit_table_input(wildcards):

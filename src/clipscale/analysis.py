@@ -1,0 +1,649 @@
+"""Beyond the paper's fit: does a law extrapolate, which of two laws scales better, which runs
+make the compute-optimal frontier. Every fit and interval comes from ``clipscale.fit``
+(``fit_points``: the same methods, pairs bootstrap and seeded generators as the coefficient
+tables); this module only holds runs out, pairs the bootstrap draws and tabulates.
+
+Extrapolation check (``extrapolation``). For each (source, task, dataset, metric) of a results
+table, runs at or above a compute cut are held out: by default those of the highest of the
+paper's ``fit.bins`` equal-width bins of log10 C (``fit.extrapolation.holdout_bins``), or a fixed
+cut per input (``fit.extrapolation.cut_gmac``). Each method of ``fit.extrapolation.methods``
+is fitted, with its bootstrap, on the runs below the cut and predicts every held-out run:
+predicted error, its bootstrap percentile interval, the prediction error in points of error
+(100 (E_pred - E)) and whether the run lies inside the interval. The laws describe the best runs
+(best per bin, Pareto frontier), so the summary per task and method is over the held-out runs on
+the Pareto frontier of all the task's runs (``on_frontier``): mean absolute and mean signed
+prediction error, and coverage (share inside the interval). The interval is that of the law (the
+bootstrap band), not a prediction interval for one run's noise: a run outside it is a run the
+law, as fitted below the cut, did not foresee. Sources fitted directly on a few runs (OpenAI's
+three) are not checked, and a saturating fit that is not identifiable (``fit.diagnose_saturating``)
+predicts nothing: its row says why.
+
+Comparison of two laws (``comparison``). Two sides, each the runs of a source optionally limited
+to some training data or models (``fit.comparisons``; built in: OpenCLIP on LAION vs OpenAI CLIP
+on WIT for the published input, our largest vs smallest data scale for ours), are fitted with
+the same power-law method per (task, dataset, metric) both have. The two sides are independent
+samples, so their bootstrap draws (each from its own seeded generator) are paired by index: the
+i-th draw of a with the i-th of b. From the pairs: the ratio of exponents alpha_a / alpha_b
+(> 1: a's error falls faster with compute) and the difference of predicted errors at target
+computes, with percentile intervals; where the two lines cross, log10 C* = (log10 beta_b - log10
+beta_a) / (alpha_a - alpha_b), with an interval, or "no crossing in range" when C* lies outside
+[the smallest run of either side, the largest target compute].
+
+Compute-optimal frontier (``frontier``). Per task and source, the best (lowest-error) run of each
+of the paper's equal-width compute bins (the runs the binned fit goes through), with its model,
+data and samples seen, and whether it is on the Pareto frontier: which model to train at a given
+compute, as far as the grid says.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clipscale import fit as fitting
+
+log = logging.getLogger(__name__)
+
+GROUP = ["source", "task", "dataset", "metric"]
+EXTRAPOLATION_COLUMNS = [
+    "input", "source", "task", "dataset", "metric", "method", "cut_gmac", "n_train", "n_held",
+    "model", "data", "samples_seen_label", "total_gmac", "error", "on_frontier",
+    "predicted", "predicted_lo", "predicted_hi", "error_pts", "rel_error", "inside",
+]
+SUMMARY_COLUMNS = [
+    "input", "source", "task", "dataset", "metric", "method", "cut_gmac", "n_train", "n_held", "n_frontier",
+    "mae_pts", "bias_pts", "max_abs_pts", "mean_rel_error", "coverage", "coverage_all", "formula",
+    "bootstrap_valid", "ci", "note",
+]
+COMPARISON_COLUMNS = [
+    "comparison", "input", "a", "b", "task", "dataset", "metric", "method_a", "method_b", "n_a", "n_b",
+    "alpha_a", "alpha_a_lo", "alpha_a_hi", "alpha_b", "alpha_b_lo", "alpha_b_hi",
+    "alpha_ratio", "alpha_ratio_lo", "alpha_ratio_hi", "alpha_diff", "alpha_diff_lo", "alpha_diff_hi",
+    "steeper", "steeper_decided", "crossing_gmac", "crossing_lo", "crossing_hi", "crossing_share",
+    "crossing_in_range", "range_lo", "range_hi", "crossing", "compute_gmac", "error_a", "error_b",
+    "delta_error", "delta_error_lo", "delta_error_hi", "better", "better_decided", "pairs", "ci",
+]
+FRONTIER_COLUMNS = [
+    "input", "source", "task", "dataset", "metric", "bin", "bin_lo_gmac", "bin_hi_gmac", "n_in_bin",
+    "model", "data", "samples_seen_label", "total_gmac", "error", "on_pareto",
+]
+INSIDE_TOL = 1e-9  # relative slack of "inside the interval" (a noise-free law has a zero-width band)
+
+
+def _settings(fit_config: Mapping) -> dict:
+    return {"bins": int(fit_config.get("bins", 5)), "bootstrap": int(fit_config.get("bootstrap", 1000)),
+            "ci": float(fit_config.get("ci", 0.95)), "pad": float(fit_config.get("bin_pad", fitting.DEFAULT_BIN_PAD))}
+
+
+def _groups(df: pd.DataFrame):
+    yield from fitting.final_points(df).groupby(GROUP, sort=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# extrapolation
+
+
+def holdout_cut(C: np.ndarray, bins: int, holdout_bins: int = 1, pad: float = fitting.DEFAULT_BIN_PAD,
+                cut_gmac: float | None = None) -> float:
+    """The compute at and above which runs are held out: ``cut_gmac``, or the lower edge of the
+    ``holdout_bins``-th highest of ``bins`` equal-width bins of log10 C (the paper's bins)."""
+    if cut_gmac:
+        return float(cut_gmac)
+    edges = fitting.bin_edges(np.log10(np.asarray(C, float)), bins, pad)
+    k = min(max(int(holdout_bins), 1), bins - 1)
+    return float(10.0 ** edges[bins - k])
+
+
+def extrapolation(table: pd.DataFrame, input_name: str, fit_config: Mapping, seed: int = 0,
+                  direct_sources: Sequence[str] = fitting.DIRECT_SOURCES) -> dict[str, object]:
+    """The extrapolation check of a results table; returns {"runs", "summary": frames, "fits":
+    {(source, task, dataset, metric, method): (train Fit or None, cut)}} (fits for the figure)."""
+    st = _settings(fit_config)
+    ex = dict(fit_config.get("extrapolation") or {})
+    methods = list(ex.get("methods") or ["paper", "pareto", "saturating"])
+    cut_fixed = (ex.get("cut_gmac") or {}).get(input_name)
+    rows, summary, fits = [], [], {}
+    for (source, task, dataset, metric), points in _groups(table):
+        key = {"input": input_name, "source": source, "task": task, "dataset": dataset, "metric": metric}
+        where = f"{input_name}/{source}/{dataset}/{metric}"
+        if source in direct_sources:
+            log.info("extrapolation %s: not checked (the paper fits its %d runs directly)", where, len(points))
+            continue
+        C = points["total_gmac"].to_numpy(float)
+        try:
+            cut = holdout_cut(C, st["bins"], int(ex.get("holdout_bins", 1)), st["pad"], cut_fixed)
+        except fitting.FitError as e:
+            log.info("extrapolation %s: no cut (%s)", where, e)
+            continue
+        train, held = points[points["total_gmac"] < cut], points[points["total_gmac"] >= cut]
+        frontier = pd.Series(fitting.pareto_mask(C, points["error"].to_numpy(float)), index=points.index)
+        base = dict(key, cut_gmac=cut, n_train=len(train), n_held=len(held))
+        for m in methods:
+            method = fitting.paper_method(source, train["total_gmac"].nunique(), st["bins"], direct_sources) \
+                if m == "paper" else m
+            label = f"paper ({method})" if m == "paper" else method
+            note, f = "", None
+            if held.empty:
+                note = "no run at or above the cut"
+            else:
+                try:
+                    f = fitting.fit_points(train, method, key, bins=st["bins"], bootstrap=st["bootstrap"],
+                                           ci=st["ci"], seed=seed, pad=st["pad"],
+                                           saturating_options=fit_config.get("saturating"))
+                except fitting.FitError as e:
+                    note = f"no fit below the cut: {e}"
+                else:
+                    if not f.identifiable:
+                        note = f"not identifiable below the cut: {f.note}"
+            fits[(source, task, dataset, metric, label)] = (f if f is not None and f.identifiable else None, cut)
+            if note:
+                log.info("extrapolation %s, %s: %s", where, label, note)
+            pred_rows = []
+            if f is not None and f.identifiable:
+                Ch = held["total_gmac"].to_numpy(float)
+                est = f.predict(Ch)
+                lo, hi = f.interval(Ch)
+                for (_, run), e, lo_, hi_ in zip(held.iterrows(), est, lo, hi):
+                    E = float(run["error"])
+                    inside = (bool(lo_ * (1 - INSIDE_TOL) <= E <= hi_ * (1 + INSIDE_TOL))
+                              if np.isfinite(lo_) else None)
+                    pred_rows.append(dict(base, method=label, model=run["model"], data=run["data"],
+                                          samples_seen_label=run["samples_seen_label"],
+                                          total_gmac=float(run["total_gmac"]), error=E,
+                                          on_frontier=bool(frontier[run.name]), predicted=float(e),
+                                          predicted_lo=float(lo_), predicted_hi=float(hi_),
+                                          error_pts=100 * (float(e) - E), rel_error=float(e) / E - 1,
+                                          inside=inside))
+            rows += pred_rows
+            summary.append(_summary_row(base, label, pred_rows, f, note))
+    return {"runs": pd.DataFrame(rows, columns=EXTRAPOLATION_COLUMNS),
+            "summary": pd.DataFrame(summary, columns=SUMMARY_COLUMNS), "fits": fits}
+
+
+def _summary_row(base: dict, method: str, pred_rows: list[dict], f, note: str) -> dict:
+    front = [r for r in pred_rows if r["on_frontier"]]
+    pts = np.array([r["error_pts"] for r in front])
+    rel = np.array([r["rel_error"] for r in front])
+
+    def coverage(rows):
+        flags = [r["inside"] for r in rows if r["inside"] is not None]
+        return float(np.mean(flags)) if flags else math.nan
+
+    nan = math.nan
+    return dict(base, method=method, n_frontier=len(front),
+                mae_pts=float(np.mean(np.abs(pts))) if len(pts) else nan,
+                bias_pts=float(np.mean(pts)) if len(pts) else nan,
+                max_abs_pts=float(np.max(np.abs(pts))) if len(pts) else nan,
+                mean_rel_error=float(np.mean(rel)) if len(rel) else nan,
+                coverage=coverage(front), coverage_all=coverage(pred_rows),
+                formula=f.formula() if f is not None and f.identifiable else "",
+                bootstrap_valid=len(f.draws) if f is not None else 0, ci=f.ci if f is not None else nan,
+                note=note)
+
+
+def extrapolation_markdown(summary: pd.DataFrame) -> str:
+    if summary.empty:
+        return "_no extrapolation check (no source with runs on both sides of the cut)_\n"
+    level = summary["ci"].dropna()
+    level = f"{level.iloc[0]:.0%}" if len(level) else "bootstrap"
+    out = pd.DataFrame({
+        "source": summary["source"], "dataset": summary["dataset"], "metric": summary["metric"],
+        "method": summary["method"], "cut (GMAC)": [f"{v:.3g}" for v in summary["cut_gmac"]],
+        "fit on": summary["n_train"], "held out": summary["n_held"], "on frontier": summary["n_frontier"],
+        "MAE (pts)": summary["mae_pts"], "bias (pts)": summary["bias_pts"],
+        "inside interval": [_share(c, n) for c, n in zip(summary["coverage"], summary["n_frontier"])],
+        "law below the cut": [f or n for f, n in zip(summary["formula"].fillna(""), summary["note"].fillna(""))],
+    })
+    head = ("Extrapolation check: each law fitted on the runs below the cut predicts the held-out runs "
+            f"above it. Errors in points of error (100·(E_pred − E)) over the held-out runs on the Pareto "
+            f"frontier; bias > 0: the law predicted too high an error; inside: share within the law's "
+            f"{level} bootstrap interval.\n\n")
+    return head + fitting.to_markdown(out, floatfmt=".2f")
+
+
+def _share(coverage: float, n: int) -> str:
+    if n == 0 or math.isnan(coverage):
+        return ""
+    return f"{round(coverage * n):d}/{n}"
+
+
+# ---------------------------------------------------------------------------------------------
+# comparison of two laws
+
+
+@dataclass
+class Side:
+    source: str
+    label: str
+    data: list[str] | None = None
+    models: list[str] | None = None
+
+    @classmethod
+    def of(cls, spec: Mapping) -> Side:
+        from clipscale.figures import SOURCE_LABELS
+
+        label = spec.get("label") or SOURCE_LABELS.get(spec["source"], spec["source"])
+        if not spec.get("label") and (spec.get("data") or spec.get("models")):
+            label += " (" + ", ".join(list(spec.get("data") or []) + list(spec.get("models") or [])) + ")"
+        return cls(spec["source"], label, list(spec["data"]) if spec.get("data") else None,
+                   list(spec["models"]) if spec.get("models") else None)
+
+    @property
+    def subset(self) -> str:
+        parts = []
+        if self.data:
+            parts.append("data=" + ",".join(self.data))
+        if self.models:
+            parts.append("models=" + ",".join(self.models))
+        return ";".join(parts)
+
+    def select(self, df: pd.DataFrame) -> pd.DataFrame:
+        keep = df["source"] == self.source
+        if self.data:
+            keep &= df["data"].isin(self.data)
+        if self.models:
+            keep &= df["model"].isin(self.models) | df["arch_id"].isin(self.models)
+        return df[keep]
+
+
+def default_comparisons(table: pd.DataFrame, input_name: str) -> list[dict]:
+    """Built-in pairs: OpenCLIP (LAION) vs OpenAI CLIP (WIT) for the published input; our largest
+    vs smallest data scale (by data_size) for ours."""
+    sources = set(table["source"])
+    if input_name == "published":
+        if {"published", "openai"} <= sources:
+            return [{"name": "openclip_vs_openai", "input": "published", "a": {"source": "published"},
+                     "b": {"source": "openai"}, "method": "paper"}]
+        return []
+    ours = fitting.final_points(table[table["source"] == "ours"])
+    if ours.empty:
+        return []
+    sizes = ours.groupby("data")["data_size"].first() if "data_size" in ours else pd.Series(dtype=float)
+    sizes = sizes.dropna().sort_values()
+    if len(sizes) < 2:
+        return []
+    big, small = str(sizes.index[-1]), str(sizes.index[0])
+    return [{"name": f"data_{big}_vs_{small}", "input": "ours", "a": {"source": "ours", "data": [big]},
+             "b": {"source": "ours", "data": [small]}, "method": "paper"}]
+
+
+def _paired(fa: fitting.Fit, fb: fitting.Fit, fn) -> np.ndarray:
+    n = min(len(fa.draws), len(fb.draws))
+    return np.array([fn(fa.draws[i], fb.draws[i]) for i in range(n)], dtype=float)
+
+
+def _pct(values: np.ndarray, ci: float) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return math.nan, math.nan
+    q = (1 - ci) / 2
+    return float(np.quantile(values, q)), float(np.quantile(values, 1 - q))
+
+
+def _p10(x: float) -> float:
+    """10^x without overflow (nearly parallel lines cross at absurd computes)."""
+    if not np.isfinite(x):
+        return math.nan
+    return math.inf if x > 300 else (0.0 if x < -300 else 10.0 ** x)
+
+
+def _log_crossing(pa: Mapping, pb: Mapping) -> float:
+    """log10 C where beta_a C^alpha_a = beta_b C^alpha_b (nan for parallel lines)."""
+    da = pa["alpha"] - pb["alpha"]
+    if da == 0:
+        return math.nan
+    return (math.log10(pb["beta"]) - math.log10(pa["beta"])) / da
+
+
+def compare(fa: fitting.Fit, fb: fitting.Fit, computes: Sequence[float], c_range: tuple[float, float]) -> list[dict]:
+    """Rows of the comparison of two power-law fits (one per target compute)."""
+    ci = fa.ci
+    ratio = fa.params["alpha"] / fb.params["alpha"]
+    r_lo, r_hi = _pct(_paired(fa, fb, lambda a, b: a["alpha"] / b["alpha"]), ci)
+    d_lo, d_hi = _pct(_paired(fa, fb, lambda a, b: a["alpha"] - b["alpha"]), ci)
+    steeper = "a" if ratio > 1 else "b"
+    decided = bool((r_lo > 1) or (r_hi < 1)) if not math.isnan(r_lo) else False
+    x = _log_crossing(fa.params, fb.params)
+    xs = _paired(fa, fb, _log_crossing)
+    x_lo, x_hi = _pct(xs, ci)
+    lo, hi = math.log10(c_range[0]), math.log10(c_range[1])
+    in_range = bool(np.isfinite(x) and lo <= x <= hi)
+    share = float(np.mean((xs >= lo) & (xs <= hi))) if len(xs) else math.nan
+    if in_range:
+        text = f"{_p10(x):.3g} GMAC" + (f" [{_p10(x_lo):.3g}, {_p10(x_hi):.3g}]" if np.isfinite(x_lo) else "")
+    else:
+        text = f"no crossing in range [{c_range[0]:.3g}, {c_range[1]:.3g}] GMAC"
+    a_lo, a_hi = fa.param_interval("alpha")
+    b_lo, b_hi = fb.param_interval("alpha")
+    head = {"method_a": fa.method, "method_b": fb.method, "n_a": len(fa.points), "n_b": len(fb.points),
+            "alpha_a": fa.params["alpha"], "alpha_a_lo": a_lo, "alpha_a_hi": a_hi,
+            "alpha_b": fb.params["alpha"], "alpha_b_lo": b_lo, "alpha_b_hi": b_hi,
+            "alpha_ratio": ratio, "alpha_ratio_lo": r_lo, "alpha_ratio_hi": r_hi,
+            "alpha_diff": fa.params["alpha"] - fb.params["alpha"], "alpha_diff_lo": d_lo, "alpha_diff_hi": d_hi,
+            "steeper": steeper, "steeper_decided": decided, "crossing_gmac": _p10(x), "crossing_lo": _p10(x_lo),
+            "crossing_hi": _p10(x_hi), "crossing_share": share, "crossing_in_range": in_range,
+            "range_lo": c_range[0], "range_hi": c_range[1], "crossing": text,
+            "pairs": min(len(fa.draws), len(fb.draws)), "ci": ci}
+    rows = []
+    for C in computes:
+        ea, eb = float(fa.predict(C)), float(fb.predict(C))
+        gaps = _paired(fa, fb, lambda a, b, C=C: float(fitting.predict(a, C) - fitting.predict(b, C)))
+        dlo, dhi = _pct(gaps, ci)
+        better = "a" if ea < eb else "b"
+        rows.append(dict(head, compute_gmac=float(C), error_a=ea, error_b=eb, delta_error=ea - eb,
+                         delta_error_lo=dlo, delta_error_hi=dhi, better=better,
+                         better_decided=bool(dlo > 0 or dhi < 0) if not math.isnan(dlo) else False))
+    return rows
+
+
+def comparison(table: pd.DataFrame, input_name: str, fit_config: Mapping, seed: int = 0,
+               comparisons: Iterable[Mapping] | None = None) -> pd.DataFrame:
+    """Compare the configured pairs of laws (``comparisons``: fit.comparisons entries of this input,
+    None for the built-in pairs) on a results table."""
+    st = _settings(fit_config)
+    if comparisons is None:
+        comparisons = default_comparisons(table, input_name)
+    df = fitting.final_points(table)
+    rows = []
+    for spec in comparisons:
+        if spec.get("input", input_name) != input_name:
+            continue
+        a, b = Side.of(spec["a"]), Side.of(spec["b"])
+        method = spec.get("method", "paper")
+        da, db = a.select(df), b.select(df)
+        if spec.get("datasets"):
+            da, db = da[da["dataset"].isin(spec["datasets"])], db[db["dataset"].isin(spec["datasets"])]
+        if spec.get("metrics"):
+            da, db = da[da["metric"].isin(spec["metrics"])], db[db["metric"].isin(spec["metrics"])]
+        if da.empty or db.empty:
+            log.warning("comparison %s: no final runs for %s", spec["name"], a.label if da.empty else b.label)
+            continue
+        common = sorted(set(map(tuple, da[GROUP[1:]].drop_duplicates().to_numpy()))
+                        & set(map(tuple, db[GROUP[1:]].drop_duplicates().to_numpy())))
+        if spec.get("computes"):
+            computes = sorted(float(c) for c in spec["computes"])
+        else:
+            top = float(max(da["total_gmac"].max(), db["total_gmac"].max()))
+            computes = [top, 10 * top, 100 * top]
+        c_range = (float(min(da["total_gmac"].min(), db["total_gmac"].min())),
+                   float(max(computes + [da["total_gmac"].max(), db["total_gmac"].max()])))
+        for task, dataset, metric in common:
+            side_fits = []
+            for side, pts in ((a, da), (b, db)):
+                pts = pts[(pts["task"] == task) & (pts["dataset"] == dataset) & (pts["metric"] == metric)]
+                m = fitting.paper_method(side.source, pts["total_gmac"].nunique(), st["bins"]) \
+                    if method == "paper" else method
+                key = {"input": input_name, "source": side.source, "task": task, "dataset": dataset,
+                       "metric": metric, "subset": side.subset}
+                try:
+                    side_fits.append(fitting.fit_points(pts, m, key, bins=st["bins"], bootstrap=st["bootstrap"],
+                                                        ci=st["ci"], seed=seed, pad=st["pad"]))
+                except fitting.FitError as e:
+                    log.info("comparison %s, %s/%s: no %s fit of %s (%s)", spec["name"], dataset, metric, m,
+                             side.label, e)
+                    break
+            if len(side_fits) < 2:
+                continue
+            for row in compare(side_fits[0], side_fits[1], computes, c_range):
+                rows.append(dict(row, comparison=spec["name"], input=input_name, a=a.label, b=b.label,
+                                 task=task, dataset=dataset, metric=metric))
+            r = rows[-1]
+            log.info("comparison %s, %s/%s: alpha %s %.3f vs %s %.3f, ratio %.2f [%.2f, %.2f]; crossing: %s",
+                     spec["name"], dataset, metric, a.label, r["alpha_a"], b.label, r["alpha_b"], r["alpha_ratio"],
+                     r["alpha_ratio_lo"], r["alpha_ratio_hi"], r["crossing"])
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def _ci(v: float, lo: float, hi: float, fmt: str) -> str:
+    if math.isnan(v):
+        return ""
+    if math.isnan(lo):
+        return format(v, fmt)
+    return f"{format(v, fmt)} [{format(lo, fmt)}, {format(hi, fmt)}]"
+
+
+def comparison_markdown(comp: pd.DataFrame) -> str:
+    if comp.empty:
+        return "_no comparison (no configured pair has runs on both sides)_\n"
+    parts = []
+    for name, c in comp.groupby("comparison", sort=False):
+        a, b, level = c["a"].iloc[0], c["b"].iloc[0], c["ci"].iloc[0]
+        first = c.drop_duplicates(GROUP[1:])
+        out = pd.DataFrame({
+            "dataset": first["dataset"], "metric": first["metric"],
+            "α a": [_ci(*v, ".3f") for v in zip(first["alpha_a"], first["alpha_a_lo"], first["alpha_a_hi"])],
+            "α b": [_ci(*v, ".3f") for v in zip(first["alpha_b"], first["alpha_b_lo"], first["alpha_b_hi"])],
+            "α a / α b": [_ci(*v, ".2f") for v in zip(first["alpha_ratio"], first["alpha_ratio_lo"],
+                                                      first["alpha_ratio_hi"])],
+            "steeper": [(a if s == "a" else b) + ("" if d else " (interval spans 1)")
+                        for s, d in zip(first["steeper"], first["steeper_decided"])],
+            "crossing": first["crossing"].to_numpy(),
+        })
+        out = out.reset_index(drop=True)
+        for C in sorted(c["compute_gmac"].unique()):
+            at = c[c["compute_gmac"] == C].drop_duplicates(GROUP[1:]).reset_index(drop=True)
+            out[f"ΔE at {C:.3g} (pts)"] = [_ci(100 * v, 100 * lo, 100 * hi, ".2f") for v, lo, hi in
+                                           zip(at["delta_error"], at["delta_error_lo"], at["delta_error_hi"])]
+        parts.append(
+            f"### {name}: a = {a}, b = {b}\n\nExponents α of E = β·C^α (C in GMAC) with {level:.0%} bootstrap "
+            f"intervals (paired draws); α a / α b > 1: a's error falls faster. ΔE = E_a − E_b in points of "
+            f"error at the given computes (< 0: a better).\n\n" + fitting.to_markdown(out))
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# compute-optimal frontier
+
+
+def frontier(table: pd.DataFrame, input_name: str, fit_config: Mapping) -> pd.DataFrame:
+    """The best run per compute bin (the paper's bins), for every source and task."""
+    st = _settings(fit_config)
+    rows = []
+    for (source, task, dataset, metric), points in _groups(table):
+        points = points.sort_values(["total_gmac", "error"], kind="mergesort").reset_index(drop=True)
+        C, E = points["total_gmac"].to_numpy(float), points["error"].to_numpy(float)
+        try:
+            sel = fitting.select_binned(C, E, bins=st["bins"], pad=st["pad"])
+            edges = fitting.bin_edges(np.log10(C), st["bins"], st["pad"])
+        except fitting.FitError as e:
+            log.info("frontier %s/%s/%s: %s", source, dataset, metric, e)
+            continue
+        pareto = fitting.pareto_mask(C, E)
+        for i, b, n in zip(sel.index, sel.bin, sel.n_in_bin):
+            run = points.iloc[int(i)]
+            rows.append({"input": input_name, "source": source, "task": task, "dataset": dataset, "metric": metric,
+                         "bin": int(b), "bin_lo_gmac": float(10 ** edges[b - 1]), "bin_hi_gmac": float(10 ** edges[b]),
+                         "n_in_bin": int(n), "model": run["model"], "data": run["data"],
+                         "samples_seen_label": run["samples_seen_label"], "total_gmac": float(run["total_gmac"]),
+                         "error": float(run["error"]), "on_pareto": bool(pareto[int(i)])})
+    return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
+
+
+def frontier_markdown(front: pd.DataFrame) -> str:
+    if front.empty:
+        return "_no frontier_\n"
+    out = pd.DataFrame({
+        "source": front["source"], "dataset": front["dataset"], "metric": front["metric"], "bin": front["bin"],
+        "compute bin (GMAC)": [f"{lo:.3g} – {hi:.3g}" for lo, hi in zip(front["bin_lo_gmac"], front["bin_hi_gmac"])],
+        "runs": front["n_in_bin"], "best model": front["model"], "data": front["data"],
+        "samples seen": front["samples_seen_label"], "compute (GMAC)": [f"{v:.3g}" for v in front["total_gmac"]],
+        "error %": 100 * front["error"], "Pareto": front["on_pareto"],
+    })
+    return ("Compute-optimal frontier: the best run of each equal-width bin of log10 C (the paper's bins), "
+            "per source and task\n\n" + fitting.to_markdown(out, floatfmt=".2f"))
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def draw_extrapolation(table: pd.DataFrame, result: Mapping, title: str | None = None):
+    """One panel per checked task: the runs below the cut (grey), held out (black: on the
+    frontier, hollow: not), each identifiable law fitted below the cut with its band."""
+    import matplotlib.pyplot as plt
+
+    from clipscale.figures import (
+        LABEL_FONTSIZE,
+        TITLE_FONTSIZE,
+        _log_error_axis,
+        dataset_label,
+        error_label,
+        metric_label,
+    )
+
+    fits = result["fits"]
+    groups = sorted({k[:4] for k in fits})
+    if not groups:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no extrapolation check: no source with runs on both sides of the cut",
+                ha="center", va="center")
+        return fig
+    n_cols = min(len(groups), 4)
+    n_rows = math.ceil(len(groups) / n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.6 * n_cols, 3.8 * n_rows), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    df = fitting.final_points(table)
+    methods = sorted({k[4] for k in fits})
+    for i, (source, task, dataset, metric) in enumerate(groups):
+        ax = axes[i // n_cols][i % n_cols]
+        pts = df[(df["source"] == source) & (df["task"] == task) & (df["dataset"] == dataset) & (df["metric"] == metric)]
+        C, E = pts["total_gmac"].to_numpy(float), pts["error"].to_numpy(float)
+        cut = next(v[1] for k, v in fits.items() if k[:4] == (source, task, dataset, metric))
+        front = fitting.pareto_mask(C, E)
+        below = C < cut
+        ax.scatter(C[below], 100 * E[below], color="0.6", s=18, zorder=3, label="fitted on")
+        ax.scatter(C[~below & front], 100 * E[~below & front], color="black", s=26, zorder=4,
+                   label="held out, frontier")
+        ax.scatter(C[~below & ~front], 100 * E[~below & ~front], facecolors="none", edgecolors="black", s=22,
+                   zorder=4, label="held out")
+        xs = np.logspace(math.log10(C.min()), math.log10(C.max()) + 0.05, 150)
+        shown = [100 * E]
+        for j, m in enumerate(methods):
+            f = fits.get((source, task, dataset, metric, m), (None, cut))[0]
+            if f is None:
+                continue
+            ax.plot(xs, 100 * f.predict(xs), color=colors(j), lw=1.6, label=m)
+            shown.append(np.clip(100 * f.predict(xs), None, 100.0))
+            if len(f.draws) >= 2:
+                lo, hi = f.interval(xs)
+                ax.fill_between(xs, 100 * lo, 100 * hi, color=colors(j), alpha=0.12, lw=0)
+        ax.axvline(cut, color="0.3", ls=":", lw=1)
+        ax.set_xscale("log")
+        _log_error_axis(ax, np.concatenate(shown))
+        ax.set_xlabel("Total compute C (GMAC)", fontsize=LABEL_FONTSIZE - 1)
+        ax.set_ylabel(error_label(metric), fontsize=LABEL_FONTSIZE - 1)
+        ax.set_title(f"{source}: {dataset_label(dataset, source == 'ours')}, {metric_label(metric)}",
+                     fontsize=TITLE_FONTSIZE - 2)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    for j in range(len(groups), n_rows * n_cols):
+        axes[j // n_cols][j % n_cols].set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=TITLE_FONTSIZE + 1)
+    fig.tight_layout()
+    return fig
+
+
+def draw_comparison(comp: pd.DataFrame, title: str | None = None):
+    """Forest plot: per comparison and task, the ratio of exponents and the difference of
+    predicted errors at the largest target compute, with their intervals."""
+    import matplotlib.pyplot as plt
+
+    from clipscale.figures import TITLE_FONTSIZE, dataset_label, metric_label
+
+    if comp.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no comparison: no configured pair has runs on both sides", ha="center", va="center")
+        return fig
+    last = comp.sort_values("compute_gmac").groupby(["comparison"] + GROUP[1:], sort=False).tail(1)
+    last = last.iloc[::-1].reset_index(drop=True)
+    labels = [f"{r.comparison}: {dataset_label(r.dataset, r.input == 'ours')}, {metric_label(r.metric)}"
+              for r in last.itertuples()]
+    y = np.arange(len(last))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.42 * len(last) + 1.8), sharey=True)
+    for ax, col, scale, ref, xlabel in (
+            (ax1, "alpha_ratio", 1.0, 1.0, "α a / α b  (> 1: a's error falls faster)"),
+            (ax2, "delta_error", 100.0, 0.0, "ΔE = E_a − E_b at the largest target compute (points; < 0: a better)")):
+        v = scale * last[col].to_numpy(float)
+        lo, hi = scale * last[f"{col}_lo"].to_numpy(float), scale * last[f"{col}_hi"].to_numpy(float)
+        decided = (lo > ref) | (hi < ref)
+        for k in range(len(last)):
+            color = "#0072B2" if decided[k] else "0.55"
+            if np.isfinite(lo[k]):
+                ax.plot([lo[k], hi[k]], [y[k], y[k]], color=color, lw=2)
+            ax.plot(v[k], y[k], "o", color=color, ms=6)
+        ax.axvline(ref, color="0.3", ls="--", lw=1)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.grid(True, axis="x", alpha=0.3)
+    ax1.set_yticks(y)
+    ax1.set_yticklabels(labels, fontsize=8)
+    names = "; ".join(f"{n}: a = {g['a'].iloc[0]}, b = {g['b'].iloc[0]}" for n, g in comp.groupby("comparison", sort=False))
+    fig.suptitle(title or "Comparison of scaling laws", fontsize=TITLE_FONTSIZE)
+    fig.text(0.5, 0.005, names + " (blue: interval excludes the reference)", ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline's steps
+
+
+def _table(table_path: str, input_name: str, settings: Mapping) -> pd.DataFrame:
+    from clipscale.table import add_group_means, groups_of, read_table
+
+    table = read_table(table_path)
+    groups = groups_of(settings) if input_name == "ours" else None
+    return add_group_means(table, groups) if groups else table
+
+
+def _write(path: str, text_or_frame) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text_or_frame, pd.DataFrame):
+        text_or_frame.to_csv(path, index=False)
+    else:
+        Path(path).write_text(text_or_frame)
+
+
+def extrapolation_step(table_path: str, input_name: str, settings: Mapping, runs: str, summary: str,
+                       markdown: str, figures: Sequence[str]) -> None:
+    """Rule fit_extrapolation: ``settings`` is clipscale.shaping.extrapolation's slice."""
+    from clipscale.figures import save
+
+    table = _table(table_path, input_name, settings)
+    out = extrapolation(table, input_name, settings.get("fit", {}), int(settings.get("seed", 0)))
+    _write(runs, out["runs"])
+    _write(summary, out["summary"])
+    _write(markdown, extrapolation_markdown(out["summary"]))
+    save(draw_extrapolation(table, out, f"Extrapolation check ({input_name}): laws fitted below the cut"), figures)
+    log.info("%s: %d laws checked on %d held-out predictions", input_name, len(out["summary"]), len(out["runs"]))
+
+
+def comparison_step(table_path: str, input_name: str, settings: Mapping, csv: str, markdown: str,
+                    figures: Sequence[str]) -> None:
+    """Rule fit_comparison: ``settings`` is clipscale.shaping.comparison's slice."""
+    from clipscale.figures import save
+
+    table = _table(table_path, input_name, settings)
+    fit_config = settings.get("fit", {})
+    comp = comparison(table, input_name, fit_config, int(settings.get("seed", 0)), fit_config.get("comparisons"))
+    _write(csv, comp)
+    _write(markdown, comparison_markdown(comp))
+    save(draw_comparison(comp, f"Comparison of scaling laws ({input_name})"), figures)
+    log.info("%s: %d comparison rows", input_name, len(comp))
+
+
+def frontier_step(table_path: str, input_name: str, settings: Mapping, csv: str, markdown: str) -> None:
+    """Rule fit_frontier: ``settings`` is clipscale.shaping.frontier's slice."""
+    table = _table(table_path, input_name, settings)
+    front = frontier(table, input_name, settings.get("fit", {}))
+    _write(csv, front)
+    _write(markdown, frontier_markdown(front))
+    log.info("%s: %d frontier rows", input_name, len(front))
