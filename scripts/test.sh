@@ -9,6 +9,6 @@ export PATH="$PWD/.venv/bin:$PATH"
 # one): the Slurm tests, in one process, wait on the scheduler and on walltimes much of the time.
 workers=${CLIPSCALE_TEST_WORKERS:-2}
 if [ "$workers" != 0 ]; then
-  set -- -n "$workers" --dist loadgroup "$@"
+  set -- -n "$workers" --dist loadfile "$@"
 fi
 exec .venv/bin/python -m pytest "$@"

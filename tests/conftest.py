@@ -41,17 +41,14 @@ def world_workdir(small_world, in_tmp) -> Path:
     return in_tmp
 
 
-@pytest.hookimpl(tryfirst=True)
+# With pytest-xdist (scripts/test.sh: -n 2 --dist loadfile) the tests of one file run in one
+# process, one after the other: test_slurm.py's share one cluster (and module fixtures), and the
+# tests on the finished pipeline (finished_workdir, a session fixture: made once per process)
+# all live in test_cache.py. (xdist's --dist loadgroup does not group with pytest 9.2: it renames
+# items through Node._nodeid, which pytest 9 no longer reads.)
+
+
 def pytest_collection_modifyitems(config, items):
-    # With pytest-xdist (scripts/test.sh: -n 2 --dist loadgroup) the tests of one group run in
-    # one process, one after the other: the Slurm tests share one cluster (and module fixtures),
-    # the tests on the finished pipeline share one run of it (a session fixture is made once per
-    # process). Without xdist the marks do nothing.
-    for item in items:
-        if item.path.name == "test_slurm.py":
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-        elif "finished_workdir" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("finished_pipeline"))
     if os.environ.get("CLIPSCALE_FAST"):
         skip = pytest.mark.skip(reason="CLIPSCALE_FAST set: slow tests skipped")
         for item in items:

@@ -9,10 +9,12 @@ Each test writes a changed copy of tests/data/ci.yaml and asks Snakemake what it
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -146,3 +148,36 @@ def test_reordered_config_keys_rerun_nothing(finished_workdir, tmp_path):
         return value
 
     assert scheduled(finished_workdir, reverse(BASE), tmp_path) == []
+
+
+# the finished pipeline itself (tests/data/ci.yaml)
+
+
+def test_every_artifact_is_made(finished_workdir):
+    r = finished_workdir / "results"
+    cfg = yaml.safe_load(CI_CONFIG.read_text())
+    for scale, size in cfg["scales"].items():
+        manifest = json.loads((r / "data" / "subsets" / scale / "manifest.json").read_text())
+        assert manifest["n_samples"] == size
+    runs = sorted(r.glob("train/*/*/*/run.json"))
+    assert len(runs) == 8
+    for run in runs:
+        record = json.loads(run.read_text())
+        assert Path(finished_workdir / record["final_checkpoint"]).exists()
+        assert record["total_gmac"] > 0
+    table = pd.read_parquet(r / "results" / "results.parquet")
+    ours = table[table["source"] == "ours"]
+    assert ours.groupby(["model", "data", "samples_seen"]).ngroups == 8
+    assert set(cfg["downstream"]) <= set(ours["dataset"])
+    assert (r / "dedup" / "overlap.csv").exists()
+    assert list(r.glob("figures/*.png")) and list(r.glob("figures/*.pdf"))
+    for rule_dir in (r / "logs").iterdir():
+        assert any(rule_dir.rglob("*.log")), rule_dir
+
+
+def test_nothing_left_to_do_and_one_figure_reruns_alone(finished_workdir):
+    dry = run_snakemake(finished_workdir, "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    figure = str(sorted((finished_workdir / "results" / "figures").glob("*.pdf"))[0].relative_to(finished_workdir))
+    out = run_snakemake(finished_workdir, "-n", "--forcerun", figure, figure).stdout
+    assert "train" not in out.split("Job stats")[-1] and "evaluate " not in out

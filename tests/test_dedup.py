@@ -528,6 +528,22 @@ def test_planted_recall_by_hand():
     assert {m["pool_key"] for m in r["missed_examples"]} == {"p2", "p4"}
 
 
+def test_planted_recall_counts_only_the_sets_that_were_matched():
+    """The world plants near-duplicates of every set it makes; a set left out of the config's
+    downstream sets is neither hashed nor matched, so its planted copies are not misses."""
+    planted = pd.DataFrame({"pool_key": ["p1", "p2", "p3"], "pool_shard": "s", "dataset": ["a", "a", "off"],
+                            "test_key": ["t1", "t2", "t3"], "transform": "blur"})
+    matches = pd.DataFrame({"dataset": ["a"], "test_key": ["t1"], "test_shard": "s", "pool_key": ["p1"],
+                            "pool_shard": "s", "distance": np.array([0], np.uint8), "test_phash": np.uint64(0),
+                            "pool_phash": np.uint64(0)})
+    pool = pd.DataFrame({"key": ["p1", "p2", "p3"], "phash": np.array([0, 1, 3], np.uint64)})
+    tests = pd.DataFrame({"dataset": ["a", "a"], "key": ["t1", "t2"], "phash": np.array([0, 255], np.uint64)})
+    r = D.planted_recall(matches, planted, radius=4, pool_hashes=pool, test_hashes=tests)
+    assert r["n_planted"] == 2 and r["recall"] == 0.5, r
+    assert r["planted_in_other_sets"] == {"off": 1}
+    assert "off" not in r["by_dataset"] and r.get("planted_not_hashed", 0) == 0
+
+
 # 4. filtered subsets ----------------------------------------------------------------------------
 
 

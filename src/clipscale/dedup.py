@@ -752,9 +752,16 @@ def planted_recall(matches: pd.DataFrame, planted: pd.DataFrame, radius: int,
     precision: found pairs that are planted / all pairs found. A pair that is not planted can
     still be a true duplicate the world made by chance (two renders that look alike), so the
     report also counts the pool keys of unplanted pairs. With the hashes given, the distance of
-    every planted pair is reported too (so a miss shows how far it was)."""
+    every planted pair is reported too (so a miss shows how far it was). Planted copies of sets
+    that were not hashed (a set the world makes but the config leaves out) are not counted as
+    misses: they are counted per set in ``planted_in_other_sets``."""
     cols = ["pool_key", "dataset", "test_key"]
     planted = planted.astype({c: str for c in cols})
+    other: dict[str, int] = {}
+    if test_hashes is not None:
+        matched = planted["dataset"].isin(set(test_hashes["dataset"].astype(str)))
+        other = {str(k): int(v) for k, v in planted.loc[~matched, "dataset"].value_counts().sort_index().items()}
+        planted = planted[matched]
     found = matches[matches["distance"] <= radius][cols + ["distance"]].astype({c: str for c in cols})
     truth = planted.merge(found, on=cols, how="left")
     truth["found"] = truth["distance"].notna()
@@ -783,6 +790,7 @@ def planted_recall(matches: pd.DataFrame, planted: pd.DataFrame, radius: int,
         "unplanted_pool_keys": int(hits.loc[~is_planted, "pool_key"].nunique()),
         "unplanted_examples": hits.loc[~is_planted, cols + ["distance"]].head(10).to_dict("records"),
         "by_radius": {}, "by_transform": {}, "by_dataset": {},
+        "planted_in_other_sets": other,
     }
     for r in range(radius + 1):  # how recall and precision trade off below the radius used
         within = found["distance"] <= r
