@@ -45,10 +45,14 @@ def world_workdir(small_world, in_tmp) -> Path:
 # process, one after the other: test_slurm.py's share one cluster (and module fixtures), and the
 # tests on the finished pipeline (finished_workdir, a session fixture: made once per process)
 # all live in test_cache.py. (xdist's --dist loadgroup does not group with pytest 9.2: it renames
-# items through Node._nodeid, which pytest 9 no longer reads.)
+# items through Node._nodeid, which pytest 9 no longer reads.) The two long files go first, so
+# that each process starts with one of them and the rest of the suite fills the gaps: the Slurm
+# tests wait on the scheduler and on walltimes much of the time.
+FIRST = ("test_slurm.py", "test_cache.py")
 
 
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST))
     if os.environ.get("CLIPSCALE_FAST"):
         skip = pytest.mark.skip(reason="CLIPSCALE_FAST set: slow tests skipped")
         for item in items:
