@@ -142,12 +142,11 @@ def fit(config: Mapping, input_name: str) -> dict:
     """fit_input: fit.* (but the analyses' settings), the seed (bootstrap), the models' stated
     GMAC and labels (predictions) and, for our runs, the downstream groups (fitted group means)."""
     out = {"seed": config["seed"], "fit": _without(config["fit"], _ANALYSIS_KEYS), "models": _model_gmac(config)}
-    if input_name == "ours":
-        out["downstream"] = downstream_groups(config)
-    return canonical(out)
+    return _with_groups(out, config, input_name)
 
 
 def _with_groups(out: dict, config: Mapping, input_name: str) -> dict:
+    """``out`` with, for our runs, the downstream groups (fitted group means); canonical."""
     if input_name == "ours":
         out["downstream"] = downstream_groups(config)
     return canonical(out)

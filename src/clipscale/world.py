@@ -442,6 +442,7 @@ def generate(spec: WorldSpec, out: str | Path, progress: bool = True) -> dict:
 
     pool_dir = out / "pool"
     pool_dir.mkdir(parents=True, exist_ok=True)
+    renditions = pool_photos(photos)
     truth = []
     kinds: dict[str, int] = {}
     for shard in range(spec.n_shards):
@@ -450,7 +451,7 @@ def generate(spec: WorldSpec, out: str | Path, progress: bool = True) -> dict:
         with ShardWriter(pool_dir / f"{shard:05d}.tar") as w:
             for index in range(start, stop):
                 key = f"{shard:05d}{index - start:04d}"
-                img, text, meta = pool_sample(spec, index, digits, pool_photos(photos))
+                img, text, meta = pool_sample(spec, index, digits, renditions)
                 if index in planted:
                     (dataset, test_key, test_img), transform = planted[index]
                     img = near_duplicate(test_img, transform, rng_for(spec.seed, "planted", 1, index))
