@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -17,6 +18,19 @@ CI_CONFIG = REPO / "tests" / "data" / "ci.yaml"
 
 SMALL_WORLD = WorldSpec(seed=3, pool_size=600, shard_size=100, image_size=32, near_duplicates=20,
                         test_per_class=4, train_per_class=4, retrieval_size=20)
+
+
+@contextlib.contextmanager
+def scratch(request, tmp_path_factory, name: str):
+    """A folder for a module- or session-scoped fixture, removed at the fixture's teardown unless
+    a test failed meanwhile (kept to look at). pytest keeps such folders to the session's end,
+    and the finished pipeline, the training baselines and the per-test folders (removed when the
+    test passes: tmp_path_retention_policy) together fill a CI machine's small free disk."""
+    failed = request.session.testsfailed
+    folder = tmp_path_factory.mktemp(name)
+    yield folder
+    if request.session.testsfailed == failed:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -72,15 +86,20 @@ def run_snakemake(workdir: Path, *args: str, configfile: Path = CI_CONFIG, check
     return proc
 
 
-@pytest.fixture(scope="session")
-def finished_workdir(tmp_path_factory) -> Path:
-    """The whole DAG of tests/data/ci.yaml, run once per test session (about 4 minutes on 2
-    cores). Tests that share it must not change it (dry runs only). CLIPSCALE_FINISHED_WORKDIR
-    names one to reuse (finished by an earlier run; it is brought up to date first)."""
+@pytest.fixture(scope="module")
+def finished_workdir(request, tmp_path_factory) -> Path:
+    """The whole DAG of tests/data/ci.yaml, run once for test_cache.py, its only user (about 4
+    minutes on 2 cores). Tests that share it must not change it (dry runs only).
+    CLIPSCALE_FINISHED_WORKDIR names one to reuse (finished by an earlier run; it is brought up to
+    date first, and kept)."""
     reuse = os.environ.get("CLIPSCALE_FINISHED_WORKDIR")
-    workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("pipeline")
-    run_snakemake(workdir)
-    return workdir
+    if reuse:
+        run_snakemake(Path(reuse))
+        yield Path(reuse)
+        return
+    with scratch(request, tmp_path_factory, "pipeline") as workdir:
+        run_snakemake(workdir)
+        yield workdir
 
 
 def default_sigint() -> None:

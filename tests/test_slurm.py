@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 from clipscale import launch
-from conftest import default_sigint
+from conftest import default_sigint, scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm"
@@ -712,17 +712,17 @@ def _local_snakemake(workdir: Path, config: Path, *targets: str) -> subprocess.P
 
 
 @pytest.fixture(scope="module")
-def windows_workdir(tmp_path_factory) -> tuple[Path, Path]:
+def windows_workdir(request, tmp_path_factory) -> tuple[Path, Path]:
     """A workdir with the world, the subset and the model profile made (locally: what the Slurm
     tests of a training run do not need to wait for), and the config of its 60k-sample run."""
-    folder = tmp_path_factory.mktemp("windows")
-    config = _window_config(folder, "60k", runtime=2, signal_lead_s=30)
-    work = folder / "prepared"
-    proc = _local_snakemake(work, config, "results/data/subsets/1k/manifest.json",
-                            "results/models/vit-xs.profile.json")
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-4000:]
-    return work, config
+    with scratch(request, tmp_path_factory, "windows") as folder:
+        config = _window_config(folder, "60k", runtime=2, signal_lead_s=30)
+        work = folder / "prepared"
+        proc = _local_snakemake(work, config, "results/data/subsets/1k/manifest.json",
+                                "results/models/vit-xs.profile.json")
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-4000:]
+        yield work, config
 
 
 @pytest.mark.slurm

@@ -37,6 +37,7 @@ import yaml
 
 from clipscale import config as config_mod
 from clipscale import grid, subsets, train
+from conftest import scratch
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, SCALE = "vit-xs", "s"
@@ -176,36 +177,36 @@ SEEN = EPOCHS * STEPS_PER_EPOCH * BATCH
 
 
 @pytest.fixture(scope="module")
-def baseline(pool_index, hooks_env, tmp_path_factory) -> dict:
+def baseline(request, pool_index, hooks_env, tmp_path_factory) -> dict:
     """One uninterrupted run (deterministic data order), for the resume tests to compare with."""
-    folder = tmp_path_factory.mktemp("baseline")
-    cfg = tiny_config()
-    record = launch(cfg, SAMPLES, subset_in(pool_index, folder), folder, hooks_env)
-    return {"cfg": cfg, "folder": folder, "record": record,
-            "final": load(ckpt_dir(folder, SAMPLES) / f"epoch_{EPOCHS}.pt")}
+    with scratch(request, tmp_path_factory, "baseline") as folder:
+        cfg = tiny_config()
+        record = launch(cfg, SAMPLES, subset_in(pool_index, folder), folder, hooks_env)
+        yield {"cfg": cfg, "folder": folder, "record": record,
+               "final": load(ckpt_dir(folder, SAMPLES) / f"epoch_{EPOCHS}.pt")}
 
 
 @pytest.fixture(scope="module", params=[0, 2], ids=["in-process", "2-workers"])
 def baseline_workers(request, pool_index, hooks_env, tmp_path_factory) -> dict:
     """The same run with its data read in the training process (train.workers 0, the embedded
     default) or by 2 data workers."""
-    folder = tmp_path_factory.mktemp(f"baseline-w{request.param}")
-    cfg = tiny_config(workers=request.param)
-    record = launch(cfg, SAMPLES, subset_in(pool_index, folder), folder, hooks_env)
-    return {"cfg": cfg, "folder": folder, "record": record,
-            "final": load(ckpt_dir(folder, SAMPLES) / f"epoch_{EPOCHS}.pt")}
+    with scratch(request, tmp_path_factory, f"baseline-w{request.param}") as folder:
+        cfg = tiny_config(workers=request.param)
+        record = launch(cfg, SAMPLES, subset_in(pool_index, folder), folder, hooks_env)
+        yield {"cfg": cfg, "folder": folder, "record": record,
+               "final": load(ckpt_dir(folder, SAMPLES) / f"epoch_{EPOCHS}.pt")}
 
 
 @pytest.fixture(scope="module")
-def killed(pool_index, hooks_env, tmp_path_factory) -> Path:
+def killed(request, pool_index, hooks_env, tmp_path_factory) -> Path:
     """The same run SIGKILLed at its 2nd step of epoch 3 (after epoch_2.pt was written)."""
-    folder = tmp_path_factory.mktemp("killed")
-    cfg = tiny_config()
-    kill_at = 2 * STEPS_PER_EPOCH + 2
-    manifest = subset_in(pool_index, folder)
-    with pytest.raises(train.TrainingError, match=r"exited with status -9.*resumes from the latest"):
-        launch(cfg, SAMPLES, manifest, folder, {**hooks_env, "CLIPSCALE_TEST_KILL_AT_STEP": str(kill_at)})
-    return folder
+    with scratch(request, tmp_path_factory, "killed") as folder:
+        cfg = tiny_config()
+        kill_at = 2 * STEPS_PER_EPOCH + 2
+        manifest = subset_in(pool_index, folder)
+        with pytest.raises(train.TrainingError, match=r"exited with status -9.*resumes from the latest"):
+            launch(cfg, SAMPLES, manifest, folder, {**hooks_env, "CLIPSCALE_TEST_KILL_AT_STEP": str(kill_at)})
+        yield folder
 
 
 def resume_copy(killed: Path, tmp_path: Path) -> Path:

@@ -7,7 +7,9 @@ architectures, else measured on the model itself with torch's FLOP counter.
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from functools import lru_cache
 from importlib import resources
@@ -25,7 +27,10 @@ def register(config: dict) -> list[str]:
     todo = {n: m["open_clip"] for n, m in config["models"].items() if "open_clip" in m}
     new = {n: c for n, c in todo.items() if n not in _REGISTERED}
     if new:
+        # open_clip re-reads every registered folder whenever one is added: the folder lives as
+        # long as this process, and goes with it
         folder = Path(tempfile.mkdtemp(prefix="clipscale-models-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         for name, cfg in new.items():
             (folder / f"{name}.json").write_text(json.dumps(cfg))
         open_clip.add_model_config(folder)
