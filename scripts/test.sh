@@ -11,6 +11,6 @@ workers=${CLIPSCALE_TEST_WORKERS:-2}
 if [ "$workers" != 0 ]; then
   set -- -n "$workers" --dist loadfile "$@"
 fi
-# the suite's folders (pipelines, checkpoints) need about 1.5 GB free at a time, besides .venv
+# the suite's folders (pipelines, checkpoints) take up to about 0.8 GB at a time, besides .venv
 df -h "${TMPDIR:-/tmp}" . | awk 'NR==1 || !seen[$0]++' >&2
 exec .venv/bin/python -m pytest "$@"

@@ -180,6 +180,27 @@ def _dry_run_jobs(workdir: Path, *args: str) -> dict[str, tuple[str, set[str]]]:
     return jobs
 
 
+def test_const_cooldown_branches_are_jobs_that_wait_for_their_trunk_checkpoint(tmp_path):
+    """grid.schedules with both: the cosine runs as before, and per (model, scale) a trunk whose
+    first job ends at the branch point, the branch's job waiting for that job only (not for
+    the trunk's end); results under their own samples label, fitted and compared as a source."""
+    (tmp_path / "cooldown.yaml").write_text(
+        "grid: {models: [vit-xs], scales: [1k], samples_seen: [2k, 6k], schedules: [cosine, const-cooldown]}\n"
+        "train: {cooldown: {fraction: 0.5}}\n")
+    jobs = _dry_run_jobs(tmp_path, "results/results/results.parquet", "--configfile",
+                         str(REPO / "tests" / "data" / "ci.yaml"), str(tmp_path / "cooldown.yaml"))
+    trunk, branch = "results/train/vit-xs/1k/6k-cooldown", "results/train/vit-xs/1k/2k-cooldown"
+    # cooldowns 1k and 3k, branch points 1k and 3k: a common epoch of 1k; the branch at epoch 1
+    assert jobs[f"{trunk}/segments/epoch_1.json"][0] == "train_segment"
+    assert jobs[f"{branch}/run.json"][0] == "train"
+    assert {f for f in jobs[f"{branch}/run.json"][1] if f.startswith("results/train/")} == {
+        f"{trunk}/segments/epoch_1.json"}
+    assert f"{trunk}/segments/epoch_1.json" in jobs[f"{trunk}/run.json"][1]
+    for run in ("results/train/vit-xs/1k/2k", "results/train/vit-xs/1k/6k"):  # cosine, from scratch
+        assert not {f for f in jobs[f"{run}/run.json"][1] if f.startswith("results/train/")}
+    assert any(f.startswith("results/eval/ours/vit-xs/1k/2k-cooldown/epoch_2/") for f in jobs)
+
+
 def test_a_run_in_segments_is_a_chain_of_jobs_whose_checkpoints_are_evaluated_on_the_way(tmp_path):
     """train.segments: 3 with 4 checkpoints: jobs end at epochs 1 and 3 (train_segment) and 4
     (train), each after the one before; with evaluate.all_checkpoints, checkpoints 1 and 2-3

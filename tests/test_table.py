@@ -127,7 +127,7 @@ def test_columns_are_defined_once():
 
     assert RESULTS_COLUMNS == list(table.DTYPES)
     assert reference.RESULTS_COLUMNS is RESULTS_COLUMNS  # the published table: the same definition
-    assert set(table.SOURCES) == {"published", "openai", "ours", "released"}
+    assert set(table.SOURCES) == {"published", "openai", "ours", "ours-cooldown", "released"}
     empty = table.empty_table()
     assert list(empty.columns) == RESULTS_COLUMNS and len(validate_table(empty)) == 0
 

@@ -979,3 +979,153 @@ def test_each_virtual_epoch_draws_other_shards_also_without_data_workers():
     assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
     again = oct_data.ResampledShards2([f"s{i}.tar" for i in range(100)], deterministic=True, epoch=-1)
     assert [[s["url"] for s, _ in zip(iter(again), range(10))] for _ in range(3)] == epochs  # deterministic
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. const-cooldown: one constant-LR trunk per (model, scale), the smaller cells branched from it
+# ---------------------------------------------------------------------------------------------
+
+# 320 and 960 samples, cooldown 1/4: branch points 240 and 720, cooldowns 80 and 240 -> one
+# virtual epoch of 80 samples (3 batches of 32 = 96 drawn); trunk 12 epochs (checkpoints every 3,
+# its cooldown the last 3), branch 4 epochs: the trunk's epoch 3, then 1 epoch of cooldown
+CD_SAMPLES, CD_TRUNK = 320, 960
+CD_STEPS = 3  # per virtual epoch
+
+
+def cooldown_config(**train_settings) -> dict:
+    cfg = tiny_config(samples=(CD_SAMPLES, CD_TRUNK), **train_settings)
+    cfg["grid"]["schedules"] = ["const-cooldown"]
+    cfg["train"]["cooldown"] = {"fraction": 0.25, "power": 1.0, "end_lr": 0.0}
+    return config_mod.validate(cfg, "tiny const-cooldown config")
+
+
+def cd_run(cfg: dict, samples: int) -> grid.Run:
+    return grid.find_run(cfg, MODEL, SCALE, f"{samples}{grid.COOLDOWN_SUFFIX}")
+
+
+def test_cooldown_branches_start_at_the_trunk_checkpoint_and_count_exactly():
+    cfg = cooldown_config()
+    trunk, branch = cd_run(cfg, CD_TRUNK), cd_run(cfg, CD_SAMPLES)
+    assert grid.trunk_of(cfg, branch) == (trunk, 3) and grid.trunk_of(cfg, trunk) is None
+    assert grid.branches_of(cfg, trunk) == {3: branch}
+    ht, hb = grid.hparams(cfg, trunk), grid.hparams(cfg, branch)
+    assert (ht["train_num_samples"], ht["epochs"], ht["cooldown_epochs"], ht["save_every"]) == (80, 12, 3, 3)
+    assert (hb["train_num_samples"], hb["epochs"], hb["cooldown_epochs"], hb["branch_epoch"]) == (80, 4, 1, 3)
+    # samples seen count the trunk's prefix; what the branch's own job trains is its cooldown
+    assert hb["samples_seen_exact"] == 4 * CD_STEPS * BATCH and hb["samples_trained_exact"] == CD_STEPS * BATCH
+    assert ht["samples_seen_exact"] == ht["samples_trained_exact"] == 12 * CD_STEPS * BATCH
+    assert grid.study_samples(cfg) == {"const-cooldown": 13 * CD_STEPS * BATCH}
+    cosine = tiny_config(samples=(CD_SAMPLES, CD_TRUNK))
+    assert grid.study_samples(cosine) == {"cosine": sum(grid.hparams(cosine, r)["samples_seen_exact"]
+                                                        for r in grid.runs(cosine))}
+    # the trunk's job ends at the branch point, so the branch can start from its checkpoint
+    assert grid.segment_ends(cfg, trunk) == [3] and grid.segment_ends(cfg, branch) == []
+    # open_clip's own schedule: the branch's learning rate is the trunk's up to the branch point,
+    # then falls linearly to 0 over its cooldown (the trunk's is still constant there)
+    from open_clip_train.scheduler import const_lr_cooldown
+
+    lrs = {}
+    for run, hp in ((trunk, ht), (branch, hb)):
+        a = parsed(train.open_clip_args(cfg, run, {"url": "x.tar"}, hp))
+        assert a.lr_scheduler == "const-cooldown" and a.save_frequency == hp["save_every"]
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=a.lr)
+        steps = a.epochs * CD_STEPS
+        sched = const_lr_cooldown(opt, a.lr, a.warmup, steps, a.epochs_cooldown * CD_STEPS,
+                                  a.lr_cooldown_power, a.lr_cooldown_end)
+        lrs[run] = [sched(s) for s in range(steps)]
+    start = 3 * CD_STEPS
+    assert lrs[branch][:start] == lrs[trunk][:start]
+    assert lrs[branch][start - 1] == lrs[trunk][start] == cfg["train"]["lr"]  # constant at the branch point
+    assert lrs[branch][start:] == pytest.approx([cfg["train"]["lr"] * (1 - i / CD_STEPS) for i in range(CD_STEPS)])
+
+
+def test_cooldown_config_without_a_common_epoch_is_rejected():
+    cfg = tiny_config(samples=(CD_SAMPLES, CD_TRUNK))
+    cfg["grid"]["schedules"] = ["const-cooldown"]
+    cfg["train"]["cooldown"] = {"fraction": 0.21}  # cooldowns 67 and 202: a common epoch of 1 sample
+    with pytest.raises(config_mod.ConfigError, match=r"const-cooldown.*virtual epochs of 1 samples"):
+        config_mod.validate(cfg, "cfg")
+
+
+@pytest.fixture(scope="module")
+def cooldown_family(request, pool_index, hooks_env, tmp_path_factory) -> dict:
+    """The trunk's first job (to its branch point), then the branch, uninterrupted."""
+    with scratch(request, tmp_path_factory, "cooldown") as folder:
+        cfg = cooldown_config()
+        manifest = subset_in(pool_index, folder)
+        trunk, branch = cd_run(cfg, CD_TRUNK), cd_run(cfg, CD_SAMPLES)
+        with inside(folder, hooks_env):
+            train.launch(cfg, trunk, manifest, "segment.json", log_file="trunk.log", until=3)
+            train.launch(cfg, branch, manifest, "branch.json", log_file="branch.log")
+        yield {"cfg": cfg, "folder": folder, "trunk": trunk, "branch": branch,
+               "record": json.loads((folder / "branch.json").read_text()),
+               "final": load(ckpt_dir(folder, f"{CD_SAMPLES}-cooldown") / "epoch_4.pt")}
+
+
+@pytest.mark.slow
+def test_a_branch_trains_only_its_cooldown_from_the_trunk_checkpoint(cooldown_family):
+    f = cooldown_family
+    rec, folder = f["record"], f["folder"]
+    start = ckpt_dir(folder, f"{CD_SAMPLES}-cooldown") / "epoch_3.pt"
+    trunk_ckpt = ckpt_dir(folder, f"{CD_TRUNK}-cooldown") / "epoch_3.pt"
+    assert os.path.samefile(start, trunk_ckpt)  # linked, not trained again
+    assert rec["schedule"] == "const-cooldown" and rec["branched_from"]["epoch"] == 3
+    assert rec["branched_from"]["run"] == f["trunk"].name
+    (attempt,) = rec["attempts"]
+    assert attempt["resumed_from"] == 3 and rec["steps_total"] == CD_STEPS
+    assert rec["samples_seen_exact"] == 4 * CD_STEPS * BATCH
+    assert rec["samples_trained_exact"] == CD_STEPS * BATCH
+    assert rec["trained_gmac"] == pytest.approx(rec["gmac_per_sample"] * CD_STEPS * BATCH)
+    assert optimizer_steps(f["final"]) == 4 * CD_STEPS  # the trunk's 9 steps, then its own 3
+    # the trunk goes on from its own checkpoint, unchanged by the branch
+    with inside(folder):
+        trunk = train.launch(f["cfg"], f["trunk"], MANIFEST, "trunk.json", log_file="trunk.log")
+    done = json.loads((folder / "trunk.json").read_text())
+    assert done["attempts"][-1]["resumed_from"] == 3 and done["branched_from"] is None
+    assert done["samples_seen_exact"] == done["samples_trained_exact"] == 12 * CD_STEPS * BATCH
+    saved = sorted(int(p.stem.split("_")[1]) for p in ckpt_dir(folder, f"{CD_TRUNK}-cooldown").glob("epoch_*.pt"))
+    assert saved == [3, 6, 9, 12] and trunk is None
+
+
+@pytest.mark.slow
+def test_a_branch_killed_in_its_cooldown_resumes_to_the_same_weights(cooldown_family, hooks_env, tmp_path):
+    f = cooldown_family
+    folder = tmp_path / "work"
+    shutil.copytree(f["folder"], folder, symlinks=True)
+    ckpts = ckpt_dir(folder, f"{CD_SAMPLES}-cooldown")
+    for p in ckpts.glob("epoch_*.pt"):
+        if p.name != "epoch_3.pt":
+            p.unlink()
+    (folder / "branch.json").unlink()
+    branch = f["branch"]
+    with inside(folder, {**hooks_env, "CLIPSCALE_TEST_KILL_AT_STEP": "2"}):
+        with pytest.raises(train.TrainingError, match="exited with status -9"):
+            train.launch(f["cfg"], branch, MANIFEST, "branch.json", log_file="branch.log")
+    with inside(folder, hooks_env):
+        train.launch(f["cfg"], branch, MANIFEST, "branch.json", log_file="branch.log")
+    rec = json.loads((folder / "branch.json").read_text())
+    killed, done = rec["attempts"][-2:]
+    assert killed["ended"].startswith("killed") and killed["resumed_from"] == 3
+    assert (done["ended"], done["resumed_from"]) == ("completed", 3)
+    final = load(ckpts / "epoch_4.pt")
+    assert optimizer_steps(final) == 4 * CD_STEPS
+    assert same_weights(final["state_dict"], f["final"]["state_dict"])
+
+
+@pytest.mark.slow
+def test_a_branch_of_a_retrained_trunk_starts_afresh(cooldown_family, hooks_env, tmp_path):
+    f = cooldown_family
+    folder = tmp_path / "work"
+    shutil.copytree(f["folder"], folder, symlinks=True)
+    trunk_ckpt = ckpt_dir(folder, f"{CD_TRUNK}-cooldown") / "epoch_3.pt"
+    data = trunk_ckpt.read_bytes()
+    trunk_ckpt.unlink()
+    trunk_ckpt.write_bytes(data)  # the trunk's checkpoint written again (another file)
+    with inside(folder, hooks_env):
+        train.launch(f["cfg"], f["branch"], MANIFEST, "branch.json", log_file="branch.log")
+    run_folder = ckpt_dir(folder, f"{CD_SAMPLES}-cooldown").parents[1]
+    (old,) = (run_folder / train.SUPERSEDED_NAME).iterdir()
+    assert (old / train.OPENCLIP_NAME / "checkpoints" / "epoch_4.pt").exists()
+    assert os.path.samefile(ckpt_dir(folder, f"{CD_SAMPLES}-cooldown") / "epoch_3.pt", trunk_ckpt)
+    rec = json.loads((folder / "branch.json").read_text())
+    assert rec["attempts"][-1]["resumed_from"] == 3 and rec["steps_total"] == CD_STEPS

@@ -253,14 +253,18 @@ class Side:
 
 
 def default_comparisons(table: pd.DataFrame, input_name: str) -> list[dict]:
-    """Built-in pairs: OpenCLIP (LAION) vs OpenAI CLIP (WIT) for the published input; our largest
-    vs smallest data scale (by data_size) for ours."""
+    """Built-in pairs: OpenCLIP (LAION) vs OpenAI CLIP (WIT) for the published input; for ours,
+    the cosine vs the const-cooldown runs when both schedules ran, else our largest vs smallest
+    data scale (by data_size)."""
     sources = set(table["source"])
     if input_name == "published":
         if {"published", "openai"} <= sources:
             return [{"name": "openclip_vs_openai", "input": "published", "a": {"source": "published"},
                      "b": {"source": "openai"}, "method": "paper"}]
         return []
+    if {"ours", "ours-cooldown"} <= sources:  # the two schedules of grid.schedules
+        return [{"name": "cosine_vs_cooldown", "input": "ours", "a": {"source": "ours"},
+                 "b": {"source": "ours-cooldown"}, "method": "paper"}]
     ours = fitting.final_points(table[table["source"] == "ours"])
     if ours.empty:
         return []
@@ -304,11 +308,18 @@ def _log_crossing(pa: Mapping, pb: Mapping) -> float:
 def compare(fa: fitting.Fit, fb: fitting.Fit, computes: Sequence[float], c_range: tuple[float, float]) -> list[dict]:
     """Rows of the comparison of two power-law fits (one per target compute)."""
     ci = fa.ci
-    ratio = fa.params["alpha"] / fb.params["alpha"]
-    r_lo, r_hi = _pct(_paired(fa, fb, lambda a, b: a["alpha"] / b["alpha"]), ci)
+    a_lo, a_hi = fa.param_interval("alpha")
+    b_lo, b_hi = fb.param_interval("alpha")
     d_lo, d_hi = _pct(_paired(fa, fb, lambda a, b: a["alpha"] - b["alpha"]), ci)
-    steeper = "a" if ratio > 1 else "b"
-    decided = bool((r_lo > 1) or (r_hi < 1)) if not math.isnan(r_lo) else False
+    # the ratio of exponents says something only where both errors surely fall (both intervals
+    # below 0): near 0 it runs to +-inf. Which law is steeper is read from the difference.
+    if a_hi < 0 and b_hi < 0:
+        ratio = fa.params["alpha"] / fb.params["alpha"]
+        r_lo, r_hi = _pct(_paired(fa, fb, lambda a, b: a["alpha"] / b["alpha"]), ci)
+    else:
+        ratio = r_lo = r_hi = math.nan
+    steeper = "a" if fa.params["alpha"] < fb.params["alpha"] else "b"
+    decided = bool((d_lo > 0) or (d_hi < 0)) if not math.isnan(d_lo) else False
     x = _log_crossing(fa.params, fb.params)
     xs = _paired(fa, fb, _log_crossing)
     x_lo, x_hi = _pct(xs, ci)
@@ -319,8 +330,6 @@ def compare(fa: fitting.Fit, fb: fitting.Fit, computes: Sequence[float], c_range
         text = f"{_p10(x):.3g} GMAC" + (f" [{_p10(x_lo):.3g}, {_p10(x_hi):.3g}]" if np.isfinite(x_lo) else "")
     else:
         text = f"no crossing in range [{c_range[0]:.3g}, {c_range[1]:.3g}] GMAC"
-    a_lo, a_hi = fa.param_interval("alpha")
-    b_lo, b_hi = fb.param_interval("alpha")
     head = {"method_a": fa.method, "method_b": fb.method, "n_a": len(fa.points), "n_b": len(fb.points),
             "alpha_a": fa.params["alpha"], "alpha_a_lo": a_lo, "alpha_a_hi": a_hi,
             "alpha_b": fb.params["alpha"], "alpha_b_lo": b_lo, "alpha_b_hi": b_hi,
@@ -419,9 +428,9 @@ def comparison_markdown(comp: pd.DataFrame) -> str:
             "dataset": first["dataset"], "metric": first["metric"],
             "α a": [_ci(*v, ".3f") for v in zip(first["alpha_a"], first["alpha_a_lo"], first["alpha_a_hi"])],
             "α b": [_ci(*v, ".3f") for v in zip(first["alpha_b"], first["alpha_b_lo"], first["alpha_b_hi"])],
-            "α a / α b": [_ci(*v, ".2f") for v in zip(first["alpha_ratio"], first["alpha_ratio_lo"],
-                                                      first["alpha_ratio_hi"])],
-            "steeper": [(a if s == "a" else b) + ("" if d else " (interval spans 1)")
+            "α a / α b": [_ci(*v, ".2f") or "n/a (an α interval reaches 0)" for v in
+                          zip(first["alpha_ratio"], first["alpha_ratio_lo"], first["alpha_ratio_hi"])],
+            "steeper": [(a if s == "a" else b) + ("" if d else " (undecided: α a − α b's interval spans 0)")
                         for s, d in zip(first["steeper"], first["steeper_decided"])],
             "crossing": first["crossing"].to_numpy(),
         })
@@ -570,7 +579,7 @@ def draw_comparison(comp: pd.DataFrame, title: str | None = None):
     y = np.arange(len(last))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.42 * len(last) + 1.8), sharey=True)
     for ax, col, scale, ref, xlabel in (
-            (ax1, "alpha_ratio", 1.0, 1.0, "α a / α b  (> 1: a's error falls faster)"),
+            (ax1, "alpha_diff", 1.0, 0.0, "α a − α b  (< 0: a's error falls faster)"),
             (ax2, "delta_error", 100.0, 0.0, "ΔE = E_a − E_b at the largest target compute (points; < 0: a better)")):
         v = scale * last[col].to_numpy(float)
         lo, hi = scale * last[f"{col}_lo"].to_numpy(float), scale * last[f"{col}_hi"].to_numpy(float)

@@ -140,7 +140,7 @@ def cross_check(config: dict) -> list[str]:
     del train_keys["overrides"]
     settings = jsonschema.Draft202012Validator({"type": "object", "properties": train_keys})
     for i, over in enumerate(config["train"].get("overrides", [])):
-        unknown = set(over) - set(train_keys) - {"model", "scale", "samples_seen"}
+        unknown = set(over) - set(train_keys) - {"model", "scale", "samples_seen", "schedule"}
         if unknown:
             problems.append(f"train.overrides[{i}]: unknown keys {sorted(unknown)}")
         for e in settings.iter_errors(over):
@@ -190,6 +190,9 @@ def cross_check(config: dict) -> list[str]:
     return problems
 
 
+MAX_COOLDOWN_EPOCHS = 10_000  # a const-cooldown family's virtual epochs (open_clip logs and saves per epoch)
+
+
 def _run_problems(config: dict) -> list[str]:
     """Per run (overrides applied): fewer samples per checkpoint than one global batch
     (open_clip_train cannot run it; clipscale.train.open_clip_args refuses it), and a walltime
@@ -200,7 +203,21 @@ def _run_problems(config: dict) -> list[str]:
     train = config["train"]
     problems, walltime = [], None
     for run in grid.runs(config):
-        hp = grid.hparams(config, run)
+        try:
+            hp = grid.hparams(config, run)
+        except ConfigError as e:
+            problems.append(f"grid.schedules: {e}")
+            continue
+        if run.schedule == grid.CONST_COOLDOWN:
+            if hp["train_num_samples"] < hp["global_batch_size"] or hp["epochs"] > MAX_COOLDOWN_EPOCHS:
+                problems.append(
+                    f"grid.schedules: const-cooldown: {run.name}'s runs share virtual epochs of "
+                    f"{hp['train_num_samples']} samples (the greatest common divisor of every branch "
+                    f"point and cooldown length, train.cooldown.fraction {hp['cooldown']['fraction']}), "
+                    f"{hp['epochs']} of them; it needs at least one global batch "
+                    f"({hp['global_batch_size']}) and at most {MAX_COOLDOWN_EPOCHS} epochs: choose "
+                    f"samples_seen and a fraction with a larger common divisor (e.g. 10k, 30k, 90k and 0.2)")
+            continue
         if walltime is None and hp["signal_lead_s"] >= hp["runtime"] * 60:
             walltime = (f"train.signal_lead_s: {hp['signal_lead_s']} s is not less than {run.name}'s walltime "
                         f"train.runtime {hp['runtime']} min: the job would stop before training")

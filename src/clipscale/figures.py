@@ -48,12 +48,16 @@ log = logging.getLogger(__name__)
 
 KINDS = ("compute", "data_bottleneck", "samples_bottleneck", "overlap")
 # "released": the paper's released checkpoints evaluated by this pipeline (in our results table)
-INPUT_OF_SOURCE = {"published": "published", "openai": "published", "ours": "ours", "released": "ours"}
+INPUT_OF_SOURCE = {"published": "published", "openai": "published", "ours": "ours", "ours-cooldown": "ours",
+                   "released": "ours"}
 
 SOURCE_LABELS = {"published": "OpenCLIP (LAION)", "openai": "OpenAI CLIP (WIT)", "ours": "ours",
-                 "released": "released, re-evaluated"}
-SOURCE_COLORS = {"published": "#D55E00", "openai": "#0072B2", "ours": "#B5006B", "released": "#009E73"}
-SOURCE_LINESTYLES = {"published": "-", "openai": "--", "ours": "-.", "released": ":"}
+                 "ours-cooldown": "ours, const LR + cooldown", "released": "released, re-evaluated"}
+SOURCE_COLORS = {"published": "#D55E00", "openai": "#0072B2", "ours": "#B5006B", "ours-cooldown": "#E69F00",
+                 "released": "#009E73"}
+SOURCE_LINESTYLES = {"published": "-", "openai": "--", "ours": "-.", "ours-cooldown": (0, (1, 1)),
+                     "released": ":"}
+HOLLOW_SOURCES = ("ours-cooldown",)  # drawn as hollow markers in compute figures
 KNOWN_DATA_COLORS = {"LAION-80M": "#1f77b4", "LAION-400M": "#ff7f0e", "LAION-2B": "#2ca02c",
                      "CLIP-WIT": "#000000"}
 MARKERS = ["v", "o", "s", "P", "*", "D", "^", "X", "h", "<", ">", "p"]
@@ -106,7 +110,7 @@ class FigureSpec:
         if self.description:
             return self.description
         sources = ", ".join(SOURCE_LABELS.get(s, s) for s in self.sources)
-        sets = ", ".join(dataset_label(d, "ours" in self.sources) for d in self.datasets)
+        sets = ", ".join(dataset_label(d, "ours" in self.inputs) for d in self.datasets)
         metrics = ", ".join(metric_label(m) for m in self.metrics)
         if self.kind == "compute":
             return (f"Error ({metrics}) on {sets} against total training compute C (GMAC per sample x "
@@ -182,6 +186,14 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "", name) or "group"
 
 
+def our_sources(config: Mapping) -> list[str]:
+    """The results-table sources of our runs: "ours" (cosine runs) and/or "ours-cooldown"."""
+    from clipscale import grid
+
+    schedules = config.get("grid", {}).get("schedules", [grid.COSINE])
+    return [grid.source_of(grid.Run("", "", 1, s)) for s in grid.SCHEDULES if s in schedules]
+
+
 def default_our_specs(config: Mapping) -> list[FigureSpec]:
     """Figures of our runs, derived from config.downstream (which sets, which tasks, groups):
     zero-shot classification of every set, the mean of each group of two or more classification
@@ -189,29 +201,30 @@ def default_our_specs(config: Mapping) -> list[FigureSpec]:
     and, when published.enabled and the sets are real ones (not the embedded world's), our runs
     beside the paper's on the sets both evaluate."""
     downstream = config.get("downstream", {})
+    ours = our_sources(config)
     cls = [d for d, s in downstream.items() if "zeroshot_classification" in s["tasks"]]
     ret = [d for d, s in downstream.items() if "zeroshot_retrieval" in s["tasks"]]
     lp = [d for d, s in downstream.items() if "linear_probe" in s["tasks"]]
     specs = []
     if cls:
-        specs.append(FigureSpec("zeroshot_ours", "compute", ["ours"], cls, ["acc1"],
+        specs.append(FigureSpec("zeroshot_ours", "compute", ours, cls, ["acc1"],
                                 title="Zero-shot classification (our runs)"))
     for group, members in groups_of(config).items():
         members = [m for m in members if m in cls]
         if len(members) >= 2:
-            specs.append(FigureSpec(f"{_safe(group)}_zeroshot_ours", "compute", ["ours"], [group], ["acc1"],
+            specs.append(FigureSpec(f"{_safe(group)}_zeroshot_ours", "compute", ours, [group], ["acc1"],
                                     title=f"Zero-shot, mean over {group} ({', '.join(members)})"))
     if ret:
-        specs.append(FigureSpec("retrieval_ours", "compute", ["ours"], ret,
+        specs.append(FigureSpec("retrieval_ours", "compute", ours, ret,
                                 ["image_retrieval_recall@5", "text_retrieval_recall@5"],
                                 title="Zero-shot retrieval (our runs)"))
     if lp:
-        specs.append(FigureSpec("linear_probe_ours", "compute", ["ours"], lp, _lp_metrics(config),
+        specs.append(FigureSpec("linear_probe_ours", "compute", ours, lp, _lp_metrics(config),
                                 title="Linear probing (our runs)"))
     if cls:
-        specs.append(FigureSpec("data_bottleneck_ours", "data_bottleneck", ["ours"], [cls[0]], ["acc1"],
+        specs.append(FigureSpec("data_bottleneck_ours", "data_bottleneck", ours, [cls[0]], ["acc1"],
                                 title=f"Data scale bottleneck (zero-shot {cls[0]})"))
-        specs.append(FigureSpec("samples_bottleneck_ours", "samples_bottleneck", ["ours"], [cls[0]], ["acc1"],
+        specs.append(FigureSpec("samples_bottleneck_ours", "samples_bottleneck", ours, [cls[0]], ["acc1"],
                                 title=f"Samples seen bottleneck (zero-shot {cls[0]})"))
     if any(s.get("dedup", True) for s in downstream.values()):
         specs.append(FigureSpec("overlap_ours", "overlap", ["ours"], title="Test sets found in our pool (pHash)"))
@@ -315,7 +328,7 @@ def _order_data(df: pd.DataFrame, data_sizes: Mapping[str, int] | None) -> list[
             if pd.notna(s):
                 known.setdefault(d, int(s))
     size = {d: data_size(d, known) for d in names}
-    rank = {"published": 0, "released": 1, "ours": 2, "openai": 3}
+    rank = {"published": 0, "released": 1, "ours": 2, "ours-cooldown": 2, "openai": 3}
     source = {d: min(rank.get(s, 3) for s in df.loc[df["data"] == d, "source"]) for d in names}
     return sorted(names, key=lambda d: (source[d], math.isnan(size[d]), 0 if math.isnan(size[d]) else size[d], d))
 
@@ -424,9 +437,12 @@ def draw_compute(spec: FigureSpec, tables: Mapping[str, pd.DataFrame], fit_confi
         ax = axes[r][c]
         sub = df[(df["dataset"] == dataset) & (df["metric"] == metric)]
         for _, row in sub.iterrows():
+            # const-cooldown runs hollow, in the colour of their data: beside the cosine runs
+            hollow = row["source"] in HOLLOW_SOURCES
             ax.scatter(row["total_gmac"], 100 * row["error"], s=sizes.get(row["samples_seen_label"], 60),
-                       color=colors[row["data"]], marker=markers[row["model"]], alpha=0.85,
-                       edgecolors="white", linewidths=0.6, zorder=3)
+                       marker=markers[row["model"]], alpha=0.85, zorder=3,
+                       facecolors="none" if hollow else colors[row["data"]],
+                       edgecolors=colors[row["data"]] if hollow else "white", linewidths=1.6 if hollow else 0.6)
         lo_c, hi_c = sub["total_gmac"].min(), sub["total_gmac"].max()
         xs = np.logspace(math.log10(lo_c) - 0.15, math.log10(hi_c) + 0.15, 200)
         yvals = [100 * sub["error"].to_numpy()]
@@ -460,7 +476,7 @@ def draw_compute(spec: FigureSpec, tables: Mapping[str, pd.DataFrame], fit_confi
         _log_error_axis(ax, np.concatenate(yvals))
         ax.set_xlabel("Total compute C (GMAC)", fontsize=LABEL_FONTSIZE)
         ax.set_ylabel(error_label(metric), fontsize=LABEL_FONTSIZE)
-        ours = "ours" in spec.sources
+        ours = "ours" in spec.inputs
         ax.set_title(f"{dataset_label(dataset, ours)}, {metric_label(metric)}", fontsize=TITLE_FONTSIZE)
         ax.grid(True, which="major", alpha=0.3)
         if fit_handles:
@@ -533,7 +549,7 @@ def draw_bottleneck(spec: FigureSpec, tables: Mapping[str, pd.DataFrame], data_s
         ax.legend(title="Training data" if by_samples else "Samples seen", fontsize=9, title_fontsize=9)
     for j in range(len(models), n_rows * n_cols):
         axes[j // n_cols][j % n_cols].set_visible(False)
-    fig.suptitle(spec.title or f"{dataset_label(dataset, 'ours' in spec.sources)}, {metric_label(metric)}",
+    fig.suptitle(spec.title or f"{dataset_label(dataset, 'ours' in spec.inputs)}, {metric_label(metric)}",
                  fontsize=TITLE_FONTSIZE + 2)
     fig.tight_layout()
     return fig

@@ -1,15 +1,32 @@
-"""The grid of training runs: one run per (model, data scale, samples seen), with its hyper-parameters.
+"""The grid of training runs: one run per (model, data scale, samples seen, schedule), with its
+hyper-parameters.
 
 This is the one place that turns a config into runs; the Snakefile, the trainer, the evaluator and
 the results table all go through it.
+
+Schedules (``grid.schedules``). ``cosine``, the paper's: every run from scratch with a cosine
+learning rate over its whole length. ``const-cooldown`` (Hägele et al. 2024; open_clip's
+``const-cooldown`` scheduler): per (model, data scale) one *trunk*, the run of the largest
+samples seen, at a constant learning rate that cools down over its last ``train.cooldown.fraction``;
+every smaller samples-seen cell is a *branch* that starts from the trunk's checkpoint at
+``samples x (1 - fraction)`` and cools down over the rest. All runs of one (model, scale) share
+one virtual epoch (``cooldown_plan``): the greatest common divisor of every branch point and
+cooldown length, so that each branch point is a trunk checkpoint and open_clip's step count, data
+order and learning rate up to it are the trunk's.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import reduce
 
-from clipscale.config import format_count, parse_count
+from clipscale.config import ConfigError, format_count, parse_count
+
+COSINE, CONST_COOLDOWN = "cosine", "const-cooldown"
+SCHEDULES = (COSINE, CONST_COOLDOWN)
+# the samples wildcard of a const-cooldown run: "90k-cooldown" (a cosine run's is "90k")
+COOLDOWN_SUFFIX = "-cooldown"
 
 
 @dataclass(frozen=True, order=True)
@@ -17,21 +34,30 @@ class Run:
     model: str
     scale: str
     samples_seen: int  # nominal samples seen, as configured
+    schedule: str = COSINE
 
     @property
     def samples_label(self) -> str:
+        """The nominal samples seen ("90k"): the table's samples_seen_label."""
         return format_count(self.samples_seen)
 
     @property
+    def samples_key(self) -> str:
+        """The run's {samples} wildcard: "90k", or "90k-cooldown" for a const-cooldown run."""
+        return self.samples_label + (COOLDOWN_SUFFIX if self.schedule == CONST_COOLDOWN else "")
+
+    @property
     def wildcards(self) -> dict:
-        return {"model": self.model, "scale": self.scale, "samples": self.samples_label}
+        return {"model": self.model, "scale": self.scale, "samples": self.samples_key}
 
     @property
     def name(self) -> str:
-        return f"{self.model}/{self.scale}/{self.samples_label}"
+        return f"{self.model}/{self.scale}/{self.samples_key}"
 
     @classmethod
     def from_wildcards(cls, model: str, scale: str, samples: str) -> "Run":
+        if samples.endswith(COOLDOWN_SUFFIX):
+            return cls(model, scale, parse_count(samples[: -len(COOLDOWN_SUFFIX)]), CONST_COOLDOWN)
         return cls(model, scale, parse_count(samples))
 
 
@@ -42,20 +68,102 @@ def _matches(entry: dict, run: Run) -> bool:
         return False
     if "samples_seen" in entry and parse_count(entry["samples_seen"]) != run.samples_seen:
         return False
+    if "schedule" in entry and entry["schedule"] != run.schedule:
+        return False
     return True
 
 
 def runs(config: dict) -> list[Run]:
-    """All runs of the grid, minus grid.exclude, in a stable order."""
+    """All runs of the grid, minus grid.exclude, in a stable order (schedule by schedule)."""
     grid = config["grid"]
     out = []
-    for model in grid["models"]:
-        for scale in grid["scales"]:
-            for samples in grid["samples_seen"]:
-                run = Run(model, scale, parse_count(samples))
-                if not any(_matches(e, run) for e in grid.get("exclude", [])):
-                    out.append(run)
+    for schedule in grid.get("schedules", [COSINE]):
+        for model in grid["models"]:
+            for scale in grid["scales"]:
+                for samples in grid["samples_seen"]:
+                    run = Run(model, scale, parse_count(samples), schedule)
+                    if not any(_matches(e, run) for e in grid.get("exclude", [])):
+                        out.append(run)
     return out
+
+
+def source_of(run: Run) -> str:
+    """The results table's source of a run's rows: "ours" (cosine, the paper's schedule) or
+    "ours-cooldown" (const-cooldown): fits, analyses and figures tell them apart by it."""
+    return "ours" if run.schedule == COSINE else "ours-cooldown"
+
+
+def _family(config: dict, run: Run) -> list[Run]:
+    """The const-cooldown runs of the grid that share ``run``'s model and data scale (smallest
+    first): a trunk and its branches."""
+    return sorted((r for r in runs(config) if r.schedule == CONST_COOLDOWN
+                   and (r.model, r.scale) == (run.model, run.scale)), key=lambda r: r.samples_seen)
+
+
+def _settings(config: dict, run: Run) -> dict:
+    """config.train with every override matching ``run`` applied in order."""
+    settings = {k: v for k, v in config["train"].items() if k != "overrides"}
+    for entry in config["train"].get("overrides", []):
+        if _matches(entry, run):
+            settings.update({k: v for k, v in entry.items()
+                             if k not in ("model", "scale", "samples_seen", "schedule")})
+    return settings
+
+
+def cooldown_plan(config: dict, run: Run) -> dict:
+    """The shared schedule of a const-cooldown run's family (its trunk's settings decide):
+    ``unit`` (samples per virtual epoch), ``trunk`` (the Run), and per member (by samples seen)
+    ``epochs``, ``cooldown_epochs`` and ``branch_epoch`` (the trunk checkpoint it starts from;
+    None for the trunk), and the trunk's ``save_every`` (epochs between its checkpoints: every
+    branch point is one, and there are at least train.checkpoints)."""
+    family = _family(config, run)
+    if run not in family:
+        raise ConfigError(f"{run.name} is not a const-cooldown run of the grid")
+    trunk = family[-1]
+    cd = _settings(config, trunk).get("cooldown", {})
+    fraction = cd.get("fraction", 0.2)
+    parts, cooldowns = [], {}
+    for r in family:
+        c = max(1, round(r.samples_seen * fraction))
+        if c >= r.samples_seen:
+            raise ConfigError(f"{r.name}: a cooldown of {c} samples leaves no constant phase; lower "
+                              f"train.cooldown.fraction ({fraction})")
+        cooldowns[r.samples_seen] = c
+        parts += [c, r.samples_seen - c]
+    unit = reduce(math.gcd, parts)
+    members = {}
+    for r in family:
+        epochs, c = r.samples_seen // unit, cooldowns[r.samples_seen] // unit
+        members[r.samples_seen] = {"epochs": epochs, "cooldown_epochs": c,
+                                   "branch_epoch": None if r == trunk else epochs - c}
+    branch_points = [m["branch_epoch"] for m in members.values() if m["branch_epoch"]]
+    epochs = members[trunk.samples_seen]["epochs"]
+    most = max(1, epochs // max(1, _settings(config, trunk)["checkpoints"]))
+    every = reduce(math.gcd, branch_points) if branch_points else most
+    every = max(d for d in range(1, every + 1) if every % d == 0 and d <= most)
+    return {"unit": unit, "trunk": trunk, "members": members, "save_every": every,
+            "fraction": fraction}
+
+
+def trunk_of(config: dict, run: Run) -> tuple[Run, int] | None:
+    """(the trunk, the epoch of its checkpoint that ``run`` starts from) for a const-cooldown
+    branch; None for a trunk or a cosine run."""
+    if run.schedule != CONST_COOLDOWN:
+        return None
+    plan = cooldown_plan(config, run)
+    branch = plan["members"][run.samples_seen]["branch_epoch"]
+    return None if branch is None else (plan["trunk"], branch)
+
+
+def branches_of(config: dict, run: Run) -> dict[int, Run]:
+    """branch epoch -> the branch starting there, for a const-cooldown trunk ({} otherwise)."""
+    if run.schedule != CONST_COOLDOWN:
+        return {}
+    plan = cooldown_plan(config, run)
+    if plan["trunk"] != run:
+        return {}
+    return {m["branch_epoch"]: Run(run.model, run.scale, samples, CONST_COOLDOWN)
+            for samples, m in plan["members"].items() if m["branch_epoch"] is not None}
 
 
 def hparams(config: dict, run: Run) -> dict:
@@ -64,27 +172,63 @@ def hparams(config: dict, run: Run) -> dict:
     Adds the derived schedule: ``train_num_samples`` per virtual epoch and ``epochs`` such that
     epochs x train_num_samples is the run's exact samples seen (``samples_seen_exact``).
     """
-    settings = {k: v for k, v in config["train"].items() if k != "overrides"}
-    for entry in config["train"].get("overrides", []):
-        if _matches(entry, run):
-            settings.update({k: v for k, v in entry.items() if k not in ("model", "scale", "samples_seen")})
-    epochs = settings["checkpoints"]
-    per_epoch = max(1, run.samples_seen // epochs)
+    settings = _settings(config, run)
+    settings["schedule"] = run.schedule
+    if run.schedule == CONST_COOLDOWN:
+        # the family's shared virtual epoch; the run's own cooldown and, for a branch, the trunk
+        # checkpoint it starts from (its samples seen count the trunk's steps before it)
+        plan = cooldown_plan(config, run)
+        member = plan["members"][run.samples_seen]
+        epochs, per_epoch = member["epochs"], plan["unit"]
+        trunk_settings = _settings(config, plan["trunk"])
+        settings["cooldown"] = {"fraction": plan["fraction"], "power": 1.0, "end_lr": 0.0,
+                                **trunk_settings.get("cooldown", {})}
+        settings["cooldown_epochs"] = member["cooldown_epochs"]
+        settings["branch_epoch"] = member["branch_epoch"]
+        settings["save_every"] = plan["save_every"] if member["branch_epoch"] is None else 1
+        # what the run's prefix shares with the trunk must be the trunk's
+        for key in ("lr", "wd", "beta2", "warmup", "batch_size", "nproc", "nodes", "precision"):
+            settings[key] = trunk_settings.get(key, settings.get(key))
+    else:
+        settings.pop("cooldown", None)
+        epochs = settings["checkpoints"]
+        per_epoch = max(1, run.samples_seen // epochs)
     settings["epochs"] = epochs
     settings["train_num_samples"] = per_epoch
     settings["world_size"] = settings.get("nproc", 1) * settings.get("nodes", 1)
     settings["global_batch_size"] = settings["batch_size"] * settings["world_size"]
-    settings["samples_seen_exact"] = epochs * samples_per_epoch(
-        per_epoch, settings["global_batch_size"], settings.get("workers", 1))
+    per_epoch_exact = samples_per_epoch(per_epoch, settings["global_batch_size"], settings.get("workers", 1))
+    settings["samples_seen_exact"] = epochs * per_epoch_exact
+    # what this run's own jobs train: a branch starts at its trunk's checkpoint (the samples
+    # before it are the trunk's, counted once in the study's compute)
+    start = settings.get("branch_epoch") or 0
+    settings["samples_trained_exact"] = (epochs - start) * per_epoch_exact
     return settings
 
 
 def segment_ends(config: dict, run: Run) -> list[int]:
     """Epochs at which a run's jobs end before its last (``train.segments`` jobs per run in the
-    DAG, cut at epochs E x k / S, at most one per epoch): [] for a run in one job."""
+    DAG, cut at epochs E x k / S, at most one per epoch): [] for a run in one job. A
+    const-cooldown trunk also ends a job at every branch point (its branches start from that
+    checkpoint as soon as it exists), and its cuts fall on the checkpoints it saves; a branch's
+    cuts fall after its start."""
     hp = hparams(config, run)
     epochs, segments = hp["epochs"], hp.get("segments", 1)
-    return sorted({round(epochs * k / segments) for k in range(1, segments)} - {0, epochs})
+    cuts = {round(epochs * k / segments) for k in range(1, segments)}
+    if run.schedule == CONST_COOLDOWN:
+        every = hp["save_every"]
+        cuts = {c - c % every for c in cuts} | set(branches_of(config, run))
+        cuts = {c for c in cuts if c > (hp["branch_epoch"] or 0)}
+    return sorted(cuts - {0, epochs})
+
+
+def study_samples(config: dict) -> dict[str, int]:
+    """Samples the grid's training jobs draw in all, per schedule (exact: whole batches): a
+    cosine run trains all its samples, a const-cooldown branch only its cooldown."""
+    out: dict[str, int] = {}
+    for run in runs(config):
+        out[run.schedule] = out.get(run.schedule, 0) + hparams(config, run)["samples_trained_exact"]
+    return out
 
 
 def segment_of(config: dict, run: Run, epoch: int) -> int | None:

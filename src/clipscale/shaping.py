@@ -80,7 +80,9 @@ def train(config: Mapping, run: grid.Run) -> dict:
     memory, walltime, device. (The number of processes and the loader workers change what a run
     does only through the global batch size and the samples seen, which are kept.)"""
     hp = grid.hparams(dict(config), run)
-    drop = (execution_keys("train") | {"world_size"}) - set(_DERIVED_SHAPING)
+    # the schedule is in the run's path (its samples wildcard), samples_trained_exact follows
+    # from the rest: a cosine run's params are what they were before schedules existed
+    drop = (execution_keys("train") | {"world_size", "schedule", "samples_trained_exact"}) - set(_DERIVED_SHAPING)
     return canonical({
         "seed": config["seed"],
         "model": config["models"][run.model],

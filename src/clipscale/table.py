@@ -9,8 +9,10 @@ and drawn whatever produced it.
 column              dtype   meaning
 =================== ======= =====================================================================
 source              str     "published" (the paper's OpenCLIP runs), "openai" (OpenAI CLIP),
-                            "ours" (runs of this pipeline) or "released" (checkpoints released
-                            with the paper, evaluated by this pipeline)
+                            "ours" (runs of this pipeline, the paper's cosine schedule),
+                            "ours-cooldown" (runs of this pipeline, const-cooldown schedule) or
+                            "released" (checkpoints released with the paper, evaluated by this
+                            pipeline)
 model               str     architecture as shown in figures ("ViT-B/32", or our model's label)
 arch_id             str     open_clip name of the architecture ("ViT-B-32", our model name)
 data                str     training set ("LAION-400M", "CLIP-WIT", our scale's name)
@@ -86,7 +88,7 @@ DTYPES: dict[str, str] = {
 #: Optional columns understood by the fit and the figures.
 OPTIONAL_COLUMNS: dict[str, str] = {"data_size": "Int64"}
 
-SOURCES = ("published", "openai", "ours", "released")
+SOURCES = ("published", "openai", "ours", "ours-cooldown", "released")
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
 
 #: Columns that identify one row.

@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -106,9 +107,11 @@ def device_of(setting: str) -> str:
 def open_clip_args(config: dict, run: grid.Run, manifest: dict, hp: dict) -> list[str]:
     """The open_clip_train command line of one run."""
     if hp["train_num_samples"] < hp["global_batch_size"]:
+        lever = ("choose samples_seen and train.cooldown.fraction with a larger common divisor"
+                 if run.schedule == grid.CONST_COOLDOWN else "lower train.checkpoints")
         raise TrainingError(
             f"{run.name}: {hp['train_num_samples']} samples per checkpoint is less than one global "
-            f"batch ({hp['global_batch_size']}); lower train.checkpoints or batch_size")
+            f"batch ({hp['global_batch_size']}); {lever} or the batch size")
     args = [
         "--model", run.model,
         "--train-data", manifest["url"],
@@ -125,7 +128,7 @@ def open_clip_args(config: dict, run: grid.Run, manifest: dict, hp: dict) -> lis
         "--workers", str(hp["workers"]),
         "--local-loss",
         "--gather-with-grad",
-        "--save-frequency", "1",
+        "--save-frequency", str(hp.get("save_every") or 1),
         "--resume", "latest",
         "--logs", str(run_dir(run)),
         "--name", OPENCLIP_NAME,
@@ -133,7 +136,53 @@ def open_clip_args(config: dict, run: grid.Run, manifest: dict, hp: dict) -> lis
         "--log-every-n-steps", "10",
         "--report-to", "",
     ]
+    if run.schedule == grid.CONST_COOLDOWN:
+        # constant after the warmup, then (1 - t)^power down to end_lr over the run's last
+        # cooldown_epochs; a branch resumes its trunk's checkpoint inside the constant phase
+        cd = hp["cooldown"]
+        args += ["--lr-scheduler", "const-cooldown", "--epochs-cooldown", str(hp["cooldown_epochs"]),
+                 "--lr-cooldown-power", str(cd["power"]), "--lr-cooldown-end", str(cd["end_lr"])]
     return args + list(hp.get("extra_args", []))
+
+
+def file_identity(path: Path) -> dict:
+    """What tells a checkpoint file's content apart cheaply (a re-trained run rewrites it)."""
+    st = path.stat()
+    return {"file": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def trunk_checkpoint(config: dict, run: grid.Run) -> tuple[grid.Run, int, Path] | None:
+    """(trunk, epoch, its checkpoint file) that a const-cooldown branch starts from; None for
+    any other run. The file must exist (the DAG waits for the trunk's job that writes it)."""
+    branch = grid.trunk_of(config, run)
+    if branch is None:
+        return None
+    trunk, epoch = branch
+    path = checkpoint_dir(trunk) / f"epoch_{epoch}.pt"
+    if not path.is_file():
+        raise TrainingError(f"run {run.name} branches from {trunk.name} at epoch {epoch}, but "
+                            f"{path} does not exist: train the trunk first (its job "
+                            f"{paths.fill(paths.RUN_SEGMENT, **trunk.wildcards, epoch=epoch)})")
+    return trunk, epoch, path
+
+
+def seed_branch(run: grid.Run, epoch: int, source: Path) -> Path:
+    """Give a branch its start: the trunk's checkpoint ``epoch`` as its own epoch_<epoch>.pt
+    (a hard link; a copy across filesystems), unless it has it already. open_clip's
+    ``--resume latest`` then continues from there, or from the branch's own later checkpoints."""
+    target = checkpoint_dir(run) / source.name
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".linking")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+    log.info("run %s: starts from %s (epoch %d of its trunk)", run.name, source, epoch)
+    return target
 
 
 def check_shards(manifest: dict, manifest_path: str | Path) -> None:
@@ -524,6 +573,7 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
     hp = grid.hparams(config, run)
     manifest = read_manifest(manifest_path)
     check_shards(manifest, manifest_path)
+    branch = trunk_checkpoint(config, run)
     device = device_of(hp.get("device", "auto"))
     if device == "cpu":
         torch.set_num_threads(hp.get("threads", 1))
@@ -544,7 +594,12 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
     try:
         if rank() == 0:
             run_dir(run).mkdir(parents=True, exist_ok=True)
-            supersede_other_settings(run, shaping.train(config, run))
+            settings = shaping.train(config, run)
+            if branch is not None:  # a branch of other trunk weights is another run
+                settings = {**settings, "branched_from": file_identity(branch[2])}
+            supersede_other_settings(run, settings)
+            if branch is not None:
+                seed_branch(run, branch[1], branch[2])
             rejected = check_resume_checkpoints(run, hp["epochs"])
             done = checkpoints(run)
             start = max(done) if done else 0
@@ -598,6 +653,12 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
         "samples_seen": run.samples_seen,
         "samples_seen_exact": hp["samples_seen_exact"],
         "samples_seen_label": run.samples_label,
+        "schedule": run.schedule,
+        # what this run's jobs trained (a branch: its cooldown; the prefix is its trunk's)
+        "samples_trained_exact": hp["samples_trained_exact"],
+        "branched_from": None if branch is None else {
+            "run": branch[0].name, "epoch": branch[1], "checkpoint": str(branch[2])},
+        "cooldown_epochs": hp.get("cooldown_epochs"),
         "data_samples": manifest["n_samples"],
         "epochs": hp["epochs"],
         "train_num_samples": hp["train_num_samples"],
@@ -637,7 +698,7 @@ def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
     resolved = folder / "config.json"
     resolved.write_text(json.dumps(config, indent=1, default=str))
     args = ["--config-json", str(resolved), "--model", run.model, "--scale", run.scale,
-            "--samples", run.samples_label, "--manifest", str(manifest), "--out", str(out)]
+            "--samples", run.samples_key, "--manifest", str(manifest), "--out", str(out)]
     if until is not None:
         args += ["--until-epoch", str(until)]
     cmd = build_command(["-m", "clipscale.train"], args, nproc=hp["nproc"], nodes=hp["nodes"],
@@ -761,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
                 prof = json.loads(profile.read_text()) if profile.exists() else None
                 record["gmac_per_sample"] = models.gmac_per_sample(cfg, run.model, prof)
                 record["total_gmac"] = record["gmac_per_sample"] * record["samples_seen_exact"]
+                record["trained_gmac"] = record["gmac_per_sample"] * record["samples_trained_exact"]
                 tmp = Path(f"{a.out}.tmp")
                 tmp.write_text(json.dumps(record, indent=1))
                 os.replace(tmp, a.out)  # whole or not at all, even if a signal comes now

@@ -35,7 +35,7 @@ USE_WORLD = config["pool"]["source"] == "world"
 wildcard_constraints:
     model="[^/]+",
     scale="[^/]+",
-    samples="[0-9.]+[kMBG]?",
+    samples="[0-9.]+[kMBG]?(-cooldown)?",
     dataset="[^/]+",
     epoch="[0-9]+",
     group="[0-9]+",

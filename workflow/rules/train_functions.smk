@@ -22,7 +22,9 @@ def model_profile(wildcards):
 
 
 def previous_segment(wildcards):
-    """The record of the run's job before this one (train.segments > 1), or nothing."""
+    """The record of the job before this one: the run's previous segment (train.segments > 1),
+    else, for a const-cooldown branch, its trunk's job that writes the checkpoint it starts
+    from; or nothing."""
     run = grid.Run.from_wildcards(wildcards.model, wildcards.scale, wildcards.samples)
     ends = grid.segment_ends(config, run)
     if "epoch" in wildcards.keys():  # train_segment
@@ -32,6 +34,10 @@ def previous_segment(wildcards):
                 f"(train.segments: its jobs end at epochs {ends} and the last)"
             )
         ends = [e for e in ends if e < int(wildcards.epoch)]
-    return (
-        [paths.fill(paths.RUN_SEGMENT, **run.wildcards, epoch=ends[-1])] if ends else []
-    )
+    if ends:
+        return [paths.fill(paths.RUN_SEGMENT, **run.wildcards, epoch=ends[-1])]
+    branch = grid.trunk_of(config, run)
+    if branch is not None:
+        trunk, epoch = branch
+        return [paths.fill(paths.RUN_SEGMENT, **trunk.wildcards, epoch=epoch)]
+    return []

@@ -73,7 +73,7 @@ def our_checkpoint(config: dict, model: str, scale: str, samples: str, epoch: in
     seen = int(record["samples_seen_exact"]) * epoch // epochs
     spec = config["models"][model]
     return CheckpointInfo(
-        source="ours", model=model, label=spec.get("label", model), arch_id=model,
+        source=grid.source_of(run), model=model, label=spec.get("label", model), arch_id=model,
         data=f"{config['pool'].get('name', 'pool')}-{scale}", samples_seen=seen,
         samples_seen_label=run.samples_label if final else format_count(seen),
         gmac_per_sample=float(record["gmac_per_sample"]), epoch=epoch, final=final, path=path,

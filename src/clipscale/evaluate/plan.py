@@ -65,9 +65,13 @@ def benchmark_name(config: dict, dataset: str) -> str:
 def our_epochs(config: dict, run: grid.Run) -> list[int]:
     """Epochs of a run to evaluate: the last, or all with evaluate.all_checkpoints. From the
     schedule (grid.hparams), as the checkpoints exist only once the run is done."""
-    epochs = grid.hparams(config, run)["epochs"]
+    hp = grid.hparams(config, run)
+    epochs = hp["epochs"]
     if config.get("evaluate", {}).get("all_checkpoints", False):
-        return list(range(1, epochs + 1))
+        # a const-cooldown trunk saves every save_every epochs; a branch has its own from its
+        # start on (the checkpoints before it are its trunk's)
+        start, every = hp.get("branch_epoch") or 0, hp.get("save_every") or 1
+        return sorted({e for e in range(start + 1, epochs + 1) if e % every == 0} | {epochs})
     return [epochs]
 
 
