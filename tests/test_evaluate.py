@@ -149,6 +149,8 @@ def test_job_inputs(setup):
     assert ours == {"run": "results/train/vit-xs/3k/2k/run.json"}  # sets with a path: no world
     rel = E.job_inputs(cfg, "released", "vit-xs", "3k", "2k", "final")
     assert Path(rel["checkpoint"]).name == RELEASED_NAME
+    # a released checkpoint of a custom model: its GMAC comes from the model's profile, an input
+    assert rel["profile"] == "results/models/vit-xs.profile.json"
     world = copy.deepcopy(cfg)
     del world["downstream"]["shapes"]["path"]
     assert E.job_inputs(world, "ours", "vit-xs", "3k", "2k", "2")["world"] == paths.WORLD_DONE

@@ -683,7 +683,8 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
 
 
 def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
-           log_file: str | Path | None = None, until: int | None = None) -> None:
+           log_file: str | Path | None = None, until: int | None = None,
+           profile: str | Path | None = None) -> None:
     """Start the run's processes (python, torchrun, or srun inside a Slurm job) and wait.
     ``until``: this job is the segment of the run that ends with checkpoint ``until``.
 
@@ -701,6 +702,8 @@ def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
             "--samples", run.samples_key, "--manifest", str(manifest), "--out", str(out)]
     if until is not None:
         args += ["--until-epoch", str(until)]
+    if profile:
+        args += ["--profile", str(profile)]
     cmd = build_command(["-m", "clipscale.train"], args, nproc=hp["nproc"], nodes=hp["nodes"],
                         cpus_per_task=hp.get("threads"))
     log.info("launching: %s", " ".join(cmd))
@@ -797,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", required=True, help="samples seen, e.g. 48k or 3B")
     parser.add_argument("--manifest", required=True, help="subset manifest.json")
     parser.add_argument("--out", required=True, help="run.json to write on success")
+    parser.add_argument("--profile", help="the model's profile (measured GMAC per sample); without it, "
+                        "the config's or Table 25's value, else measured here")
     parser.add_argument("--until-epoch", type=int, help="stop once this epoch's checkpoint is saved "
                         "(a segment of the run); --out then gets the record up to it")
     a = parser.parse_args(argv)
@@ -818,8 +823,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             record = train(cfg, run, a.manifest, until=a.until_epoch)
             if rank() == 0:
-                profile = Path(paths.fill(paths.MODEL_PROFILE, model=run.model))
-                prof = json.loads(profile.read_text()) if profile.exists() else None
+                prof = json.loads(Path(a.profile).read_text()) if a.profile else None
                 record["gmac_per_sample"] = models.gmac_per_sample(cfg, run.model, prof)
                 record["total_gmac"] = record["gmac_per_sample"] * record["samples_seen_exact"]
                 record["trained_gmac"] = record["gmac_per_sample"] * record["samples_trained_exact"]

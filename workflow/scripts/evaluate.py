@@ -13,4 +13,4 @@ with job_logging(sm.log[0]), open(sm.log[0], "a") as sink:
         outputs = {key: path for key, path in evaluate.outputs_of(sm.config, checkpoint).items()}
         assert sorted(outputs.values()) == sorted(sm.output), "outputs of the rule and of the plan differ"
         evaluate.evaluate_checkpoint(sm.config, checkpoint, outputs, run_record=sm.input.get("run"),
-                                     threads=sm.threads)
+                                     threads=sm.threads, profile=sm.input.get("profile"))

@@ -82,11 +82,11 @@ def our_checkpoint(config: dict, model: str, scale: str, samples: str, epoch: in
     )
 
 
-def released_gmac(config: dict, model: str) -> float:
-    """GMAC per sample of a released checkpoint's architecture (config, Table 25, or measured)."""
+def released_gmac(config: dict, model: str, profile: str | Path | None = None) -> float:
+    """GMAC per sample of a released checkpoint's architecture (config, Table 25, or measured:
+    ``profile``, the model's profile the rule gives as input, else measured here)."""
     if model in config.get("models", {}):
-        profile = Path(paths.fill(paths.MODEL_PROFILE, model=model))
-        prof = json.loads(profile.read_text()) if profile.exists() else None
+        prof = json.loads(Path(profile).read_text()) if profile else None
         return models.gmac_per_sample(config, model, prof)
     value = models.paper_gmac(model)
     if value is not None:
@@ -94,26 +94,28 @@ def released_gmac(config: dict, model: str) -> float:
     return float(models.measure_gmac(model)["gmac_per_sample"])
 
 
-def released_checkpoint(config: dict, model: str, scale: str, samples: str) -> CheckpointInfo:
+def released_checkpoint(config: dict, model: str, scale: str, samples: str,
+                        profile: str | Path | None = None) -> CheckpointInfo:
     ckpt = released.find(config, model, scale, samples)
     return CheckpointInfo(
         source="released", model=ckpt.model, label=ckpt.label, arch_id=ckpt.model, data=ckpt.data,
         samples_seen=ckpt.samples_seen, samples_seen_label=ckpt.name.samples_label,
-        gmac_per_sample=released_gmac(config, ckpt.model), epoch=None, final=True, path=ckpt.path,
+        gmac_per_sample=released_gmac(config, ckpt.model, profile), epoch=None, final=True, path=ckpt.path,
         checkpoint=ckpt.file, data_size=ckpt.name.data_size,
         extra={"lr": ckpt.name.lr, "batch_size": ckpt.batch_size,
                "samples_seen_from": ckpt.samples_seen_source, "in_table18": ckpt.table18},
     )
 
 
-def checkpoint_info(config: dict, checkpoint: Mapping, run_record: str | Path | None = None) -> CheckpointInfo:
+def checkpoint_info(config: dict, checkpoint: Mapping, run_record: str | Path | None = None,
+                    profile: str | Path | None = None) -> CheckpointInfo:
     """The checkpoint named by an evaluation job's wildcards (source, model, scale, samples,
     epoch), described for the results table."""
     source, model, scale, samples = (checkpoint[k] for k in ("source", "model", "scale", "samples"))
     if source == "ours":
         return our_checkpoint(config, model, scale, samples, checkpoint["epoch"], run_record)
     if source == "released":
-        return released_checkpoint(config, model, scale, samples)
+        return released_checkpoint(config, model, scale, samples, profile)
     raise ConfigError(f"unknown source {source!r} (expected one of {list(SOURCES)})")
 
 

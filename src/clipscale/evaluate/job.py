@@ -73,7 +73,7 @@ def _write_json(path: str | Path, data: dict) -> None:
 def evaluate_checkpoint(config: dict, checkpoint: Mapping[str, str],
                         outputs: Mapping[tuple[str, str], str] | None = None, *,
                         run_record: str | Path | None = None, threads: int | None = None,
-                        device: str | None = None) -> dict[tuple[str, str], dict]:
+                        device: str | None = None, profile: str | Path | None = None) -> dict[tuple[str, str], dict]:
     """Evaluate one checkpoint (wildcards source, model, scale, samples, epoch) on every
     configured (set, task); write each result to ``outputs[(set, task)]`` (default: its place
     under results/). Returns (set, task) -> result (read back for the reused ones)."""
@@ -85,7 +85,7 @@ def evaluate_checkpoint(config: dict, checkpoint: Mapping[str, str],
     device = device or benchmark.resolve_device(ev.get("device", "auto"))
     amp = bool(ev.get("amp", True)) and device == "cuda"
     outputs = dict(outputs or outputs_of(config, dict(checkpoint)))
-    info = checkpoint_info(config, checkpoint, run_record)
+    info = checkpoint_info(config, checkpoint, run_record, profile)
     t_job = time.time()
     problem = None
     try:

@@ -127,6 +127,9 @@ def job_inputs(config: dict, source: str, model: str, scale: str, samples: str, 
         if epoch != FINAL:
             raise ConfigError(f"released checkpoints are evaluated as epoch_{FINAL}, not {epoch}")
         out["checkpoint"] = released.find(config, model, scale, samples).path
+        spec = config.get("models", {}).get(model, {})
+        if "open_clip" in spec and not spec.get("gmac_per_sample"):  # its GMAC is measured
+            out["profile"] = paths.fill(paths.MODEL_PROFILE, model=model)
     else:
         raise ConfigError(f"unknown source {source!r} (expected one of {list(SOURCES)})")
     if any("path" not in spec for spec in config["downstream"].values()):
