@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from clipscale import cli
 from clipscale import dedup as D
 from clipscale import phash as P
 from clipscale.shards import ShardWriter
@@ -425,14 +426,14 @@ def chain(tmp_path_factory, pool_dir, downstream_dir):
     d, _ = pool_dir
     out = tmp_path_factory.mktemp("dedup")
     tars = sorted(str(p) for p in d.glob("*.tar"))
-    assert D.main(["dedup-hash", "--out", str(out / "g0.parquet"), *tars[:2]]) == 0
-    assert D.main(["dedup-hash", "--out", str(out / "g1.parquet"), tars[2]]) == 0
-    assert D.main(["dedup-hash", "--dataset-dir", str(downstream_dir),
+    assert cli.main(["dedup-hash", "--out", str(out / "g0.parquet"), *tars[:2]]) == 0
+    assert cli.main(["dedup-hash", "--out", str(out / "g1.parquet"), tars[2]]) == 0
+    assert cli.main(["dedup-hash", "--dataset-dir", str(downstream_dir),
                    "--out", str(out / "myset.parquet")]) == 0
-    assert D.main(["dedup-gather", str(out / "g0.parquet"), str(out / "g1.parquet"),
+    assert cli.main(["dedup-gather", str(out / "g0.parquet"), str(out / "g1.parquet"),
                    "--out", str(out / "pool.parquet"), "--report", str(out / "report.json"),
                    "--downstream", str(out / "myset.parquet")]) == 0
-    assert D.main(["dedup-match", "--pool", str(out / "pool.parquet"), "--tests",
+    assert cli.main(["dedup-match", "--pool", str(out / "pool.parquet"), "--tests",
                    str(out / "myset.parquet"), "--radius", "6", "--out",
                    str(out / "matches.parquet")]) == 0
     return out
@@ -455,7 +456,7 @@ def test_chain_finds_the_planted_images(chain):
 
 
 def test_overlap_table(chain):
-    assert D.main(["dedup-overlap", "--matches", str(chain / "matches.parquet"), "--tests",
+    assert cli.main(["dedup-overlap", "--matches", str(chain / "matches.parquet"), "--tests",
                    str(chain / "myset.parquet"), "--radius", "6", "--out",
                    str(chain / "overlap.csv")]) == 0
     table = pd.read_csv(chain / "overlap.csv")
@@ -491,7 +492,7 @@ def test_overlap_table_counts_by_hand(tmp_path):
 
 def test_contact_sheet(chain, tmp_path):
     out = tmp_path / "sheet.png"
-    assert D.main(["dedup-sheet", "--matches", str(chain / "matches.parquet"), "--out", str(out),
+    assert cli.main(["dedup-sheet", "--matches", str(chain / "matches.parquet"), "--out", str(out),
                    "--pairs", "6"]) == 0
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 500
@@ -648,7 +649,7 @@ def test_world_planted_duplicates_are_found(small_world, tmp_path):
         tests.append(out / f"{name}.parquet")
         D.hash_shards(D.downstream_test_shards(small_world / "downstream" / name), tests[-1], name=name)
     D.match_files(out / "pool.parquet", tests, 4, out / "m.parquet")
-    assert D.main(["dedup-recall", "--matches", str(out / "m.parquet"), "--planted",
+    assert cli.main(["dedup-recall", "--matches", str(out / "m.parquet"), "--planted",
                    str(small_world / "planted_duplicates.csv"), "--pool", str(out / "pool.parquet"),
                    "--tests", *map(str, tests), "--radius", "4", "--out", str(out / "r.json")]) == 0
     r = json.loads((out / "r.json").read_text())
@@ -666,11 +667,11 @@ def test_world_planted_duplicates_are_found(small_world, tmp_path):
 
 
 def test_cli_errors_name_the_file(tmp_path, capsys):
-    assert D.main(["dedup-hash", "--out", str(tmp_path / "h.parquet"), str(tmp_path / "x.tar")]) == 2
+    assert cli.main(["dedup-hash", "--out", str(tmp_path / "h.parquet"), str(tmp_path / "x.tar")]) == 2
     assert "x.tar" in capsys.readouterr().err
-    assert D.main(["dedup-hash", "--out", str(tmp_path / "h.parquet")]) == 2
+    assert cli.main(["dedup-hash", "--out", str(tmp_path / "h.parquet")]) == 2
     (tmp_path / "h.parquet").write_text("not parquet")
-    assert D.main(["dedup-match", "--pool", str(tmp_path / "h.parquet"), "--tests",
+    assert cli.main(["dedup-match", "--pool", str(tmp_path / "h.parquet"), "--tests",
                    str(tmp_path / "h.parquet"), "--out", str(tmp_path / "m.parquet")]) == 2
     assert "h.parquet" in capsys.readouterr().err
 

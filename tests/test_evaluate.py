@@ -517,10 +517,11 @@ def test_aggregate_real_results(evaluated, in_root):
 def test_command_line(in_root):
     root, cfg = in_root
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    out = subprocess.run([sys.executable, "-m", "clipscale.evaluate", "targets", "--config", "cfg.yaml"],
+    clipscale = str(Path(sys.executable).with_name("clipscale"))  # the package's one command line
+    out = subprocess.run([clipscale, "eval-targets", "--config", "cfg.yaml"],
                          capture_output=True, text=True, cwd=root)
     assert out.returncode == 0 and out.stdout.split() == E.target_paths(cfg)
-    bad = subprocess.run([sys.executable, "-m", "clipscale.evaluate", "run", "--config", "cfg.yaml",
+    bad = subprocess.run([clipscale, "evaluate", "--config", "cfg.yaml",
                           "--model", "vit-xs", "--scale", "3k", "--samples", "2k", "--epoch", "5",
                           "--dataset", "shapes", "--task", "zeroshot_classification"],
                          capture_output=True, text=True, cwd=root)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipscale import fit, reference
+from clipscale import cli, fit, reference
 from clipscale.fit import FitError
 
 
@@ -249,12 +249,12 @@ def test_run_step_outputs(tmp_path, published):
 def test_cli(tmp_path, published, capsys):
     tab = tmp_path / "t.csv"
     published.to_csv(tab, index=False)
-    rc = fit.main(["--table", str(tab), "--coefficients", str(tmp_path / "c.csv"), "--bootstrap", "0",
+    rc = cli.main(["fit", "--table", str(tab), "--coefficients", str(tmp_path / "c.csv"), "--bootstrap", "0",
                    "--targets", '[{"model": "ViT-L/14", "samples_seen": "68B"}]',
                    "--predictions", str(tmp_path / "p.csv")])
     assert rc == 0
     assert set(pd.read_csv(tmp_path / "p.csv")["model"]) == {"ViT-L/14"}
-    assert fit.main(["--table", str(tmp_path / "none.csv"), "--coefficients", str(tmp_path / "c.csv")]) == 1
+    assert cli.main(["fit", "--table", str(tmp_path / "none.csv"), "--coefficients", str(tmp_path / "c.csv")]) == 1
     assert "not found" in capsys.readouterr().err
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipscale import reference
+from clipscale import cli, reference
 from clipscale.table import RESULTS_COLUMNS, read_table
 
 
@@ -98,7 +98,7 @@ def test_side_tables():
 
 def test_cli_writes_valid_tables(tmp_path):
     pq, csv = tmp_path / "p.parquet", tmp_path / "p.csv"
-    assert reference.main(["--out", str(pq), str(csv)]) == 0
+    assert cli.main(["published-table", "--out", str(pq), str(csv)]) == 0
     a, b = read_table(pq), read_table(csv)
     assert len(a) == len(b) == 7 * 29 + 7 * 3 + 70
     pd.testing.assert_frame_equal(a[RESULTS_COLUMNS], b[RESULTS_COLUMNS], check_dtype=False)
@@ -118,7 +118,7 @@ def test_bad_reference_is_named(ref_copy, capsys):
     df.to_csv(path, index=False)
     with pytest.raises(reference.ReferenceError, match=r"zeroshot_tables_long.csv: error != 100 - value \(lines 5\)"):
         reference.load_published(ref_copy)
-    assert reference.main(["--out", str(ref_copy / "x.parquet"), "--reference-dir", str(ref_copy)]) == 1
+    assert cli.main(["published-table", "--out", str(ref_copy / "x.parquet"), "--reference-dir", str(ref_copy)]) == 1
     assert "zeroshot_tables_long.csv" in capsys.readouterr().err
 
 

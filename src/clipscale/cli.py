@@ -1,4 +1,9 @@
-"""The ``clipscale`` command line: the package's steps one by one, outside Snakemake too."""
+"""The ``clipscale`` command line: the package's steps one by one, outside Snakemake too.
+
+The one command line of the package (``clipscale --help``). Only the training processes, which
+torchrun and srun start again on every rank, have entry points of their own
+(``python -m clipscale.train``, ``python -m clipscale.launch``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,10 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
+
+from clipscale import dedup
+from clipscale.evaluate import cli as evaluate_cli
 
 
 def _check_config(a) -> int:
@@ -66,6 +75,74 @@ def _gmac(a) -> int:
     return 0
 
 
+def _published_table(a) -> int:
+    """The paper's published results (shipped tables) as a tidy results table."""
+    from clipscale.reference import ReferenceError, load_published
+    from clipscale.table import TableError, write_table
+
+    try:
+        df = load_published(Path(a.reference_dir) if a.reference_dir else None)
+        for out in a.out:
+            write_table(df, out)
+            counts = ", ".join(f"{k}={v}" for k, v in df["source"].value_counts().items())
+            print(f"wrote {out}: {len(df)} rows ({counts})")
+    except (ReferenceError, TableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _standin(a) -> int:
+    import yaml
+
+    from clipscale import config, standin
+
+    cfg = yaml.safe_load(Path(a.config).read_text())
+    try:
+        config.validate(cfg, source=a.config)
+    except config.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(standin.write(cfg, a.out, a.shards))
+    return 0
+
+
+def _fit(a) -> int:
+    from clipscale import fit
+    from clipscale.reference import gmac_lookup
+    from clipscale.table import TableError, read_table
+
+    try:
+        table = read_table(a.table)
+        out = fit.run(table, a.input_name, {"bins": a.bins, "bootstrap": a.bootstrap, "ci": a.ci,
+                                            "predictions": json.loads(a.targets)}, a.seed, gmac_lookup())
+    except (TableError, fit.FitError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    fit.write_outputs(out, a.coefficients, a.predictions, a.points, a.markdown_dir)
+    return 0
+
+
+def _published_figures(a) -> int:
+    from clipscale import figures
+    from clipscale.reference import load_overlap, load_published
+
+    specs = {s.name: s for s in figures.published_specs()}
+    try:
+        table = load_published()
+        for name in a.names or list(specs):
+            if name not in specs:
+                raise figures.FigureError(f"no published figure named {name!r} (known: {list(specs)})")
+            fig = figures.draw(specs[name], {"published": table}, overlap=load_overlap(),
+                               fit_config={"bootstrap": a.bootstrap}, seed=a.seed)
+            figures.save(fig, [Path(a.outdir) / f"{name}.pdf", Path(a.outdir) / f"{name}.png"])
+            print(f"wrote {a.outdir}/{name}.{{pdf,png}}")
+    except figures.FigureError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipscale", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -100,11 +177,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config whose custom models to register first")
     p.set_defaults(func=_gmac)
 
-    from clipscale import dedup
-    from clipscale.evaluate import cli as evaluate_cli
+    p = sub.add_parser("published-table", help="the paper's published results as a tidy results table")
+    p.add_argument("--out", required=True, nargs="+", help="output file(s): .parquet and/or .csv")
+    p.add_argument("--reference-dir", help="directory of the reference CSVs (default: the shipped ones)")
+    p.set_defaults(func=_published_table)
 
-    for module in (dedup, evaluate_cli):
-        module.add_commands(sub)
+    p = sub.add_parser("standin", help="empty stand-ins for a config's pool and downstream sets (DAG tests)")
+    p.add_argument("--config", required=True, help="config YAML")
+    p.add_argument("--out", required=True, help="folder for the stand-ins")
+    p.add_argument("--shards", type=int, default=40, help="empty pool shards to make")
+    p.set_defaults(func=_standin)
+
+    p = sub.add_parser("fit", help="fit the scaling laws of a results table")
+    p.add_argument("--table", required=True, help="results table (.parquet or .csv)")
+    p.add_argument("--input-name", default="published", help="name of the input in the outputs")
+    p.add_argument("--coefficients", required=True, help="output CSV of fitted coefficients")
+    p.add_argument("--predictions", help="output CSV of predictions")
+    p.add_argument("--points", help="output CSV of the points each fit went through")
+    p.add_argument("--markdown-dir", help="also write coefficients.md and predictions.md here")
+    p.add_argument("--bins", type=int, default=5)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--ci", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--targets", default="[]", help='JSON list of {"model": ..., "samples_seen": ...} to predict')
+    p.set_defaults(func=_fit)
+
+    p = sub.add_parser("published-figures", help="draw the paper's figures from its published numbers")
+    p.add_argument("names", nargs="*", help="figure names (default: all published figures)")
+    p.add_argument("--outdir", default="results/figures")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_published_figures)
+
+    # the dedup and evaluation steps' subcommands live beside their code
+    dedup.add_commands(sub)
+    evaluate_cli.add_commands(sub)
     return parser
 
 

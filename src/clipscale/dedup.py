@@ -25,7 +25,6 @@ images) the work is split so that nothing grows with the pool but time and disk:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -944,11 +943,6 @@ def _copy_without(src: str, dst: Path, n: int, drop: set[str]) -> tuple[int, lis
 # 5. command line --------------------------------------------------------------------------------
 
 
-def _setup_logging(verbose: bool = True) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-
 def _write_json(path: str | Path, data: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1084,17 +1078,3 @@ def add_commands(subparsers) -> None:
     p.add_argument("--matches", required=True)
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_guard(_cmd_filter))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clipscale.dedup",
-                                     description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_commands(sub)
-    args = parser.parse_args(argv)
-    _setup_logging()
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

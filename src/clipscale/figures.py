@@ -23,11 +23,9 @@ configured list: built-ins, with config.figures entries added or replacing those
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -639,35 +637,3 @@ def make(settings: Mapping, tables: Mapping[str, str], overlap: str | None,
     fig = draw(spec, loaded, overlap=ov, fit_config=settings.get("fit", {}), seed=int(settings.get("seed", 0)),
                data_sizes=dict(settings.get("scales", {})), groups=groups_of(settings))
     save(fig, outputs)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Draw one of the built-in published figures (or all) without Snakemake."""
-    parser = argparse.ArgumentParser(prog="python -m clipscale.figures", description=main.__doc__)
-    parser.add_argument("names", nargs="*", help="figure names (default: all published figures)")
-    parser.add_argument("--outdir", default="results/figures")
-    parser.add_argument("--bootstrap", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from clipscale.reference import load_overlap, load_published
-
-    specs = {s.name: s for s in published_specs()}
-    names = args.names or list(specs)
-    try:
-        table = load_published()
-        for name in names:
-            if name not in specs:
-                raise FigureError(f"no published figure named {name!r} (known: {list(specs)})")
-            fig = draw(specs[name], {"published": table}, overlap=load_overlap(),
-                       fit_config={"bootstrap": args.bootstrap}, seed=args.seed)
-            save(fig, [Path(args.outdir) / f"{name}.pdf", Path(args.outdir) / f"{name}.png"])
-            log.info("wrote %s/%s.{pdf,png}", args.outdir, name)
-    except FigureError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

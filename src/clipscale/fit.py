@@ -37,16 +37,13 @@ fit (e.g. a single distinct compute value) are dropped and counted (``bootstrap_
 fit draws from its own generator seeded with (seed, crc32 of the fit's key), so results do not
 depend on the order or the number of fits.
 
-Command line: ``python -m clipscale.fit --table T.parquet --coefficients C.csv ...``.
+Command line: ``clipscale fit --table T.parquet --coefficients C.csv ...``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import sys
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -57,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from clipscale.config import format_count, parse_count
-from clipscale.table import TableError, read_table
+from clipscale.table import read_table
 
 log = logging.getLogger(__name__)
 
@@ -777,35 +774,6 @@ def collect_step(coefficient_csvs: Sequence[str], prediction_csvs: Sequence[str]
         Path(predictions_md).write_text(predictions_markdown(pred))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clipscale.fit", description=__doc__.split("\n")[0])
-    parser.add_argument("--table", required=True, help="results table (.parquet or .csv)")
-    parser.add_argument("--input-name", default="published", help="name of the input in the outputs")
-    parser.add_argument("--coefficients", required=True, help="output CSV of fitted coefficients")
-    parser.add_argument("--predictions", help="output CSV of predictions")
-    parser.add_argument("--points", help="output CSV of the points each fit went through")
-    parser.add_argument("--markdown-dir", help="also write coefficients.md and predictions.md here")
-    parser.add_argument("--bins", type=int, default=5)
-    parser.add_argument("--bootstrap", type=int, default=1000)
-    parser.add_argument("--ci", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--targets", default="[]",
-                        help='JSON list of {"model": ..., "samples_seen": ...} to predict')
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from clipscale.reference import gmac_lookup
-
-    try:
-        table = read_table(args.table)
-        out = run(table, args.input_name, {"bins": args.bins, "bootstrap": args.bootstrap, "ci": args.ci,
-                                           "predictions": json.loads(args.targets)}, args.seed, gmac_lookup())
-    except (TableError, FitError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    write_outputs(out, args.coefficients, args.predictions, args.points, args.markdown_dir)
-    return 0
-
-
 def write_outputs(out: Mapping[str, pd.DataFrame], coefficients: str, predictions: str | None = None,
                   points: str | None = None, markdown_dir: str | None = None,
                   markdown_names: tuple[str, str] = ("coefficients.md", "predictions.md")) -> None:
@@ -822,7 +790,3 @@ def write_outputs(out: Mapping[str, pd.DataFrame], coefficients: str, prediction
         d.mkdir(parents=True, exist_ok=True)
         (d / markdown_names[0]).write_text(coefficients_markdown(out["coefficients"]))
         (d / markdown_names[1]).write_text(predictions_markdown(out["predictions"]))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,14 +12,12 @@ Reads the transcribed tables shipped in ``clipscale/data/reference`` (see the RE
 The compute axis is the exact one: samples_seen = samples_seen_exact and total_gmac =
 gmac_per_sample x samples_seen_exact; the nominal 3B/13B/34B stay as samples_seen_label.
 
-Command line: ``python -m clipscale.reference --out results/results/published.parquet``.
+Command line: ``clipscale published-table --out results/results/published.parquet``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from clipscale.config import format_count
-from clipscale.table import RESULTS_COLUMNS, TableError, validate_table, write_table
+from clipscale.table import RESULTS_COLUMNS, validate_table
 
 log = logging.getLogger(__name__)
 
@@ -261,29 +259,3 @@ def load_published(directory: Path | None = None) -> pd.DataFrame:
     )
     df["data_size"] = df["data"].map(DATA_SIZES).astype("Int64")
     return validate_table(df[RESULTS_COLUMNS + ["data_size"]], where=str(directory or REFERENCE_DIR))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m clipscale.reference",
-        description="Write the paper's published results as a tidy results table.",
-    )
-    parser.add_argument("--out", required=True, nargs="+",
-                        help="output file(s): .parquet and/or .csv")
-    parser.add_argument("--reference-dir", default=None, help="directory of the reference CSVs")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        df = load_published(Path(args.reference_dir) if args.reference_dir else None)
-        for out in args.out:
-            write_table(df, out)
-            log.info("wrote %s: %d rows (%s)", out, len(df),
-                     ", ".join(f"{k}={v}" for k, v in df["source"].value_counts().items()))
-    except (ReferenceError, TableError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,16 +8,13 @@ config/paper.yaml /tmp/standin/standin.yaml``; Snakemake merges them): a dry run
 or a test of the Slurm profile then works anywhere. Nothing is ever trained or evaluated on
 these: every file is empty.
 
-    python -m clipscale.standin --config config/paper.yaml --out /tmp/standin --shards 1000
+    clipscale standin --config config/paper.yaml --out /tmp/standin --shards 1000
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
-from clipscale import config as config_mod
 
 
 def make(config: dict, folder: str | Path, shards: int = 40) -> dict:
@@ -62,26 +59,3 @@ def write(config: dict, folder: str | Path, shards: int = 40) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(make(config, folder, shards), sort_keys=False))
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clipscale.standin", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="config YAML")
-    parser.add_argument("--out", required=True, help="folder for the stand-ins")
-    parser.add_argument("--shards", type=int, default=40, help="empty pool shards to make")
-    a = parser.parse_args(argv)
-    import yaml
-
-    cfg = yaml.safe_load(Path(a.config).read_text())
-    try:
-        config_mod.validate(cfg, source=a.config)
-    except config_mod.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(write(cfg, a.out, a.shards))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,14 +14,14 @@ Modules, by role (as CLIP_benchmark separates its builder, metrics and CLI):
 * ``benchmark``: the calls into clip_benchmark, the shared features, the CPU linear probe;
 * ``job``: one checkpoint's evaluation job, result files with their fingerprints;
 * ``aggregate``: the results table and its log;
-* ``cli``: ``python -m clipscale.evaluate run|aggregate|targets``.
+* ``cli``: the ``clipscale evaluate|aggregate-results|eval-targets`` subcommands.
 
 Command line::
 
-    python -m clipscale.evaluate run --config config/config.yaml --source ours --model vit-s \\
+    clipscale evaluate --config config/config.yaml --source ours --model vit-s \\
         --scale 12k --samples 30k            # every set and task of the config (or --dataset/--task)
-    python -m clipscale.evaluate aggregate --config config/config.yaml
-    python -m clipscale.evaluate targets --config config/config.yaml
+    clipscale aggregate-results --config config/config.yaml
+    clipscale eval-targets --config config/config.yaml
 """
 
 from clipscale.evaluate.aggregate import aggregate, build_table, collect, data_lines, read_result

@@ -1,11 +1,8 @@
-"""The evaluation's command line: ``python -m clipscale.evaluate`` (run, aggregate, targets) and
-the ``clipscale`` subcommands (evaluate, aggregate-results, eval-targets)."""
+"""The evaluation's subcommands of ``clipscale``: evaluate, aggregate-results, eval-targets."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -76,10 +73,9 @@ def _cmd_targets(a) -> int:
 _NAMES = {"run": "evaluate", "aggregate": "aggregate-results", "targets": "eval-targets"}
 
 
-def add_commands(subparsers, short: bool = False) -> None:
-    """Subcommands of ``clipscale`` (evaluate, aggregate-results, eval-targets), or with ``short``
-    those of ``python -m clipscale.evaluate`` (run, aggregate, targets)."""
-    name = (lambda n: n) if short else _NAMES.__getitem__
+def add_commands(subparsers) -> None:
+    """Subcommands of ``clipscale``: evaluate, aggregate-results, eval-targets."""
+    name = _NAMES.__getitem__
     p = subparsers.add_parser(name("run"), help="evaluate one checkpoint on the configured downstream sets")
     _add_config(p)
     p.add_argument("--source", choices=SOURCES, default="ours")
@@ -106,14 +102,3 @@ def add_commands(subparsers, short: bool = False) -> None:
     p = subparsers.add_parser(name("targets"), help="list the result files of every evaluation of the config")
     _add_config(p)
     p.set_defaults(func=_cmd_targets)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from clipscale.evaluate import __doc__ as doc
-
-    parser = argparse.ArgumentParser(prog="python -m clipscale.evaluate", description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_commands(parser.add_subparsers(dest="command", required=True), short=True)
-    a = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return a.func(a)

@@ -1,5 +1,0 @@
-import sys
-
-from clipscale.evaluate.cli import main
-
-sys.exit(main())
