@@ -3,6 +3,8 @@ and the Snakemake rules that draw them (workflow/rules/fit.smk, figures.smk)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import subprocess
 import sys
@@ -188,6 +190,33 @@ def test_configured_figures(cfg):
         figures.spec_from_dict({"name": "a", "kind": "compute", "sources": ["ours"], "colour": "red"})
 
 
+def test_compute_figures_draw_the_fit_steps_laws(tmp_path, published, monkeypatch):
+    """The figure step reads the fit step's coefficients and draws (it fits nothing itself): the
+    legend's formula and the band are those the fit step wrote."""
+    tab = tmp_path / "published.parquet"
+    published.to_parquet(tab)
+    out = {k: str(tmp_path / f"{k}.csv") for k in ("coefficients", "predictions", "points", "draws")}
+    fit.run_step(str(tab), "published", {"seed": 0, "fit": {"bootstrap": 25, "methods": ["paper"]}},
+                 out["coefficients"], out["predictions"], out["points"], draws=out["draws"])
+    coef, draws = pd.read_csv(out["coefficients"]), pd.read_csv(out["draws"])
+    assert list(draws.columns) == fit.DRAW_COLUMNS and draws["draw"].max() == 24
+    # a table of the fit step with another slope: the figure must draw that one
+    row = (coef["source"] == "published") & (coef["dataset"] == "imagenet1k") & (coef["metric"] == "acc1")
+    coef.loc[row, "alpha"] = -0.5
+    coef.to_csv(out["coefficients"], index=False)
+    monkeypatch.setattr(fit, "fit_table", lambda *a, **k: pytest.fail("the figure step fitted"))
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, outputs: drawn.setdefault("fig", fig))
+    spec = figures.published_specs()[0]
+    figures.make({"spec": dataclasses.asdict(spec), "scales": {}, "downstream": {}}, {"published": str(tab)},
+                 None, [tmp_path / "f.pdf"], fits={"published": (out["coefficients"], out["draws"])})
+    law = drawn["fig"].fits[("published", "imagenet1k", "acc1")]
+    assert law.params["alpha"] == -0.5 and len(law.draws) == 25
+    texts = [t.get_text() for t in drawn["fig"].axes[0].get_legend().get_texts()]
+    assert texts[0] == "OpenCLIP (LAION): $E = 5.86 \\cdot C^{-0.50}$"
+    figures.plt.close(drawn["fig"])
+
+
 def test_pipeline_figure_step(tmp_path, cfg, ours, published):
     tables = {"ours": tmp_path / "results.parquet", "published": tmp_path / "published.parquet"}
     ours.to_parquet(tables["ours"])
@@ -244,8 +273,10 @@ def test_one_figure_needs_only_its_inputs(smk_dir):
     r = snakemake(smk_dir, "-n", "results/figures/imagenet_zeroshot_published.pdf")
     assert r.returncode == 0, r.stderr
     log = r.stdout + r.stderr
-    assert "published_table" in log and "figure_compute" in log
-    for other in ("fit_input", "aggregate_results", "figure_overlap", "train"):
+    # the figure draws the fit step's laws of the published input (its only fit)
+    assert "published_table" in log and "figure_compute" in log and "rule fit_input" in log
+    assert "wildcards: input=published" in log and "input=ours" not in log
+    for other in ("aggregate_results", "figure_overlap", "train", "fit_collect"):
         assert f"rule {other}" not in log
     # our figures wait for the evaluation's results table
     r = snakemake(smk_dir, "-n", "results/figures/zeroshot_ours.png")

@@ -422,9 +422,25 @@ def _select(spec: FigureSpec, tables: Mapping[str, pd.DataFrame]) -> pd.DataFram
 # the kinds
 
 
-def draw_compute(spec: FigureSpec, tables: Mapping[str, pd.DataFrame], fit_config: Mapping | None = None,
-                 seed: int = 0, data_sizes: Mapping[str, int] | None = None):
+def fit_laws(tables: Mapping[str, pd.DataFrame], fit_config: Mapping | None = None,
+             seed: int = 0) -> dict[tuple[str, str, str], fitting.Fit]:
+    """The paper's laws of result tables (input -> table, group means added), fitted as the fit
+    step fits them (``fit.fit_table``): for drawing without the fit step's outputs."""
     fit_config = dict(fit_config or {})
+    laws = {}
+    for input_name, table in tables.items():
+        fits = fitting.fit_table(table, input_name=input_name, bins=int(fit_config.get("bins", 5)),
+                                 bootstrap=int(fit_config.get("bootstrap", 1000)),
+                                 ci=float(fit_config.get("ci", 0.95)), seed=seed, methods=("paper",),
+                                 pad=float(fit_config.get("bin_pad", fitting.DEFAULT_BIN_PAD)))
+        laws.update(fitting.paper_laws(fits))
+    return laws
+
+
+def draw_compute(spec: FigureSpec, tables: Mapping[str, pd.DataFrame],
+                 laws: Mapping[tuple[str, str, str], fitting.Fit], data_sizes: Mapping[str, int] | None = None):
+    """Points of the tables and the laws of the fit step ((source, dataset, metric) -> the paper's
+    fit, ``fit.laws_from_frames`` or ``fit_laws``): a line per source, its bootstrap band."""
     df = _select(spec, tables)
     panels = _panels(spec, df)
     n_rows, n_cols, where = _layout(spec, panels)
@@ -449,16 +465,10 @@ def draw_compute(spec: FigureSpec, tables: Mapping[str, pd.DataFrame], fit_confi
             pts = sub[sub["source"] == source]
             if pts.empty or not spec.fit:
                 continue
-            key = {"input": INPUT_OF_SOURCE[source], "source": source, "task": pts["task"].iloc[0],
-                   "dataset": dataset, "metric": metric}
-            method = fitting.paper_method(source, pts["total_gmac"].nunique(), int(fit_config.get("bins", 5)))
-            try:
-                f = fitting.fit_points(pts, method, key, bins=int(fit_config.get("bins", 5)),
-                                       bootstrap=int(fit_config.get("bootstrap", 1000)) if spec.band else 0,
-                                       ci=float(fit_config.get("ci", 0.95)), seed=seed,
-                                       pad=float(fit_config.get("bin_pad", fitting.DEFAULT_BIN_PAD)))
-            except fitting.FitError as e:
-                log.warning("figure %s, %s/%s, %s: no fit (%s)", spec.name, dataset, metric, source, e)
+            f = laws.get((source, dataset, metric))
+            if f is None:
+                log.warning("figure %s, %s/%s, %s: no fit (the fit step found none: see its log)",
+                            spec.name, dataset, metric, source)
                 fit_handles.append(Line2D([], [], color=SOURCE_COLORS[source], label=f"{SOURCE_LABELS[source]}: no fit"))
                 continue
             fits[(source, dataset, metric)] = f
@@ -580,8 +590,11 @@ def draw_overlap(spec: FigureSpec, overlap: pd.DataFrame):
 
 def draw(spec: FigureSpec, tables: Mapping[str, pd.DataFrame] | None = None, overlap: pd.DataFrame | None = None,
          fit_config: Mapping | None = None, seed: int = 0, data_sizes: Mapping[str, int] | None = None,
-         groups: Mapping[str, Iterable[str]] | None = None):
-    """Draw one figure; returns the matplotlib Figure."""
+         groups: Mapping[str, Iterable[str]] | None = None,
+         laws: Mapping[tuple[str, str, str], fitting.Fit] | None = None):
+    """Draw one figure; returns the matplotlib Figure. A compute figure draws ``laws`` (the fit
+    step's: ``fit.laws_from_frames``), or, without them, the laws ``fit_laws`` fits here with
+    ``fit_config`` and ``seed`` the way the fit step does."""
     check_spec(spec)
     if spec.kind == "overlap":
         if overlap is None:
@@ -591,7 +604,9 @@ def draw(spec: FigureSpec, tables: Mapping[str, pd.DataFrame] | None = None, ove
     if groups and "ours" in tables:
         tables["ours"] = add_group_means(tables["ours"], groups)
     if spec.kind == "compute":
-        return draw_compute(spec, tables, fit_config, seed, data_sizes)
+        if laws is None:
+            laws = fit_laws(tables, fit_config, seed) if spec.fit else {}
+        return draw_compute(spec, tables, laws, data_sizes)
     return draw_bottleneck(spec, tables, data_sizes)
 
 
@@ -616,13 +631,14 @@ def _metadata(suffix: str) -> dict:
 
 
 def make(settings: Mapping, tables: Mapping[str, str], overlap: str | None,
-         outputs: Sequence[str]) -> None:
+         outputs: Sequence[str], fits: Mapping[str, tuple[str, str]] | None = None) -> None:
     """The pipeline's figure step: draw one figure from table files.
 
-    ``settings`` is what shapes the figure (``clipscale.shaping.figure``: its spec, the fit
-    settings and seed, the data scales, the downstream groups); ``tables`` maps an input
-    ("published", "ours") to a results table file; ``overlap`` is the overlap CSV (dataset,
-    overlap_pct) of an overlap figure.
+    ``settings`` is what shapes the figure (``clipscale.shaping.figure``: its spec, the data
+    scales, the downstream groups); ``tables`` maps an input ("published", "ours") to a results
+    table file; ``fits`` maps it to the fit step's (coefficients.csv, draws.csv), the laws a
+    compute figure draws; ``overlap`` is the overlap CSV (dataset, overlap_pct) of an overlap
+    figure.
     """
     from clipscale.table import read_table
 
@@ -634,6 +650,11 @@ def make(settings: Mapping, tables: Mapping[str, str], overlap: str | None,
             ov = pd.read_csv(overlap)
         except Exception as e:
             raise FigureError(f"figure {spec.name!r}: cannot read the overlap table {overlap}: {e}") from None
-    fig = draw(spec, loaded, overlap=ov, fit_config=settings.get("fit", {}), seed=int(settings.get("seed", 0)),
-               data_sizes=dict(settings.get("scales", {})), groups=groups_of(settings))
+    laws = None
+    if fits is not None:
+        laws = {}
+        for inp, (coefficients, draws) in fits.items():
+            laws.update(fitting.laws_from_frames(pd.read_csv(coefficients), pd.read_csv(draws)))
+    fig = draw(spec, loaded, overlap=ov, data_sizes=dict(settings.get("scales", {})), groups=groups_of(settings),
+               laws=laws)
     save(fig, outputs)

@@ -94,6 +94,9 @@ POINT_COLUMNS = [
     "input", "source", "task", "dataset", "metric", "method", "total_gmac", "error", "bin",
     "n_in_bin", "run_total_gmac", "model", "data", "samples_seen_label",
 ]
+# the bootstrap draws of the paper's fits (binned or direct): what figures draw bands from
+DRAW_COLUMNS = ["input", "source", "task", "dataset", "metric", "method", "draw", "alpha", "beta"]
+PAPER_METHODS = ("binned", "direct")
 
 
 class FitError(ValueError):
@@ -569,6 +572,34 @@ def points_frame(fits: Sequence[Fit]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=POINT_COLUMNS)
 
 
+def draws_frame(fits: Sequence[Fit]) -> pd.DataFrame:
+    """The bootstrap draws (alpha, beta) of the paper's fits, one row per draw."""
+    rows = [dict(f.key, method=f.method, draw=i, alpha=d["alpha"], beta=d["beta"])
+            for f in fits if f.method in PAPER_METHODS for i, d in enumerate(f.draws)]
+    return pd.DataFrame(rows, columns=DRAW_COLUMNS)
+
+
+def paper_laws(fits: Iterable[Fit]) -> dict[tuple[str, str, str], Fit]:
+    """(source, dataset, metric) -> the paper's fit (binned or direct): the laws figures draw."""
+    return {(f.key["source"], f.key["dataset"], f.key["metric"]): f for f in fits if f.method in PAPER_METHODS}
+
+
+def laws_from_frames(coefficients: pd.DataFrame, draws: pd.DataFrame) -> dict[tuple[str, str, str], Fit]:
+    """The paper's fits as the fit step wrote them (coefficients.csv, draws.csv), for drawing:
+    parameters, bootstrap draws and interval level (no points: the figure has the table's)."""
+    out = {}
+    key_cols = ["input", "source", "task", "dataset", "metric", "method"]
+    by_key = {k: g for k, g in draws.groupby(key_cols, sort=False)} if len(draws) else {}
+    for row in coefficients[coefficients["method"].isin(PAPER_METHODS)].to_dict("records"):
+        key = {k: row[k] for k in key_cols[:-1]}
+        mine = by_key.get(tuple(row[k] for k in key_cols))
+        f = Fit(key, row["method"], {"alpha": float(row["alpha"]), "beta": float(row["beta"])}, None,
+                pd.DataFrame(), int(row["bins"]), float(row["ci"]), int(row["bootstrap"]),
+                draws=[] if mine is None else mine.sort_values("draw")[["alpha", "beta"]].to_dict("records"))
+        out[(key["source"], key["dataset"], key["metric"])] = f
+    return out
+
+
 def resolve_targets(targets: Iterable[Mapping], df: pd.DataFrame, arch_gmac: Mapping[str, float],
                     model_gmac: Mapping[str, float] | None = None) -> list[dict]:
     """(model, samples seen) pairs -> dicts with GMAC per sample and total compute.
@@ -710,9 +741,11 @@ def run(table: pd.DataFrame, input_name: str, fit_config: Mapping, seed: int, ar
 
     if groups:
         table = add_group_means(table, groups)
+    # the paper's method always (the figures draw its laws), then the configured others
+    methods = list(dict.fromkeys(["paper", *fit_config.get("methods", ("paper", "pareto", "saturating"))]))
     fits = fit_table(table, input_name=input_name, bins=int(fit_config.get("bins", 5)),
                      bootstrap=int(fit_config.get("bootstrap", 1000)), ci=float(fit_config.get("ci", 0.95)),
-                     seed=seed, methods=fit_config.get("methods", ("paper", "pareto", "saturating")),
+                     seed=seed, methods=methods,
                      pad=float(fit_config.get("bin_pad", DEFAULT_BIN_PAD)),
                      saturating_options=fit_config.get("saturating"))
     wanted = list(fit_config.get("predictions") or []) or default_targets(table, input_name)
@@ -721,6 +754,7 @@ def run(table: pd.DataFrame, input_name: str, fit_config: Mapping, seed: int, ar
         "coefficients": coefficients_frame(fits),
         "predictions": predictions_frame(fits, targets),
         "points": points_frame(fits),
+        "draws": draws_frame(fits),
     }
 
 
@@ -736,7 +770,8 @@ def model_gmac_of(config: Mapping) -> dict[str, float]:
 
 
 def run_step(table_path: str, input_name: str, config: Mapping, coefficients: str, predictions: str,
-             points: str, coefficients_md: str | None = None, predictions_md: str | None = None) -> None:
+             points: str, coefficients_md: str | None = None, predictions_md: str | None = None,
+             draws: str | None = None) -> None:
     """The pipeline's fit of one input ("published" or "ours"): read, fit, write CSV and Markdown."""
     from clipscale.reference import gmac_lookup
     from clipscale.table import groups_of
@@ -746,7 +781,7 @@ def run_step(table_path: str, input_name: str, config: Mapping, coefficients: st
     groups = groups_of(config) if input_name == "ours" else None
     out = run(table, input_name, fit_config, int(config.get("seed", 0)), gmac_lookup(),
               model_gmac=model_gmac_of(config), groups=groups)
-    write_outputs(out, coefficients, predictions, points)
+    write_outputs(out, coefficients, predictions, points, draws=draws)
     if coefficients_md:
         Path(coefficients_md).parent.mkdir(parents=True, exist_ok=True)
         Path(coefficients_md).write_text(coefficients_markdown(out["coefficients"]))
@@ -776,9 +811,13 @@ def collect_step(coefficient_csvs: Sequence[str], prediction_csvs: Sequence[str]
 
 def write_outputs(out: Mapping[str, pd.DataFrame], coefficients: str, predictions: str | None = None,
                   points: str | None = None, markdown_dir: str | None = None,
-                  markdown_names: tuple[str, str] = ("coefficients.md", "predictions.md")) -> None:
+                  markdown_names: tuple[str, str] = ("coefficients.md", "predictions.md"),
+                  draws: str | None = None) -> None:
     Path(coefficients).parent.mkdir(parents=True, exist_ok=True)
     out["coefficients"].to_csv(coefficients, index=False)
+    if draws:
+        Path(draws).parent.mkdir(parents=True, exist_ok=True)
+        out["draws"].to_csv(draws, index=False)
     if predictions:
         Path(predictions).parent.mkdir(parents=True, exist_ok=True)
         out["predictions"].to_csv(predictions, index=False)

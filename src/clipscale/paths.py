@@ -54,6 +54,7 @@ FIT_INPUT = f"{FIT}/{{input}}"                      # input: "published" or "our
 FIT_INPUT_COEFFICIENTS = f"{FIT_INPUT}/coefficients.csv"
 FIT_INPUT_PREDICTIONS = f"{FIT_INPUT}/predictions.csv"
 FIT_INPUT_POINTS = f"{FIT_INPUT}/points.csv"        # the points each fit went through
+FIT_INPUT_DRAWS = f"{FIT_INPUT}/draws.csv"          # bootstrap draws of the paper's fits (figures' bands)
 FIT_INPUT_EXTRAPOLATION = f"{FIT_INPUT}/extrapolation.csv"  # held-out runs predicted by laws fitted below a cut
 FIT_INPUT_EXTRAPOLATION_SUMMARY = f"{FIT_INPUT}/extrapolation_summary.csv"  # per task and method
 FIT_INPUT_COMPARISON = f"{FIT_INPUT}/comparison.csv"  # pairs of laws: exponent ratio, ΔE, crossing

@@ -180,12 +180,9 @@ def frontier(config: Mapping, input_name: str) -> dict:
 
 
 def figure(config: Mapping, spec) -> dict:
-    """figure_*: the figure's spec, and what drawing it reads: the fit settings and seed (the
-    fitted lines of compute figures), the data scales' sizes (colours and order), the downstream
-    groups (group means of our runs)."""
+    """figure_*: the figure's spec, and what drawing it reads: the data scales' sizes (colours
+    and order), the downstream groups (group means of our runs). The fitted lines of compute
+    figures are the fit step's outputs (input files): a fit setting redraws through them."""
     out = {"spec": asdict(spec), "scales": config["scales"],
            "downstream": downstream_groups(config) if "ours" in spec.inputs else {}}
-    if spec.kind == "compute":
-        out["seed"] = config["seed"]
-        out["fit"] = _without(config["fit"], ("predictions", "saturating") + _ANALYSIS_KEYS)
     return canonical(out)

@@ -38,7 +38,12 @@ def figure_inputs(wildcards):
             return {"overlap": str(_reference.REFERENCE_DIR / _reference.OVERLAP)}
         return {"overlap": paths.OVERLAP_TABLE}
     tables = {"published": paths.PUBLISHED_TABLE, "ours": paths.RESULTS_TABLE}
-    return {name: tables[name] for name in spec.inputs}
+    out = {name: tables[name] for name in spec.inputs}
+    if spec.kind == "compute" and spec.fit:  # the fit step's laws, drawn as they are
+        for name in spec.inputs:
+            out[f"{name}_coefficients"] = paths.fill(paths.FIT_INPUT_COEFFICIENTS, input=name)
+            out[f"{name}_draws"] = paths.fill(paths.FIT_INPUT_DRAWS, input=name)
+    return out
 
 
 def figure_settings(wildcards):

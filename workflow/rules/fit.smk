@@ -41,6 +41,7 @@ rule fit_input:
         coefficients=paths.FIT_INPUT_COEFFICIENTS,
         predictions=paths.FIT_INPUT_PREDICTIONS,
         points=paths.FIT_INPUT_POINTS,
+        draws=paths.FIT_INPUT_DRAWS,
         coefficients_md=report(
             paths.fill(paths.TABLE, table="coefficients_{input}", ext="md"),
             caption="../report/coefficients.rst",

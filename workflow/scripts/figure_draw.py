@@ -11,4 +11,7 @@ with job_logging(snakemake.log[0]):  # noqa: F821
         {name: sm.input[name] for name in ("published", "ours") if name in names},
         sm.input["overlap"] if "overlap" in names else None,
         [sm.output.pdf, sm.output.png],
+        # the fit step's laws of each input (compute figures): coefficients.csv and draws.csv
+        {name: (sm.input[f"{name}_coefficients"], sm.input[f"{name}_draws"])
+         for name in ("published", "ours") if f"{name}_coefficients" in names} or None,
     )

@@ -12,6 +12,7 @@ with job_logging(snakemake.log[0]):  # noqa: F821
         coefficients=sm.output.coefficients,
         predictions=sm.output.predictions,
         points=sm.output.points,
+        draws=sm.output.draws,
         coefficients_md=sm.output.coefficients_md,
         predictions_md=sm.output.predictions_md,
     )
