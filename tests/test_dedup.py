@@ -18,6 +18,8 @@ from PIL import Image
 
 from clipscale import cli
 from clipscale import dedup as D
+from clipscale.dedup import hashing as dedup_hashing
+from clipscale.dedup import index as dedup_index
 from clipscale import phash as P
 from clipscale.shards import ShardWriter
 
@@ -304,7 +306,7 @@ def test_index_equals_brute_force_for_every_chunking(clustered, radius):
     ref = _brute(test, query, radius)
     assert len(ref) > 30  # the case is not trivial
     for m in range(1, radius + 2):
-        if D._ball(64 // m + 1, radius // m) > 10**5:
+        if dedup_index._ball(64 // m + 1, radius // m) > 10**5:
             continue  # too large a ball to enumerate in a test (the planner never picks it)
         got = _search(D.HammingIndex(test, radius, n_chunks=m), query)
         assert len(got) == len(set(got)), f"pairs reported twice (m={m})"
@@ -320,7 +322,7 @@ def test_index_radius_edges():
         at_r = _flip(h, rng.choice(64, r, replace=False))
         beyond = _flip(h, rng.choice(64, r + 1, replace=False))
         for m in range(1, r + 2):
-            if D._ball(64 // m + 1, r // m) > 10**5:
+            if dedup_index._ball(64 // m + 1, r // m) > 10**5:
                 continue  # too large a ball to enumerate for a test
             index = D.HammingIndex(np.array([h], np.uint64), r, n_chunks=m)
             assert _search(index, [at_r]) == [(0, 0, r)], (r, m)
@@ -482,7 +484,7 @@ def test_overlap_table_counts_by_hand(tmp_path):
     D.hash_shards([], tmp_path / "b.parquet", name="b")
     # pretend b has 8 test images
     rep = D.read_report(tmp_path / "b.parquet") | {"n_hashed": 8}
-    D._set_metadata(tmp_path / "b.parquet", tmp_path / "b2.parquet", rep)
+    dedup_hashing._set_metadata(tmp_path / "b.parquet", tmp_path / "b2.parquet", rep)
     table = D.overlap_table(m, [test, tmp_path / "b2.parquet"], radius=4).set_index("dataset")
     assert table.loc["b", "n_matched"] == 2 and table.loc["b", "overlap_pct"] == 25.0
     assert table.loc["b", "n_matched_exact"] == 1 and table.loc["b", "overlap_pct_exact"] == 12.5
