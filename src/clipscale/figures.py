@@ -36,6 +36,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
@@ -360,25 +361,58 @@ def _grid(n_rows: int, n_cols: int, width: float = 5.2, height: float = 4.2):
     return fig, axes
 
 
-def _legend_handles(colors, markers, sizes, used_data, used_models, used_samples):
-    handles = [Line2D([], [], linestyle="", label="Training data")]
-    handles += [Line2D([], [], color=colors[d], marker="o", linestyle="", markersize=7, label=d)
-                for d in colors if d in used_data]
-    handles += [Line2D([], [], linestyle="", label="Model")]
-    handles += [Line2D([], [], color="0.35", marker=markers[m], linestyle="", markersize=7, label=m)
-                for m in markers if m in used_models]
-    if len([s for s in sizes if s in used_samples]) > 1:
-        handles += [Line2D([], [], linestyle="", label="Samples seen")]
-        handles += [Line2D([], [], color="0.6", marker="o", linestyle="", markersize=math.sqrt(sizes[s]),
-                           label=s) for s in sizes if s in used_samples]
-    return handles
+_RUN_STYLE = {"hue": "data", "style": "model", "size": "samples_seen_label"}
+_RUN_LEGEND_TITLES = {"data": "Training data", "model": "Model", "samples_seen_label": "Samples seen"}
 
 
-def _side_legend(fig, handles) -> None:
-    leg = fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+def _run_points(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.assign(error_pct=100 * rows["error"])
+
+
+def _scatter_runs(ax, rows: pd.DataFrame, colors, markers, sizes) -> None:
+    """One marker per run (seaborn): colour = training data, shape = model, size = samples seen;
+    runs of HOLLOW_SOURCES (const-cooldown) hollow, in the colour of their data."""
+    for hollow in (False, True):
+        part = rows[rows["source"].isin(HOLLOW_SOURCES) == hollow]
+        if part.empty:
+            continue
+        sns.scatterplot(data=_run_points(part), x="total_gmac", y="error_pct", **_RUN_STYLE,
+                        palette=colors, hue_order=list(colors), markers=markers, style_order=list(markers),
+                        sizes=sizes, size_order=list(sizes), alpha=0.85, zorder=3, legend=False, ax=ax,
+                        edgecolor="white", linewidth=0.6)
+        if hollow:
+            points = ax.collections[-1]
+            points.set_edgecolors(points.get_facecolors())
+            points.set_facecolors("none")
+            points.set_linewidths(1.6)
+
+
+def _side_legend_of_runs(fig, df: pd.DataFrame, colors, markers, sizes) -> None:
+    """seaborn's legend of the run markers (data, model, samples seen; samples seen only when
+    they vary), beside the panels, its section titles in bold."""
+    probe_fig, probe = plt.subplots()
+    sns.scatterplot(data=_run_points(df), x="total_gmac", y="error_pct", **_RUN_STYLE, palette=colors,
+                    hue_order=[d for d in colors if d in set(df["data"])], markers=markers,
+                    style_order=[m for m in markers if m in set(df["model"])], sizes=sizes,
+                    size_order=[s for s in sizes if s in set(df["samples_seen_label"])], legend="full", ax=probe)
+    handles, labels = probe.get_legend_handles_labels()
+    plt.close(probe_fig)
+    keep_sizes = df["samples_seen_label"].nunique() > 1
+    out_h, out_l, section = [], [], None
+    for h, lab in zip(handles, labels):
+        if lab in _RUN_LEGEND_TITLES:
+            section = lab
+            if section == "samples_seen_label" and not keep_sizes:
+                continue
+            out_h.append(Line2D([], [], linestyle=""))
+            out_l.append(_RUN_LEGEND_TITLES[lab])
+        elif section != "samples_seen_label" or keep_sizes:
+            out_h.append(h)
+            out_l.append(lab)
+    leg = fig.legend(out_h, out_l, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
                      fontsize=9, handletextpad=0.4, borderaxespad=0.2)
-    for text, h in zip(leg.get_texts(), handles):
-        if not h.get_marker() or h.get_marker() == "None":
+    for text, lab in zip(leg.get_texts(), out_l):
+        if lab in _RUN_LEGEND_TITLES.values():
             text.set_fontweight("bold")
 
 
@@ -450,13 +484,7 @@ def draw_compute(spec: FigureSpec, tables: Mapping[str, pd.DataFrame],
     for (dataset, metric), (r, c) in where.items():
         ax = axes[r][c]
         sub = df[(df["dataset"] == dataset) & (df["metric"] == metric)]
-        for _, row in sub.iterrows():
-            # const-cooldown runs hollow, in the colour of their data: beside the cosine runs
-            hollow = row["source"] in HOLLOW_SOURCES
-            ax.scatter(row["total_gmac"], 100 * row["error"], s=sizes.get(row["samples_seen_label"], 60),
-                       marker=markers[row["model"]], alpha=0.85, zorder=3,
-                       facecolors="none" if hollow else colors[row["data"]],
-                       edgecolors=colors[row["data"]] if hollow else "white", linewidths=1.6 if hollow else 0.6)
+        _scatter_runs(ax, sub, colors, markers, sizes)
         lo_c, hi_c = sub["total_gmac"].min(), sub["total_gmac"].max()
         xs = np.logspace(math.log10(lo_c) - 0.15, math.log10(hi_c) + 0.15, 200)
         yvals = [100 * sub["error"].to_numpy()]
@@ -493,8 +521,7 @@ def draw_compute(spec: FigureSpec, tables: Mapping[str, pd.DataFrame],
         for c in range(n_cols):
             if (r, c) not in where.values():
                 axes[r][c].set_visible(False)
-    _side_legend(fig, _legend_handles(colors, markers, sizes, set(df["data"]), set(df["model"]),
-                                      set(df["samples_seen_label"])))
+    _side_legend_of_runs(fig, df, colors, markers, sizes)
     if spec.title:
         fig.suptitle(spec.title, fontsize=TITLE_FONTSIZE + 2)
     fig.tight_layout()
