@@ -134,3 +134,15 @@ def test_every_rule_has_its_resources_from_one_place():
     for rule in sorted(rules):
         got = resources.of(cfg, rule)
         assert {"threads", "mem_mb", "runtime"} <= set(got), rule
+
+
+def test_const_cooldown_trunk_segments_and_branches_are_training_jobs_on_gpus(tmp_path):
+    """grid.schedules const-cooldown: the trunk's jobs up to a branch point (train_segment) and
+    the branches (train) ask for the GPUs, the walltime warning and requeue as any training job."""
+    cfg = _gpu_config()
+    cfg["grid"]["schedules"] = ["const-cooldown"]
+    cfg["train"]["cooldown"] = {"fraction": 0.5}  # 2k and 4k: branch point 1k, a common epoch of 1k
+    jobs = dry_run_resources(tmp_path, cfg)
+    for rule in ("train_segment", "train"):
+        call = sbatch_command(jobs[rule])
+        assert "--gpus=1" in call and "--signal=USR1@300 --requeue" in call, (rule, call)

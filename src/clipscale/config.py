@@ -29,6 +29,12 @@ def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
+def schema_default(section: str, key: str):
+    """The schema's default of ``section.key`` (command lines take their defaults from here, so
+    that each default is written once)."""
+    return copy.deepcopy(load_schema()["properties"][section]["properties"][key]["default"])
+
+
 def parse_count(value: int | str) -> int:
     """'24k' -> 24000, '3B' -> 3_000_000_000, '12.8B' -> 12_800_000_000, 500 -> 500."""
     if isinstance(value, int):

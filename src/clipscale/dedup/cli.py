@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from clipscale.config import schema_default
 from clipscale.dedup.filtering import filter_subset
 from clipscale.dedup.formats import DedupError
 from clipscale.dedup.hashing import (
@@ -131,7 +132,7 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("dedup-match", help="pairs of test and pool hashes within a radius")
     p.add_argument("--pool", required=True)
     p.add_argument("--tests", nargs="+", required=True)
-    p.add_argument("--radius", type=int, default=4)
+    p.add_argument("--radius", type=int, default=schema_default("dedup", "radius"))
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=1 << 20)
     p.set_defaults(func=_guard(_cmd_match))
@@ -139,7 +140,7 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("dedup-overlap", help="overlap table (the paper's Table 3)")
     p.add_argument("--matches", required=True)
     p.add_argument("--tests", nargs="+", required=True)
-    p.add_argument("--radius", type=int, default=4)
+    p.add_argument("--radius", type=int, default=schema_default("dedup", "radius"))
     p.add_argument("--out", required=True)
     p.set_defaults(func=_guard(_cmd_overlap))
 
@@ -153,7 +154,7 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("dedup-recall", help="recall/precision against planted duplicates")
     p.add_argument("--matches", required=True)
     p.add_argument("--planted", required=True)
-    p.add_argument("--radius", type=int, default=4)
+    p.add_argument("--radius", type=int, default=schema_default("dedup", "radius"))
     p.add_argument("--pool", help="pool hashes (to report the distance of missed pairs)")
     p.add_argument("--tests", nargs="*", help="downstream hash files (with --pool)")
     p.add_argument("--out", required=True)
