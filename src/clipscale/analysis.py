@@ -77,8 +77,8 @@ INSIDE_TOL = 1e-9  # relative slack of "inside the interval" (a noise-free law h
 
 
 def _settings(fit_config: Mapping) -> dict:
-    return {"bins": int(fit_config.get("bins", 5)), "bootstrap": int(fit_config.get("bootstrap", 1000)),
-            "ci": float(fit_config.get("ci", 0.95)), "pad": float(fit_config.get("bin_pad", fitting.DEFAULT_BIN_PAD))}
+    st = fitting.FitSettings.of(fit_config)
+    return {"bins": st.bins, "bootstrap": st.bootstrap, "ci": st.ci, "pad": st.bin_pad}
 
 
 def _groups(df: pd.DataFrame):
@@ -135,7 +135,7 @@ def extrapolation(table: pd.DataFrame, input_name: str, fit_config: Mapping, see
                 try:
                     f = fitting.fit_points(train, method, key, bins=st["bins"], bootstrap=st["bootstrap"],
                                            ci=st["ci"], seed=seed, pad=st["pad"],
-                                           saturating_options=fit_config.get("saturating"))
+                                           saturating_options=fitting.FitSettings.of(fit_config).saturating)
                 except fitting.FitError as e:
                     note = f"no fit below the cut: {e}"
                 else:

@@ -460,13 +460,11 @@ def fit_laws(tables: Mapping[str, pd.DataFrame], fit_config: Mapping | None = No
              seed: int = 0) -> dict[tuple[str, str, str], fitting.Fit]:
     """The paper's laws of result tables (input -> table, group means added), fitted as the fit
     step fits them (``fit.fit_table``): for drawing without the fit step's outputs."""
-    fit_config = dict(fit_config or {})
+    st = fitting.FitSettings.of(fit_config)
     laws = {}
     for input_name, table in tables.items():
-        fits = fitting.fit_table(table, input_name=input_name, bins=int(fit_config.get("bins", 5)),
-                                 bootstrap=int(fit_config.get("bootstrap", 1000)),
-                                 ci=float(fit_config.get("ci", 0.95)), seed=seed, methods=("paper",),
-                                 pad=float(fit_config.get("bin_pad", fitting.DEFAULT_BIN_PAD)))
+        fits = fitting.fit_table(table, input_name=input_name, bins=st.bins, bootstrap=st.bootstrap, ci=st.ci,
+                                 seed=seed, methods=("paper",), pad=st.bin_pad)
         laws.update(fitting.paper_laws(fits))
     return laws
 

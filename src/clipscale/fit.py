@@ -53,18 +53,19 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from clipscale.config import format_count, parse_count
+from clipscale.config import format_count, load_schema, parse_count, schema_default
 from clipscale.table import read_table
 
 log = logging.getLogger(__name__)
 
 METHODS = ("binned", "direct", "pareto", "saturating")
-DEFAULT_BIN_PAD = 0.1  # decades added above the largest log10 C (the paper's code: eps=0.1)
+DEFAULT_BIN_PAD = schema_default("fit", "bin_pad")  # decades above the largest log10 C (the paper's code: 0.1)
 DIRECT_SOURCES = ("openai",)
 MIN_SATURATING_POINTS = 6  # 4 parameters + 2 degrees of freedom
 #: the saturating fit's settings (config fit.saturating): Huber delta on ln E residuals, the widest
 #: bootstrap interval of c or d (orders of magnitude), the least AIC gain over the plain power law
-SATURATING_DEFAULTS = {"huber_delta": 0.01, "max_span_decades": 1.0, "min_aic_gain": 2.0}
+SATURATING_DEFAULTS = {k: v["default"] for k, v in
+                       load_schema()["properties"]["fit"]["properties"]["saturating"]["properties"].items()}
 SAT_C_BOUNDS = (-5.0, -1e-6)
 SAT_B_MAX = 1e3  # in units of the smallest compute
 
@@ -101,6 +102,36 @@ PAPER_METHODS = ("binned", "direct")
 
 class FitError(ValueError):
     """Points that the method cannot fit (too few, or a single compute value)."""
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """The config's ``fit`` section, typed once: what the fit, the analyses and the figures read.
+
+    ``of`` builds it from a fit section (a validated config's, or a partial mapping for use
+    outside the pipeline): a missing key takes the schema's default, written nowhere else."""
+
+    bins: int
+    bin_pad: float
+    bootstrap: int
+    ci: float
+    methods: tuple[str, ...]
+    saturating: dict
+    predictions: tuple = ()
+    extrapolation: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, fit_config: Mapping | None = None) -> "FitSettings":
+        given = dict(fit_config or {})
+
+        def get(key):
+            return given[key] if key in given else schema_default("fit", key)
+
+        return cls(bins=int(get("bins")), bin_pad=float(get("bin_pad")), bootstrap=int(get("bootstrap")),
+                   ci=float(get("ci")), methods=tuple(get("methods")),
+                   saturating={**SATURATING_DEFAULTS, **(given.get("saturating") or {})},
+                   predictions=tuple(given.get("predictions") or ()),
+                   extrapolation=dict(given.get("extrapolation") or {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -741,14 +772,12 @@ def run(table: pd.DataFrame, input_name: str, fit_config: Mapping, seed: int, ar
 
     if groups:
         table = add_group_means(table, groups)
+    st = FitSettings.of(fit_config)
     # the paper's method always (the figures draw its laws), then the configured others
-    methods = list(dict.fromkeys(["paper", *fit_config.get("methods", ("paper", "pareto", "saturating"))]))
-    fits = fit_table(table, input_name=input_name, bins=int(fit_config.get("bins", 5)),
-                     bootstrap=int(fit_config.get("bootstrap", 1000)), ci=float(fit_config.get("ci", 0.95)),
-                     seed=seed, methods=methods,
-                     pad=float(fit_config.get("bin_pad", DEFAULT_BIN_PAD)),
-                     saturating_options=fit_config.get("saturating"))
-    wanted = list(fit_config.get("predictions") or []) or default_targets(table, input_name)
+    methods = list(dict.fromkeys(["paper", *st.methods]))
+    fits = fit_table(table, input_name=input_name, bins=st.bins, bootstrap=st.bootstrap, ci=st.ci,
+                     seed=seed, methods=methods, pad=st.bin_pad, saturating_options=st.saturating)
+    wanted = list(st.predictions) or default_targets(table, input_name)
     targets = resolve_targets(wanted, table, arch_gmac, model_gmac)
     return {
         "coefficients": coefficients_frame(fits),
