@@ -29,6 +29,16 @@ def load_schema() -> dict:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
+def section(config: dict, name: str) -> dict:
+    """A config section with the schema's defaults under any key it lacks (a validated config
+    has them all; a partial one, for use outside the pipeline, gets them here, not from defaults
+    repeated in the code)."""
+    props = load_schema()["properties"][name]["properties"]
+    out = {k: copy.deepcopy(v["default"]) for k, v in props.items() if isinstance(v, dict) and "default" in v}
+    out.update(config.get(name) or {})
+    return out
+
+
 def schema_default(section: str, key: str):
     """The schema's default of ``section.key`` (command lines take their defaults from here, so
     that each default is written once)."""

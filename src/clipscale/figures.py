@@ -177,7 +177,9 @@ def published_specs() -> list[FigureSpec]:
 
 
 def _lp_metrics(config: Mapping) -> list[str]:
-    ks = config.get("evaluate", {}).get("linear_probe_k", [10, "full"])
+    from clipscale.config import section
+
+    ks = section(config, "evaluate")["linear_probe_k"]
     return [f"lp_acc1_{k}shot" if k != "full" else "lp_acc1_full" for k in ks]
 
 

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping
 
+from clipscale import config as config_mod
 from clipscale import models, paths, shaping
 from clipscale.evaluate import benchmark
 from clipscale.evaluate.benchmark import EvaluationError, UpstreamChanged
@@ -53,13 +54,12 @@ def reusable(path: str | Path, expected: dict) -> bool:
 
 
 def set_settings(config: dict, dataset: str) -> benchmark.SetSettings:
-    ev = config.get("evaluate", {})
+    ev = config_mod.section(config, "evaluate")
     return benchmark.SetSettings(
         name=dataset, benchmark_name=benchmark_name(config, dataset), root=dataset_dir(config, dataset),
-        batch_size=ev.get("batch_size", 256), workers=ev.get("workers", 0),
-        recall_k=list(ev.get("recall_k", [1, 5, 10])), linear_probe_k=list(ev.get("linear_probe_k", [10, "full"])),
-        linear_probe_epochs=ev.get("linear_probe_epochs", 10), linear_probe_lr=ev.get("linear_probe_lr", 0.1),
-        seed=config.get("seed", 0))
+        batch_size=ev["batch_size"], workers=ev["workers"], recall_k=list(ev["recall_k"]),
+        linear_probe_k=list(ev["linear_probe_k"]), linear_probe_epochs=ev["linear_probe_epochs"],
+        linear_probe_lr=ev["linear_probe_lr"], seed=config.get("seed", 0))
 
 
 def _write_json(path: str | Path, data: dict) -> None:
@@ -79,11 +79,11 @@ def evaluate_checkpoint(config: dict, checkpoint: Mapping[str, str],
     under results/). Returns (set, task) -> result (read back for the reused ones)."""
     import torch
 
-    ev = config.get("evaluate", {})
-    threads = threads or ev.get("threads", 1)
+    ev = config_mod.section(config, "evaluate")
+    threads = threads or ev["threads"]
     torch.set_num_threads(threads)
-    device = device or benchmark.resolve_device(ev.get("device", "auto"))
-    amp = bool(ev.get("amp", True)) and device == "cuda"
+    device = device or benchmark.resolve_device(ev["device"])
+    amp = bool(ev["amp"]) and device == "cuda"
     outputs = dict(outputs or outputs_of(config, dict(checkpoint)))
     info = checkpoint_info(config, checkpoint, run_record, profile)
     t_job = time.time()

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 from clipscale import grid, paths, released, table
 from clipscale.config import ConfigError
+from clipscale.config import section as config_section
 
 TASKS = table.TASKS
 SOURCES = ("ours", "released")
@@ -67,7 +68,7 @@ def our_epochs(config: dict, run: grid.Run) -> list[int]:
     schedule (grid.hparams), as the checkpoints exist only once the run is done."""
     hp = grid.hparams(config, run)
     epochs = hp["epochs"]
-    if config.get("evaluate", {}).get("all_checkpoints", False):
+    if config_section(config, "evaluate")["all_checkpoints"]:
         # a const-cooldown trunk saves every save_every epochs; a branch has its own from its
         # start on (the checkpoints before it are its trunk's)
         start, every = hp.get("branch_epoch") or 0, hp.get("save_every") or 1
