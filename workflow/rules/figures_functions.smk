@@ -41,7 +41,9 @@ def figure_inputs(wildcards):
     out = {name: tables[name] for name in spec.inputs}
     if spec.kind == "compute" and spec.fit:  # the fit step's laws, drawn as they are
         for name in spec.inputs:
-            out[f"{name}_coefficients"] = paths.fill(paths.FIT_INPUT_COEFFICIENTS, input=name)
+            out[f"{name}_coefficients"] = paths.fill(
+                paths.FIT_INPUT_COEFFICIENTS, input=name
+            )
             out[f"{name}_draws"] = paths.fill(paths.FIT_INPUT_DRAWS, input=name)
     return out
 
