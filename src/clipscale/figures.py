@@ -561,19 +561,18 @@ def draw_bottleneck(spec: FigureSpec, tables: Mapping[str, pd.DataFrame], data_s
                    {s: cmap(0.15 + 0.7 * i / max(len(sample_order) - 1, 1)) for i, s in enumerate(sample_order)})
     for i, model in enumerate(models):
         ax = axes[i // n_cols][i % n_cols]
-        sub = df[df["model"] == model]
-        for source in spec.sources:
-            ss = sub[sub["source"] == source]
-            for key in line_order:
-                pts = ss[ss[line_key] == key]
-                if pts.empty:
-                    continue
-                xcol = "samples_seen_label" if by_samples else "data"
-                pts = pts.assign(_x=pts[xcol].map({v: j for j, v in enumerate(x_order)})).sort_values("_x")
-                label = key if len(spec.sources) == 1 else f"{key} ({SOURCE_LABELS[source]})"
-                ax.plot(pts["_x"], 100 * pts["error"], marker=markers[model], color=line_colors[key],
-                        linestyle=SOURCE_LINESTYLES[source] if len(spec.sources) > 1 else "-", lw=2,
-                        markersize=7, label=label)
+        sub = df[(df["model"] == model) & df[line_key].isin(line_order)]
+        xcol = "samples_seen_label" if by_samples else "data"
+        pts = sub.assign(_x=sub[xcol].map({v: j for j, v in enumerate(x_order)}), error_pct=100 * sub["error"],
+                         source_label=sub["source"].map(lambda s: SOURCE_LABELS.get(s, s))).sort_values("_x")
+        several = pts["source"].nunique() > 1  # a line style per source
+        # a line per data scale (or samples seen), through its runs in x order (no estimate)
+        sns.lineplot(data=pts, x="_x", y="error_pct", hue=line_key,
+                     hue_order=[k for k in line_order if k in set(pts[line_key])], palette=line_colors,
+                     style="source_label" if several else None,
+                     dashes={SOURCE_LABELS.get(s, s): _dashes(SOURCE_LINESTYLES[s]) for s in spec.sources}
+                     if several else True,
+                     estimator=None, sort=False, marker=markers[model], markersize=7, lw=2, ax=ax)
         ax.set_xticks(range(len(x_order)))
         ax.set_xticklabels(x_order)
         ax.set_xlim(-0.3, len(x_order) - 0.7)
@@ -581,13 +580,27 @@ def draw_bottleneck(spec: FigureSpec, tables: Mapping[str, pd.DataFrame], data_s
         ax.set_ylabel(error_label(metric), fontsize=LABEL_FONTSIZE)
         ax.set_title(model, fontsize=TITLE_FONTSIZE)
         ax.grid(True, alpha=0.3)
-        ax.legend(title="Training data" if by_samples else "Samples seen", fontsize=9, title_fontsize=9)
+        # seaborn's legend, its section titles renamed: the hue's is the legend's title
+        handles, labels = ax.get_legend_handles_labels()
+        keep = [(h, "Runs" if lab == "source_label" else lab) for h, lab in zip(handles, labels) if lab != line_key]
+        leg = ax.legend([h for h, _ in keep], [lab for _, lab in keep], fontsize=9, title_fontsize=9,
+                        title="Training data" if by_samples else "Samples seen")
+        for text in leg.get_texts():
+            if text.get_text() == "Runs":
+                text.set_fontweight("bold")
     for j in range(len(models), n_rows * n_cols):
         axes[j // n_cols][j % n_cols].set_visible(False)
     fig.suptitle(spec.title or f"{dataset_label(dataset, 'ours' in spec.inputs)}, {metric_label(metric)}",
                  fontsize=TITLE_FONTSIZE + 2)
     fig.tight_layout()
     return fig
+
+
+def _dashes(style) -> tuple | str:
+    """A matplotlib line style as seaborn's dashes: "" for solid, else (on, off, ...)."""
+    if isinstance(style, tuple):
+        return tuple(style[1])
+    return {"-": "", "--": (4, 2), "-.": (4, 1.5, 1, 1.5), ":": (1, 1.5)}[style]
 
 
 def draw_overlap(spec: FigureSpec, overlap: pd.DataFrame):
