@@ -186,8 +186,9 @@ def hparams(config: dict, run: Run) -> dict:
         settings["cooldown_epochs"] = member["cooldown_epochs"]
         settings["branch_epoch"] = member["branch_epoch"]
         settings["save_every"] = plan["save_every"] if member["branch_epoch"] is None else 1
-        # what the run's prefix shares with the trunk must be the trunk's
-        for key in ("lr", "wd", "beta2", "warmup", "batch_size", "nproc", "nodes", "precision"):
+        # what the run's prefix shares with the trunk must be the trunk's (workers: open_clip
+        # rounds each epoch to a multiple of them, so the steps per epoch too)
+        for key in ("lr", "wd", "beta2", "warmup", "batch_size", "nproc", "nodes", "precision", "workers"):
             settings[key] = trunk_settings.get(key, settings.get(key))
     else:
         settings.pop("cooldown", None)
