@@ -401,6 +401,45 @@ def test_a_window_without_a_step_is_not_requeued(in_tmp, monkeypatch):
     assert calls == ["123"]
 
 
+FINISH_THEN_DIE = ("import os, signal, sys; open(sys.argv[-1], 'w').write('{}'); "
+                   "os.kill(os.getpid(), signal.SIGUSR1) if sys.argv[-2] == 'signal' else sys.exit(138)")
+
+
+@pytest.mark.parametrize("how", ["signal", "srun-status"])
+def test_a_walltime_warning_after_the_run_finished_does_not_requeue_it(in_tmp, monkeypatch, how, caplog):
+    """Slurm's walltime warning can reach the training processes after their run finished and
+    wrote its record (killing python, or srun answering 128 + SIGUSR1): the job succeeds; it is
+    not requeued into a window that would train nothing (seen on CI: a fifth, empty attempt)."""
+    import clipscale.launch
+
+    cfg = tiny_config()
+    run = run_of(cfg, SAMPLES)
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    calls = []
+    monkeypatch.setattr(train, "requeue_this_job", lambda job: calls.append(job))
+    monkeypatch.setattr(clipscale.launch, "build_command",
+                        lambda target, args, **kw: [sys.executable, "-c", FINISH_THEN_DIE, how, args[-1]])
+    with caplog.at_level(logging.WARNING, logger="clipscale.train"):
+        train.launch(cfg, run, "manifest.json", "run.json", log_file="train.log")
+    assert Path("run.json").read_text() == "{}" and calls == []
+    assert "finished and wrote run.json" in caplog.text
+    Path("stale.json").write_text("{}")  # a record from before this job is no proof
+    monkeypatch.setattr(clipscale.launch, "build_command",
+                        lambda target, args, **kw: [sys.executable, "-c", "import sys; sys.exit(1)"])
+    with pytest.raises(train.TrainingError, match="exited with status 1"):
+        train.launch(cfg, run, "manifest.json", "stale.json", log_file="train.log")
+
+
+def test_a_finished_training_process_outlives_a_late_walltime_warning():
+    """Past its training (``stop_on_signals`` left) a process ignores SIGUSR1, whose default
+    action would kill it while it exits, turning a finished run into a failed one."""
+    code = ("import os, signal, time; from clipscale.stopping import stop_on_signals\n"
+            "with stop_on_signals(watch_parent=False): pass\n"
+            "os.kill(os.getpid(), signal.SIGUSR1); time.sleep(0.2); print('alive')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "alive", res
+
+
 @pytest.mark.slow
 def test_changed_settings_start_the_run_afresh_and_keep_the_old_one(baseline, tmp_path):
     """Snakemake reruns a run whose settings changed: it must not resume the old run's

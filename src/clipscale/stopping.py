@@ -168,7 +168,9 @@ def stop_on_signals(watch_parent: bool = True):
     finally:
         done.set()
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            # past its training a process has no place to save: a late walltime warning must
+            # not kill it by SIGUSR1's default action while it exits (a finished run would fail)
+            signal.signal(s, signal.SIG_IGN if s == WALLTIME_SIGNAL and handler == signal.SIG_DFL else handler)
         _stop = None
 
 

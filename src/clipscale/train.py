@@ -709,11 +709,18 @@ def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
     log.info("launching: %s", " ".join(cmd))
     # a stopped run saves its place first: at the walltime warning it has signal_lead_s for that
     grace = max(stopping.STOP_GRACE_S, hp["signal_lead_s"] - 15)
+    before = _stamp(out)
     if log_file:
         with open(log_file, "a") as sink:  # the processes' progress goes to the job's log
             status, stopped = run_until_stopped(cmd, stdout=sink, grace_s=grace)
     else:
         status, stopped = run_until_stopped(cmd, grace_s=grace)
+    if _stamp(out) not in (None, before):  # the run (segment) finished: its record is whole
+        if status != 0 or stopped:  # e.g. the walltime warning as python exited: nothing to resume
+            log.warning("run %s: finished and wrote %s; the training processes then exited with "
+                        "status %s%s: the run is complete, nothing to resume or requeue", run.name,
+                        out, status, f" ({stopped})" if stopped else "")
+        return
     if status == 128 + stopping.WALLTIME_SIGNAL:
         end_of_window(run, hp, log_file)
     if stopped or status == 128 + signal.SIGTERM:
@@ -726,6 +733,16 @@ def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
                             f"{checkpoint_dir(run)}")
     if not Path(out).exists():
         raise TrainingError(f"run {run.name}: training ended without writing {out}")
+
+
+def _stamp(path: str | Path) -> tuple[int, int] | None:
+    """(inode, mtime in ns) of a file, None if there is none: tells a record this job wrote
+    (written whole: a temporary file renamed) from one that was there before."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _place(run: grid.Run) -> str:
