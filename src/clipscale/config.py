@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -33,10 +34,28 @@ def section(config: dict, name: str) -> dict:
     """A config section with the schema's defaults under any key it lacks (a validated config
     has them all; a partial one, for use outside the pipeline, gets them here, not from defaults
     repeated in the code)."""
-    props = load_schema()["properties"][name]["properties"]
-    out = {k: copy.deepcopy(v["default"]) for k, v in props.items() if isinstance(v, dict) and "default" in v}
-    out.update(config.get(name) or {})
+    return _merged(copy.deepcopy(_section_defaults(name)), config.get(name) or {})
+
+
+@lru_cache(maxsize=None)
+def _section_defaults(name: str) -> dict:
+    """The schema's defaults of a section, nested objects too (e.g. train.cooldown): what the
+    validator that fills defaults makes of an empty section (its errors are not this one's
+    business: required keys have no default)."""
+    out: dict = {}
+    for _ in _DefaultFillingValidator(load_schema()["properties"][name]).iter_errors(out):
+        pass
     return out
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``, nested objects key by key (values are not copied)."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = _merged(base[key], value)
+        else:
+            base[key] = value
+    return base
 
 
 def schema_default(section: str, key: str):

@@ -41,6 +41,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from clipscale import fit as fitting  # noqa: E402
+from clipscale.config import section as config_section  # noqa: E402
+from clipscale.released import settings as released_settings  # noqa: E402
 from clipscale.table import add_group_means, data_size, groups_of  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -177,9 +179,7 @@ def published_specs() -> list[FigureSpec]:
 
 
 def _lp_metrics(config: Mapping) -> list[str]:
-    from clipscale.config import section
-
-    ks = section(config, "evaluate")["linear_probe_k"]
+    ks = config_section(config, "evaluate")["linear_probe_k"]
     return [f"lp_acc1_{k}shot" if k != "full" else "lp_acc1_full" for k in ks]
 
 
@@ -191,8 +191,8 @@ def our_sources(config: Mapping) -> list[str]:
     """The results-table sources of our runs: "ours" (cosine runs) and/or "ours-cooldown"."""
     from clipscale import grid
 
-    schedules = config.get("grid", {}).get("schedules", [grid.COSINE])
-    return [grid.source_of(grid.Run("", "", 1, s)) for s in grid.SCHEDULES if s in schedules]
+    schedules = config_section(config, "grid")["schedules"]
+    return [grid.SOURCE_OF_SCHEDULE[s] for s in grid.SCHEDULES if s in schedules]
 
 
 def default_our_specs(config: Mapping) -> list[FigureSpec]:
@@ -229,15 +229,15 @@ def default_our_specs(config: Mapping) -> list[FigureSpec]:
                                 title=f"Samples seen bottleneck (zero-shot {cls[0]})"))
     if any(s.get("dedup", True) for s in downstream.values()):
         specs.append(FigureSpec("overlap_ours", "overlap", ["ours"], title="Test sets found in our pool (pHash)"))
-    real_sets = config.get("pool", {}).get("source", "world") != "world"  # the world's sets only borrow names
-    if real_sets and config.get("published", {}).get("enabled", True):
+    real_sets = config["pool"]["source"] != "world"  # the world's sets only borrow names
+    if real_sets and config_section(config, "published")["enabled"]:
         # our runs beside the paper's where we evaluate the same sets (e.g. config/paper.yaml)
         shown = cls + [g for g, m in groups_of(config).items() if len([x for x in m if x in cls]) >= 2]
         same = [d for d in PUBLISHED_CLASSIFICATION if d in shown]
         if same:
             specs.append(FigureSpec("zeroshot_vs_published", "compute", ["published", "openai", "ours"], same,
                                     ["acc1"], title="Zero-shot classification: our runs and the paper's"))
-        released = config.get("evaluate", {}).get("released", {})
+        released = released_settings(config)
         same = [d for d in PUBLISHED_CLASSIFICATION + PUBLISHED_RETRIEVAL if d in shown + ret]
         if same and (released.get("dir") or released.get("files")):
             metrics = (["acc1"] if any(d in shown for d in same) else []) + (
@@ -278,7 +278,7 @@ def figure_specs(config: Mapping) -> list[FigureSpec]:
     """The configured figures: the paper's (if published.enabled) and ours (config.figures, or the
     defaults derived from config.downstream); config.figures entries replace same-named ones."""
     specs: dict[str, FigureSpec] = {}
-    if config.get("published", {}).get("enabled", True):
+    if config_section(config, "published")["enabled"]:
         specs.update((s.name, s) for s in published_specs())
     configured = config.get("figures")
     if configured is None:

@@ -21,10 +21,11 @@ import math
 from dataclasses import dataclass
 from functools import reduce
 
-from clipscale.config import ConfigError, format_count, parse_count
+from clipscale.config import ConfigError, format_count, parse_count, section
 
 COSINE, CONST_COOLDOWN = "cosine", "const-cooldown"
 SCHEDULES = (COSINE, CONST_COOLDOWN)
+SOURCE_OF_SCHEDULE = {COSINE: "ours", CONST_COOLDOWN: "ours-cooldown"}  # the results table's source
 # the samples wildcard of a const-cooldown run: "90k-cooldown" (a cosine run's is "90k")
 COOLDOWN_SUFFIX = "-cooldown"
 
@@ -90,7 +91,7 @@ def runs(config: dict) -> list[Run]:
 def source_of(run: Run) -> str:
     """The results table's source of a run's rows: "ours" (cosine, the paper's schedule) or
     "ours-cooldown" (const-cooldown): fits, analyses and figures tell them apart by it."""
-    return "ours" if run.schedule == COSINE else "ours-cooldown"
+    return SOURCE_OF_SCHEDULE[run.schedule]
 
 
 def _family(config: dict, run: Run) -> list[Run]:
@@ -101,12 +102,15 @@ def _family(config: dict, run: Run) -> list[Run]:
 
 
 def _settings(config: dict, run: Run) -> dict:
-    """config.train with every override matching ``run`` applied in order."""
-    settings = {k: v for k, v in config["train"].items() if k != "overrides"}
-    for entry in config["train"].get("overrides", []):
+    """config.train (the schema's defaults under any key it lacks) with every override matching
+    ``run`` applied in order."""
+    train = section(config, "train")
+    settings = {k: v for k, v in train.items() if k != "overrides"}
+    for entry in train.get("overrides") or []:
         if _matches(entry, run):
             settings.update({k: v for k, v in entry.items()
-                             if k not in ("model", "scale", "samples_seen", "schedule")})
+                             if k not in ("model", "scale", "samples_seen", "schedule", "cooldown")})
+            settings["cooldown"] = {**settings["cooldown"], **entry.get("cooldown", {})}
     return settings
 
 
@@ -120,8 +124,7 @@ def cooldown_plan(config: dict, run: Run) -> dict:
     if run not in family:
         raise ConfigError(f"{run.name} is not a const-cooldown run of the grid")
     trunk = family[-1]
-    cd = _settings(config, trunk).get("cooldown", {})
-    fraction = cd.get("fraction", 0.2)
+    fraction = _settings(config, trunk)["cooldown"]["fraction"]
     parts, cooldowns = [], {}
     for r in family:
         c = max(1, round(r.samples_seen * fraction))
@@ -181,24 +184,23 @@ def hparams(config: dict, run: Run) -> dict:
         member = plan["members"][run.samples_seen]
         epochs, per_epoch = member["epochs"], plan["unit"]
         trunk_settings = _settings(config, plan["trunk"])
-        settings["cooldown"] = {"fraction": plan["fraction"], "power": 1.0, "end_lr": 0.0,
-                                **trunk_settings.get("cooldown", {})}
+        settings["cooldown"] = trunk_settings["cooldown"]
         settings["cooldown_epochs"] = member["cooldown_epochs"]
         settings["branch_epoch"] = member["branch_epoch"]
         settings["save_every"] = plan["save_every"] if member["branch_epoch"] is None else 1
         # what the run's prefix shares with the trunk must be the trunk's (workers: open_clip
         # rounds each epoch to a multiple of them, so the steps per epoch too)
         for key in ("lr", "wd", "beta2", "warmup", "batch_size", "nproc", "nodes", "precision", "workers"):
-            settings[key] = trunk_settings.get(key, settings.get(key))
+            settings[key] = trunk_settings[key]
     else:
         settings.pop("cooldown", None)
         epochs = settings["checkpoints"]
         per_epoch = max(1, run.samples_seen // epochs)
     settings["epochs"] = epochs
     settings["train_num_samples"] = per_epoch
-    settings["world_size"] = settings.get("nproc", 1) * settings.get("nodes", 1)
+    settings["world_size"] = settings["nproc"] * settings["nodes"]
     settings["global_batch_size"] = settings["batch_size"] * settings["world_size"]
-    per_epoch_exact = samples_per_epoch(per_epoch, settings["global_batch_size"], settings.get("workers", 1))
+    per_epoch_exact = samples_per_epoch(per_epoch, settings["global_batch_size"], settings["workers"])
     settings["samples_seen_exact"] = epochs * per_epoch_exact
     # what this run's own jobs train: a branch starts at its trunk's checkpoint (the samples
     # before it are the trunk's, counted once in the study's compute)
@@ -214,7 +216,7 @@ def segment_ends(config: dict, run: Run) -> list[int]:
     checkpoint as soon as it exists), and its cuts fall on the checkpoints it saves; a branch's
     cuts fall after its start."""
     hp = hparams(config, run)
-    epochs, segments = hp["epochs"], hp.get("segments", 1)
+    epochs, segments = hp["epochs"], hp["segments"]
     cuts = {round(epochs * k / segments) for k in range(1, segments)}
     if run.schedule == CONST_COOLDOWN:
         every = hp["save_every"]

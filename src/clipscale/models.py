@@ -20,6 +20,14 @@ import pandas as pd
 _REGISTERED: set[str] = set()
 
 
+def profile_needed(config: dict, model: str) -> bool:
+    """A model whose GMAC per sample is measured (its profile, results/models/<model>.profile.json,
+    is an input of its training and of its released checkpoints' evaluation): a custom open_clip
+    model of the config without a given gmac_per_sample."""
+    spec = config.get("models", {}).get(model, {})
+    return "open_clip" in spec and not spec.get("gmac_per_sample")
+
+
 def register(config: dict) -> list[str]:
     """Register every custom model of the config with open_clip in this process."""
     import open_clip

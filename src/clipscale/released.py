@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from clipscale.config import ConfigError, parse_count
+from clipscale.config import ConfigError, parse_count, section
 
 NAME_FORMAT = "Model-<arch>_Data-<size>_Samples-<count>_lr-<lr>_bs-<batch>.pt"
 _NAME = re.compile(
@@ -123,10 +123,15 @@ def _open_clip_models() -> frozenset[str]:
     return frozenset(open_clip.list_models())
 
 
+def settings(config: dict) -> dict:
+    """evaluate.released with the schema's defaults (dir, files and models are optional)."""
+    return section(config, "evaluate")["released"]
+
+
 def resolve_model(config: dict, token: str, where: str = "") -> str:
     """The model (a config model or an open_clip architecture) a Model token names."""
     models = config.get("models", {})
-    explicit = config.get("evaluate", {}).get("released", {}).get("models", {})
+    explicit = settings(config).get("models") or {}
     if token in explicit:
         model = explicit[token]
         if model not in models and model not in _open_clip_models():
@@ -186,7 +191,7 @@ def _label(config: dict, model: str) -> str:
 def released_files(config: dict) -> list[Path]:
     """The released checkpoint files of the config: evaluate.released.files (relative to dir when
     dir is given), or every *.pt file in dir when no files are listed."""
-    spec = config.get("evaluate", {}).get("released", {}) or {}
+    spec = settings(config)
     folder = Path(spec["dir"]) if spec.get("dir") else None
     files = spec.get("files") or []
     if files:
@@ -206,7 +211,7 @@ def problems(config: dict) -> list[str]:
     """What is wrong with evaluate.released without reading the filesystem, as dotted keys: a
     model map to no model, a listed file name that does not parse or names no model, two files
     of one result folder."""
-    spec = config.get("evaluate", {}).get("released", {}) or {}
+    spec = settings(config)
     models = config.get("models", {})
     out = []
     for token, model in (spec.get("models") or {}).items():
@@ -221,7 +226,7 @@ def problems(config: dict) -> list[str]:
 def path_problems(config: dict) -> list[str]:
     """evaluate.released on the filesystem: dir exists, listed files exist, and the names of the
     *.pt files of a dir without a file list (checked only here: they are found by listing it)."""
-    spec = config.get("evaluate", {}).get("released", {}) or {}
+    spec = settings(config)
     folder = Path(spec["dir"]) if spec.get("dir") else None
     if folder and not folder.is_dir():
         what = "is not a directory" if folder.exists() else "does not exist"
@@ -255,7 +260,7 @@ def resolve(config: dict, path: str | Path) -> ReleasedCheckpoint:
     """Parse one released checkpoint's name and resolve its model, data and samples seen."""
     name = parse_name(path)
     model = resolve_model(config, name.model_token, where=str(path))
-    prefix = config.get("evaluate", {}).get("released", {}).get("data_prefix", "LAION")
+    prefix = settings(config)["data_prefix"]
     row = table18_row(name.file)
     if row is not None:
         samples, source = int(round(float(row["samples_seen_exact"]))), "table18"

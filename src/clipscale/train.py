@@ -142,7 +142,7 @@ def open_clip_args(config: dict, run: grid.Run, manifest: dict, hp: dict) -> lis
         cd = hp["cooldown"]
         args += ["--lr-scheduler", "const-cooldown", "--epochs-cooldown", str(hp["cooldown_epochs"]),
                  "--lr-cooldown-power", str(cd["power"]), "--lr-cooldown-end", str(cd["end_lr"])]
-    return args + list(hp.get("extra_args", []))
+    return args + list(hp.get("extra_args") or [])
 
 
 def file_identity(path: Path) -> dict:
@@ -574,9 +574,9 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
     manifest = read_manifest(manifest_path)
     check_shards(manifest, manifest_path)
     branch = trunk_checkpoint(config, run)
-    device = device_of(hp.get("device", "auto"))
+    device = device_of(hp["device"])
     if device == "cpu":
-        torch.set_num_threads(hp.get("threads", 1))
+        torch.set_num_threads(hp["threads"])
         if hp["precision"] != "fp32":
             log.warning("precision %s on CPU is slow (bf16 autocast); fp32 is advised",
                         hp["precision"])
@@ -587,7 +587,7 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
         apply_env()  # rank, world size, MASTER_ADDR/PORT from torchrun's or srun's variables
     # open_clip's --device defaults to cuda: without this, train.device: cpu is ignored on GPUs
     args = ["--device", device] + open_clip_args(config, run, manifest, hp)
-    guard = LossGuard(run.name, hp.get("max_loss_jump", 4.0))
+    guard = LossGuard(run.name, hp["max_loss_jump"])
     final = checkpoint_dir(run) / f"epoch_{hp['epochs']}.pt"
     skip_dir = run_dir(run) / SKIPPED_NAME
     attempt, t0, loss_log = None, time.time(), None
@@ -705,7 +705,7 @@ def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
     if profile:
         args += ["--profile", str(profile)]
     cmd = build_command(["-m", "clipscale.train"], args, nproc=hp["nproc"], nodes=hp["nodes"],
-                        cpus_per_task=hp.get("threads"))
+                        cpus_per_task=hp["threads"])
     log.info("launching: %s", " ".join(cmd))
     # a stopped run saves its place first: at the walltime warning it has signal_lead_s for that
     grace = max(stopping.STOP_GRACE_S, hp["signal_lead_s"] - 15)

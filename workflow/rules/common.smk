@@ -3,6 +3,7 @@ import os
 
 from clipscale import config as cs_config
 from clipscale import dedup as cs_dedup
+from clipscale import models as cs_models
 from clipscale import grid, paths, shaping, stopping
 from clipscale.world import WorldSpec
 

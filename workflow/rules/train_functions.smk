@@ -15,8 +15,7 @@ def train_manifest(wildcards):
 
 
 def model_profile(wildcards):
-    spec = config["models"][wildcards.model]
-    if "open_clip" in spec and not spec.get("gmac_per_sample"):
+    if cs_models.profile_needed(config, wildcards.model):
         return paths.fill(paths.MODEL_PROFILE, model=wildcards.model)
     return []
 

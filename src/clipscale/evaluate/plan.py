@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from clipscale import grid, paths, released, table
+from clipscale import grid, models, paths, released, table
 from clipscale.config import ConfigError
 from clipscale.config import section as config_section
 
@@ -128,8 +128,7 @@ def job_inputs(config: dict, source: str, model: str, scale: str, samples: str, 
         if epoch != FINAL:
             raise ConfigError(f"released checkpoints are evaluated as epoch_{FINAL}, not {epoch}")
         out["checkpoint"] = released.find(config, model, scale, samples).path
-        spec = config.get("models", {}).get(model, {})
-        if "open_clip" in spec and not spec.get("gmac_per_sample"):  # its GMAC is measured
+        if models.profile_needed(config, model):  # its GMAC is measured
             out["profile"] = paths.fill(paths.MODEL_PROFILE, model=model)
     else:
         raise ConfigError(f"unknown source {source!r} (expected one of {list(SOURCES)})")
