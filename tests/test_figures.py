@@ -301,13 +301,18 @@ def test_published_target_and_report(smk_dir):
     r = snakemake(smk_dir, "published", "--configfile", f"{REPO}/config/config.yaml", str(smk_dir / "fast.yaml"))
     assert r.returncode == 0, r.stderr[-3000:]
     figs = sorted(p.name for p in (smk_dir / "results" / "figures").iterdir())
-    assert len(figs) == 20 and "imagenet_zeroshot_published.png" in figs
+    assert len(figs) == 24 and "imagenet_zeroshot_published.png" in figs
     assert {"extrapolation_published.png", "comparison_published.pdf"} <= set(figs)
+    # the paper's fine-tuning figures (Tables 6-9), their laws fitted like the others
+    assert {"finetune_published.png", "imagenet_finetune_published.pdf"} <= set(figs)
     fitdir = smk_dir / "results" / "fit" / "published"
     coef = pd.read_csv(fitdir / "coefficients.csv")
     row = coef[(coef["source"] == "published") & (coef["dataset"] == "imagenet1k") & (coef["metric"] == "acc1")
                & (coef["method"] == "binned")]
     assert row["alpha"].iloc[0] == pytest.approx(-0.11139884981557445, abs=1e-9)
+    laws = set(zip(coef["source"], coef["dataset"], coef["metric"]))
+    assert {("published", "cars", "ft_acc1"), ("openai", "svhn", "patched_acc1"),
+            ("published", "imagenet-a", "imagenet_ft_acc1")} <= laws
     # the analyses of the paper's numbers: OpenAI's exponent is the steeper on ImageNet zero-shot,
     # OpenCLIP's on retrieval; each law checked against the highest compute bin; the frontier
     comp = pd.read_csv(fitdir / "comparison.csv").drop_duplicates(["dataset", "metric"]).set_index(["dataset", "metric"])

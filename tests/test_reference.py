@@ -27,10 +27,15 @@ def row(df, **where):
 
 def test_shape_and_sources(published):
     assert list(published.columns[: len(RESULTS_COLUMNS)]) == RESULTS_COLUMNS
-    # 7 zero-shot metrics x 29 OpenCLIP runs, 7 x 3 OpenAI models, Table 5: 70 rows
-    assert len(published) == 7 * 29 + 7 * 3 + 70
+    # 7 zero-shot metrics x 29 OpenCLIP runs, 7 x 3 OpenAI models, Table 5: 70 rows, and the
+    # fine-tuning Tables 6-9 as printed: 10 models x 9 sets (zero-shot; ImageNet's are Table 19's
+    # and OpenAI's reference's), 10 x 8 (fine-tuned), 10 x 9 (patched), 19 x 6 (ImageNet)
+    finetune = (10 * 9 - 10) + 10 * 8 + 10 * 9 + 19 * 6
+    assert len(published) == 7 * 29 + 7 * 3 + 70 + finetune
     counts = published.groupby("source").size().to_dict()
-    assert counts == {"published": 7 * 29 + 7 * 7, "openai": 7 * 3 + 7 * 3}
+    # OpenAI: 3 of the 10 models of Tables 6-8, 6 of the 19 rows of Table 9
+    openai_ft = 3 * 8 + 3 * 8 + 3 * 9 + 6 * 6
+    assert counts == {"published": 7 * 29 + 7 * 7 + finetune - openai_ft, "openai": 7 * 3 + 7 * 3 + openai_ft}
     assert published["final"].all()
     assert published["epoch"].isna().all()
 
@@ -84,6 +89,38 @@ def test_linear_probe_rows(published):
     assert r["value"] == pytest.approx(82.4)
 
 
+def test_finetuning_rows_sit_at_their_pretraining_compute(published):
+    """Tables 6-9 (Sec. 4.4): zero-shot, jointly fine-tuned and patched top-1 on the eight tasks,
+    and ImageNet fine-tuning with its robustness sets, each at the compute of the pre-training
+    run it started from (Table 18's exact samples seen; OpenAI's 12.8B)."""
+    ft = published[published["task"].isin(["finetune", "patching"])]
+    assert set(ft["dataset"]) == {"cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn",
+                                  "imagenet1k", "imagenet-real", "imagenetv2", "imagenet-a", "imagenet-r",
+                                  "imagenet_sketch"}
+    r = row(published, source="published", model="ViT-g/14", dataset="cars", metric="ft_acc1")
+    assert (r["task"], r["samples_seen"], r["checkpoint"]) == (
+        "finetune", 12_208_147_020, "Model-g-14_Data-2B_Samples-13B_lr-5e-4_bs-64k.pt")
+    assert r["total_gmac"] == pytest.approx(290.74 * 12_208_147_020, rel=1e-12)
+    r = row(published, source="openai", model="ViT-B/32", dataset="imagenet1k", metric="patched_acc1")
+    assert (r["task"], r["value"], r["samples_seen"]) == ("patching", pytest.approx(62.36), 12_800_000_000)
+    r = row(published, source="published", model="ViT-H/14", dataset="imagenet-a",
+            metric="imagenet_ft_acc1_336px_in12k")
+    assert r["value"] == pytest.approx(75.68) and r["samples_seen_label"] == "34B"
+    r = row(published, source="published", model="ViT-L/14", data="LAION-400M", dataset="svhn", metric="acc1")
+    assert r["task"] == "zeroshot_classification"
+    # ImageNet zero-shot stays one row per run (Table 19's 75.2, not Table 6's 75.26)
+    r = row(published, source="published", model="ViT-L/14", data="LAION-2B", samples_seen_label="34B",
+            dataset="imagenet1k", metric="acc1")
+    assert r["value"] == pytest.approx(75.2)
+
+
+def test_a_finetuning_row_without_its_pretraining_run_is_named(ref_copy):
+    path = ref_copy / reference.FINETUNE_JOINT
+    path.write_text(path.read_text().replace("ViT-g/14,13B,LAION-2B", "ViT-g/14,99B,LAION-2B", 1))
+    with pytest.raises(reference.ReferenceError, match=r"table07.*no pre-training run ViT-g/14 LAION-2B 99B"):
+        reference.load_finetune(ref_copy)
+
+
 def test_side_tables():
     arch = reference.load_architectures()
     assert set(arch["arch_id"]) >= {"ViT-B-32", "ViT-H-14", "ViT-G-14"}
@@ -96,11 +133,11 @@ def test_side_tables():
     assert ov.set_index("dataset").loc["ImageNet", "overlap_pct"] == pytest.approx(1.02)
 
 
-def test_cli_writes_valid_tables(tmp_path):
+def test_cli_writes_valid_tables(tmp_path, published):
     pq, csv = tmp_path / "p.parquet", tmp_path / "p.csv"
     assert cli.main(["published-table", "--out", str(pq), str(csv)]) == 0
     a, b = read_table(pq), read_table(csv)
-    assert len(a) == len(b) == 7 * 29 + 7 * 3 + 70
+    assert len(a) == len(b) == len(published)
     pd.testing.assert_frame_equal(a[RESULTS_COLUMNS], b[RESULTS_COLUMNS], check_dtype=False)
 
 

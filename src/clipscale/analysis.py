@@ -116,6 +116,9 @@ def extrapolation(table: pd.DataFrame, input_name: str, fit_config: Mapping, see
             log.info("extrapolation %s: not checked (the paper fits its %d runs directly)", where, len(points))
             continue
         C = points["total_gmac"].to_numpy(float)
+        if len(np.unique(C)) < 3:  # a line below the cut needs two computes, the check a third
+            log.info("extrapolation %s: not checked (%d distinct computes; 3 needed)", where, len(np.unique(C)))
+            continue
         try:
             cut = holdout_cut(C, st["bins"], int(ex.get("holdout_bins", 1)), st["pad"], cut_fixed)
         except fitting.FitError as e:

@@ -71,6 +71,10 @@ DATASET_LABELS = {
     "mscoco_captions": "MS-COCO",
     "flickr30k": "Flickr30K",
     "cifar100": "CIFAR-100",
+    "cars": "Cars", "dtd": "DTD", "eurosat": "EuroSAT", "gtsrb": "GTSRB", "mnist": "MNIST",
+    "resisc45": "RESISC45", "sun397": "SUN397", "svhn": "SVHN",
+    "imagenet-real": "ImageNet-ReaL", "imagenetv2": "ImageNet-V2", "imagenet-a": "ImageNet-A",
+    "imagenet-r": "ImageNet-R", "imagenet_sketch": "ImageNet-Sketch",
 }
 METRIC_LABELS = {
     "acc1": "zero-shot top-1",
@@ -78,7 +82,15 @@ METRIC_LABELS = {
     "text_retrieval_recall@5": "text retrieval R@5",
     "lp_acc1": "linear probe top-1",
     "lp_acc1_full": "linear probe, full",
+    "ft_acc1": "fine-tuned top-1",
+    "imagenet_ft_acc1": "ImageNet-fine-tuned top-1",
+    "imagenet_ft_acc1_in12k": "ImageNet-fine-tuned top-1 (ImageNet-12k first)",
+    "patched_acc1": "patched top-1",
 }
+#: the paper's fine-tuning tasks (Sec. 4.4, Tables 6-8) and ImageNet's robustness sets (Table 9)
+PUBLISHED_FINETUNE = ["imagenet1k", "cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn"]
+PUBLISHED_IMAGENET_FINETUNE = ["imagenet1k", "imagenet-real", "imagenetv2", "imagenet-a", "imagenet-r",
+                               "imagenet_sketch"]
 PUBLISHED_CLASSIFICATION = ["imagenet1k", "imagenet_robustness", "vtab+"]
 PUBLISHED_RETRIEVAL = ["mscoco_captions", "flickr30k"]
 TITLE_FONTSIZE = 12
@@ -175,6 +187,20 @@ def published_specs() -> list[FigureSpec]:
         FigureSpec("samples_bottleneck_published", "samples_bottleneck", ["published"], ["imagenet1k"], ["acc1"],
                    title="Samples seen bottleneck (zero-shot ImageNet)"),
         FigureSpec("overlap_published", "overlap", ["published"], title="Test sets found in LAION-400M (pHash)"),
+        FigureSpec("finetune_published", "compute", both, PUBLISHED_FINETUNE, ["acc1", "ft_acc1", "patched_acc1"],
+                   title="Zero-shot, fine-tuned and patched (Tables 6-8; ImageNet: the patching control)",
+                   description="Error on ImageNet and the eight fine-tuning tasks against the compute of "
+                               "the pre-training run (GMAC per sample x samples seen): zero-shot (Table 6; "
+                               "ImageNet: Table 19), after fine-tuning the vision encoder jointly on the "
+                               "eight tasks (Table 7) and after patching (Table 8). Lines: power laws fitted "
+                               "as in the paper; shaded: bootstrap interval."),
+        FigureSpec("imagenet_finetune_published", "compute", both, PUBLISHED_IMAGENET_FINETUNE,
+                   ["imagenet_ft_acc1", "imagenet_ft_acc1_in12k"],
+                   title="ImageNet fine-tuning and its robustness sets (Table 9, 224 px)",
+                   description="Top-1 error after fine-tuning on ImageNet (directly, or after an "
+                               "ImageNet-12k step), on ImageNet and five robustness sets, against the "
+                               "compute of the pre-training run (LAION-2B: the 34B-samples runs; "
+                               "CLIP-WIT: OpenAI's). Lines: power laws fitted as in the paper."),
     ]
 
 
@@ -522,9 +548,7 @@ def draw_compute(spec: FigureSpec, tables: Mapping[str, pd.DataFrame],
             if (r, c) not in where.values():
                 axes[r][c].set_visible(False)
     _side_legend_of_runs(fig, df, colors, markers, sizes)
-    if spec.title:
-        fig.suptitle(spec.title, fontsize=TITLE_FONTSIZE + 2)
-    fig.tight_layout()
+    _title(fig, spec.title)
     fig.fits = fits
     return fig
 
@@ -590,10 +614,18 @@ def draw_bottleneck(spec: FigureSpec, tables: Mapping[str, pd.DataFrame], data_s
                 text.set_fontweight("bold")
     for j in range(len(models), n_rows * n_cols):
         axes[j // n_cols][j % n_cols].set_visible(False)
-    fig.suptitle(spec.title or f"{dataset_label(dataset, 'ours' in spec.inputs)}, {metric_label(metric)}",
-                 fontsize=TITLE_FONTSIZE + 2)
-    fig.tight_layout()
+    _title(fig, spec.title or f"{dataset_label(dataset, 'ours' in spec.inputs)}, {metric_label(metric)}")
     return fig
+
+
+def _title(fig, title: str | None) -> None:
+    """Lay the panels out, leaving room above them for the figure's title (tight_layout alone
+    puts the first row's titles under it on a tall figure)."""
+    fig.tight_layout()
+    if title:
+        height = fig.get_figheight()  # inches: a title line is about 0.3
+        fig.suptitle(title, fontsize=TITLE_FONTSIZE + 2, y=1 - 0.08 / height, va="top")
+        fig.subplots_adjust(top=fig.subplotpars.top - 0.4 / height)
 
 
 def _dashes(style) -> tuple | str:

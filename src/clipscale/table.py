@@ -21,7 +21,8 @@ samples_seen_label  str     nominal label of the run ("13B", "24k")
 gmac_per_sample     float   image + text forward GMAC of one sample
 total_gmac          float   gmac_per_sample x samples_seen: the compute axis C
 task                str     clip_benchmark task: zeroshot_classification, zeroshot_retrieval,
-                            linear_probe
+                            linear_probe; or the fine-tuning protocols (the paper's Sec. 4.4):
+                            finetune (metric ft_acc1...), patching (patched_acc1)
 dataset             str     downstream set ("imagenet1k", "mscoco_captions", "vtab+", "shapes")
 metric              str     "acc1", "image_retrieval_recall@5", "lp_acc1_10shot", ...
 value               float   the metric in percent, 0-100 (higher is better)
@@ -89,7 +90,7 @@ DTYPES: dict[str, str] = {
 OPTIONAL_COLUMNS: dict[str, str] = {"data_size": "Int64"}
 
 SOURCES = ("published", "openai", "ours", "ours-cooldown", "released")
-TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe")
+TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "finetune", "patching")
 
 #: Columns that identify one row.
 KEY = ["source", "model", "data", "samples_seen", "checkpoint", "epoch", "task", "dataset", "metric"]
