@@ -94,7 +94,8 @@ def _prepare_variants(data: bytes, ext: str, funcs: dict, stats: dict) -> list[n
     out = [own]
     for variant, func in funcs.items():
         try:
-            out.append(P.prepare(func(grey)))
+            image = func(grey)
+            out.append(own if image is grey else P.prepare(image))  # trim: most have no border
         except Exception as e:
             errors = stats.setdefault("variant_errors", {})
             errors[variant] = errors.get(variant, 0) + 1

@@ -136,6 +136,12 @@ def trim_box(image: Image.Image, tolerance: int = TRIM_TOLERANCE,
         return None
     h, w = grey.shape
     corner = np.median([grey[0, 0], grey[0, -1], grey[-1, 0], grey[-1, -1]])
+
+    def border(line):
+        return np.count_nonzero(np.abs(line - corner) <= tolerance) >= share * len(line)
+
+    if not any(border(line) for line in (grey[0], grey[-1], grey[:, 0], grey[:, -1])):
+        return None  # the common case, decided on the four edges alone
     near = np.abs(grey - corner) <= tolerance
     rows, cols = near.mean(axis=1) >= share, near.mean(axis=0) >= share
     if rows.all():  # a uniform image
