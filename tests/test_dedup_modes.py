@@ -249,3 +249,21 @@ def test_remove_duplicates_by_mode(small_world, world_matches, in_tmp):
     flips = set(planted.loc[planted["transform"] == "flip", "pool_key"])
     assert flips and flips <= left[("phash",)]  # pHash leaves the mirrored copies in
     assert not flips & left[("phash", "mirror")]
+
+
+def test_overlap_figure_shows_the_modes_side_by_side(audit, tmp_path):
+    from clipscale import figures
+
+    d, _ = audit
+    table = D.overlap_table(D.read_matches(d / "matches.parquet"), [d / "set.parquet"], 4, ALL)
+    spec = figures.FigureSpec("overlap_ours", "overlap", ["ours"])
+    fig = figures.draw(spec, overlap=table)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["pHash (paper)", "mirror", "trim", "crops", "any mode"]
+    widths = {c.get_label(): [b.get_width() for b in c] for c in ax.containers}
+    assert widths["pHash (paper)"] == [10.0] and widths["any mode"] == [60.0]
+    figures.plt.close(fig)
+    fig = figures.draw(spec, overlap=table[D.OVERLAP_COLUMNS])  # the paper's table: one bar a set
+    assert fig.axes[0].get_legend() is None and len(fig.axes[0].containers) == 1
+    figures.plt.close(fig)
