@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 CI_CONFIG = REPO / "tests" / "data" / "ci.yaml"
 
 SMALL_WORLD = WorldSpec(seed=3, pool_size=600, shard_size=100, image_size=32, near_duplicates=20,
-                        test_per_class=4, train_per_class=4, retrieval_size=20)
+                        hard_duplicates=20, test_per_class=4, train_per_class=4, retrieval_size=20)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@ import hashlib
 import io
 import json
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -42,7 +43,7 @@ def test_pool_is_img2dataset_like(small_world):
             assert key == row.key and files["txt"].decode() == row.caption
             img = Image.open(io.BytesIO(files["jpg"]))
             meta_json = json.loads(files["json"])
-            if meta_json.get("transform") != "resize":  # planted resized copies differ
+            if meta_json.get("transform") not in ("resize", "frame", "bars", "crop80", "crop90"):
                 assert img.size == (32, 32)
         n += len(samples)
     assert n == SMALL_WORLD.pool_size
@@ -101,8 +102,9 @@ def test_digits_are_real_images(small_world):
 
 def test_planted_duplicates_are_recorded(small_world):
     truth = pd.read_csv(small_world / "planted_duplicates.csv", dtype=str)
-    assert len(truth) == SMALL_WORLD.near_duplicates
-    assert set(truth["transform"]) == set(world.NEAR_DUPLICATE_TRANSFORMS)
+    assert len(truth) == SMALL_WORLD.near_duplicates + SMALL_WORLD.hard_duplicates
+    assert set(truth["transform"]) == set(world.NEAR_DUPLICATE_TRANSFORMS + world.HARD_DUPLICATE_TRANSFORMS)
+    assert truth["pool_key"].is_unique
     by_key = {}
     for shard in sorted((small_world / "pool").glob("*.tar")):
         for key, files in iter_samples(shard):
@@ -116,3 +118,48 @@ def test_planted_duplicates_are_recorded(small_world):
         meta = by_key[row.pool_key]
         assert meta["kind"] == "planted" and meta["test_key"] == row.test_key
         assert row.test_key in test_keys[row.dataset]
+
+
+def test_hard_duplicates_leave_the_rest_of_the_pool_as_it_was(small_world, tmp_path):
+    """The copies pHash misses take pool slots of their own, from test images of their own: the
+    world without them differs only in those slots, and each is its test image edited."""
+    plain = tmp_path / "plain"
+    world.generate(world.WorldSpec(**{**SMALL_WORLD.__dict__, "hard_duplicates": 0}), plain, progress=False)
+    truth = pd.read_csv(small_world / "planted_duplicates.csv", dtype=str)
+    before = pd.read_csv(plain / "planted_duplicates.csv", dtype=str)
+    hard = truth[truth["transform"].isin(world.HARD_DUPLICATE_TRANSFORMS)]
+    assert len(hard) == SMALL_WORLD.hard_duplicates
+    pd.testing.assert_frame_equal(truth[~truth["transform"].isin(world.HARD_DUPLICATE_TRANSFORMS)]
+                                  .reset_index(drop=True), before)
+    assert not set(hard["test_key"] + hard["dataset"]) & set(before["test_key"] + before["dataset"])
+
+    def images(folder):
+        return {key: files["jpg"] for shard in sorted((folder / "pool").glob("*.tar"))
+                for key, files in iter_samples(shard)}
+
+    new, old = images(small_world), images(plain)
+    assert new.keys() == old.keys()
+    assert {k for k in new if new[k] != old[k]} == set(hard["pool_key"])
+    tests = {}
+    for name in set(hard["dataset"]):
+        for shard in (small_world / "downstream" / name / "test").glob("*.tar"):
+            for key, files in iter_samples(shard):
+                tests[name, key] = Image.open(io.BytesIO(files["jpg"])).convert("RGB")
+    for row in hard.itertuples():  # each copy is its test image edited (JPEG aside)
+        test = np.asarray(tests[row.dataset, row.test_key], dtype=float)
+        copy = np.asarray(Image.open(io.BytesIO(new[row.pool_key])).convert("RGB"), dtype=float)
+        h, w = test.shape[:2]
+        if row.transform == "flip":
+            inner = copy[:, ::-1]
+        elif row.transform == "frame":
+            assert copy.shape[:2] == (h + 2 * round(0.1 * h), w + 2 * round(0.1 * w))
+            inner = copy[round(0.1 * h): -round(0.1 * h), round(0.1 * w): -round(0.1 * w)]
+        elif row.transform == "bars":
+            assert copy.shape[:2] == (h + 2 * round(0.25 * h), w)
+            inner = copy[round(0.25 * h): -round(0.25 * h)]
+        else:
+            keep = int(row.transform[4:]) / 100
+            ch, cw = round(h * keep), round(w * keep)
+            assert copy.shape[:2] == (ch, cw)
+            inner, test = copy, test[(h - ch) // 2: (h - ch) // 2 + ch, (w - cw) // 2: (w - cw) // 2 + cw]
+        assert np.abs(inner - test).mean() < 12, (row.transform, np.abs(inner - test).mean())

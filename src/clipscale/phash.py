@@ -60,14 +60,19 @@ def decode(data: bytes, ext: str | None = None) -> np.ndarray:
     on small images; the same decoder, so the same pixels); other bytes behind a .jpg name
     still go through the generic path.
     """
+    with open_image(data, ext) as image:
+        return prepare(image)
+
+
+def open_image(data: bytes, ext: str | None = None) -> Image.Image:
+    """Open encoded image bytes as ``decode`` does (the JPEG decoder first for 'jpg'/'jpeg'); the
+    pixels are read when first used (a corrupt image raises then)."""
     if ext in ("jpg", "jpeg"):
         try:
-            with Image.open(io.BytesIO(data), formats=_JPEG) as image:
-                return prepare(image)
+            return Image.open(io.BytesIO(data), formats=_JPEG)
         except UnidentifiedImageError:
             pass
-    with Image.open(io.BytesIO(data)) as image:
-        return prepare(image)
+    return Image.open(io.BytesIO(data))
 
 
 _JPEG = ["JPEG"]

@@ -15,7 +15,8 @@ test/ and train/ shards): shape, colour, count and position classification (the 
 VTAB's structured tasks), shapes on real photographs (a distribution shift, like ImageNet-R),
 real handwritten digits, and caption retrieval. Known near-duplicates of downstream test images
 are planted in the pool (resized, re-encoded, blurred, cropped, colour-shifted) and recorded as
-ground truth for the dedup step.
+ground truth for the dedup step; so are copies with the edits that pHash misses (mirrored, framed,
+letterboxed, centre-cropped to 80% or 90%), in pool slots and from test images of their own.
 
 Everything is a function of (seed, sizes): each sample has its own RNG derived from
 (seed, stream, index), so the output is byte-identical across runs and machines.
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from clipscale.shards import ShardWriter
 
@@ -90,6 +91,7 @@ class WorldSpec:
     image_size: int = 32
     caption_noise: float = 0.2
     near_duplicates: int = 300
+    hard_duplicates: int = 0
     test_per_class: int = 40
     train_per_class: int = 40
     retrieval_size: int = 400
@@ -358,6 +360,9 @@ def _downstream_items(spec: WorldSpec, name: str, split: str, photos, digits):
 
 
 NEAR_DUPLICATE_TRANSFORMS = ["resize", "reencode", "blur", "crop", "colour_shift"]
+# edits common between web copies and benchmark images that pHash is blind to (planted apart:
+# ``WorldSpec.hard_duplicates``); crop80/crop90 keep the centre 80%/90% of each side
+HARD_DUPLICATE_TRANSFORMS = ["flip", "frame", "bars", "crop80", "crop90"]
 
 
 def near_duplicate(img: Image.Image, transform: str, rng: np.random.Generator) -> Image.Image:
@@ -375,6 +380,22 @@ def near_duplicate(img: Image.Image, transform: str, rng: np.random.Generator) -
         return img.crop((m, m, w - m, h - m)).resize((w, h), Image.BICUBIC)
     if transform == "colour_shift":
         return ImageEnhance.Brightness(ImageEnhance.Color(img).enhance(1.3)).enhance(1.1)
+    if transform == "flip":
+        return ImageOps.mirror(img)
+    if transform == "frame":  # a uniform frame of 10% of the side on every side (passe-partout)
+        fill = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        return ImageOps.expand(img, border=(max(1, round(0.1 * w)), max(1, round(0.1 * h))), fill=fill)
+    if transform == "bars":  # letterbox: dark bars above and below, a quarter of the height each
+        bar = max(1, round(0.25 * h))
+        grey = int(rng.integers(0, 24))
+        canvas = Image.new("RGB", (w, h + 2 * bar), (grey, grey, grey))
+        canvas.paste(img, (0, bar))
+        return canvas
+    if transform in ("crop80", "crop90"):  # the centre, at its own pixels (not resized)
+        keep = int(transform[4:]) / 100
+        cw, ch = max(1, round(w * keep)), max(1, round(h * keep))
+        left, top = (w - cw) // 2, (h - ch) // 2
+        return img.crop((left, top, left + cw, top + ch))
     raise ValueError(f"unknown transform {transform!r}")
 
 
@@ -438,6 +459,17 @@ def generate(spec: WorldSpec, out: str | Path, progress: bool = True) -> dict:
     planted = {}
     for i, (slot, src) in enumerate(zip(slots, sources)):
         transform = NEAR_DUPLICATE_TRANSFORMS[i % len(NEAR_DUPLICATE_TRANSFORMS)]
+        planted[int(slot)] = (test_pool[int(src)], transform)
+    # copies with the edits pHash misses: a stream, slots and test images of their own, so the
+    # pool's other images (and the copies above) are the same with or without them
+    hrng = rng_for(spec.seed, "planted", 2)
+    free_slots = np.setdiff1d(np.arange(spec.pool_size), slots)
+    free_sources = np.setdiff1d(np.arange(len(test_pool)), sources)
+    n_hard = min(spec.hard_duplicates, len(free_slots), len(free_sources))
+    hard_slots = np.sort(hrng.choice(free_slots, size=n_hard, replace=False))
+    hard_sources = hrng.choice(free_sources, size=n_hard, replace=False)
+    for i, (slot, src) in enumerate(zip(hard_slots, hard_sources)):
+        transform = HARD_DUPLICATE_TRANSFORMS[i % len(HARD_DUPLICATE_TRANSFORMS)]
         planted[int(slot)] = (test_pool[int(src)], transform)
 
     pool_dir = out / "pool"

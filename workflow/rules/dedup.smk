@@ -1,7 +1,8 @@
 # 2. dedup: are the downstream test images in the pool? (the paper's Sec. 3 and Table 3)
 # pHash every pool image (one job per dedup.shards_per_job shards, processes sized by clipscale.resources) and
 # every downstream test image (one job per set), gather the pool hashes, match within
-# dedup.radius, then report.
+# dedup.radius, then report. dedup.modes adds hashes of variants of the test images (mirror,
+# trim, crops; trim also of the pool images) in the same jobs, reported per mode.
 
 
 from clipscale import resources as cs_resources
@@ -26,6 +27,8 @@ rule dedup_hash_pool:
         shards=lambda wc: DEDUP_GROUPS[wc.group],
         # a user's pool: reruns when one of the group's shards is added, removed or rewritten
         stamp=lambda wc: pool_stamp(DEDUP_GROUPS[wc.group]),
+        # mode trim with dedup.trim_pool: a phash_trim column
+        variants=DEDUP_POOL_VARIANTS,
     script:
         "../scripts/dedup_hash.py"
 
@@ -44,6 +47,8 @@ rule dedup_hash_downstream:
         **cs_resources.resources(config, "dedup_hash_downstream"),
     params:
         dataset_dir=lambda wc: downstream_dir(wc.dataset),
+        # the test images' variants of the matching modes (mirror, trim, crop80, ...)
+        variants=DEDUP_TEST_VARIANTS,
     script:
         "../scripts/dedup_hash.py"
 
@@ -81,6 +86,8 @@ rule dedup_match:
         **cs_resources.resources(config, "dedup_match", pool_shards=DEDUP_POOL_SHARDS),
     params:
         radius=config["dedup"]["radius"],
+        modes=DEDUP_MODES["modes"],
+        crops=DEDUP_MODES["crops"],
     script:
         "../scripts/dedup_match.py"
 
@@ -100,6 +107,7 @@ rule dedup_overlap:
         **cs_resources.resources(config, "dedup_overlap"),
     params:
         radius=config["dedup"]["radius"],
+        modes=DEDUP_MODES["modes"],
     script:
         "../scripts/dedup_overlap.py"
 
@@ -141,6 +149,7 @@ rule dedup_planted_recall:
         **cs_resources.resources(config, "dedup_planted_recall"),
     params:
         radius=config["dedup"]["radius"],
+        modes=DEDUP_MODES["modes"],
     script:
         "../scripts/dedup_planted_recall.py"
 
@@ -160,5 +169,7 @@ rule dedup_filter_subset:
         **cs_resources.resources(
             config, "dedup_filter_subset", pool_shards=DEDUP_POOL_SHARDS
         ),
+    params:
+        modes=DEDUP_REMOVE,
     script:
         "../scripts/dedup_filter_subset.py"

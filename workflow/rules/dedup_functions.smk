@@ -5,6 +5,15 @@ DEDUP_GROUPS = cs_dedup.group_shards(pool_shards(), config["dedup"]["shards_per_
 DEDUP_SETS = [n for n, spec in config["downstream"].items() if spec.get("dedup", True)]
 DEDUP_TESTS = expand(paths.DOWNSTREAM_HASHES, dataset=DEDUP_SETS)
 DEDUP_POOL_SHARDS = sum(len(group) for group in DEDUP_GROUPS.values())
+# matching modes (clipscale.dedup.modes): the variants each hash job adds, the modes removed
+DEDUP_MODES = cs_dedup.settings(config["dedup"])
+DEDUP_TEST_VARIANTS = cs_dedup.downstream_variants(
+    DEDUP_MODES["modes"], DEDUP_MODES["crops"]
+)
+DEDUP_POOL_VARIANTS = cs_dedup.pool_variants(
+    DEDUP_MODES["modes"], DEDUP_MODES["trim_pool"]
+)
+DEDUP_REMOVE = cs_dedup.removal_modes(config["dedup"])
 # what reading a downstream set waits for (the world, or nothing for a user's set)
 DEDUP_SET_INPUTS = sorted({f for name in DEDUP_SETS for f in downstream_input(name)})
 # sizes of the pool hash jobs (clipscale.resources): shards in the pool, in each group

@@ -6,5 +6,6 @@ from clipscale.logs import job_logging
 
 with job_logging(snakemake.log[0]):  # noqa: F821
     sm = snakemake  # noqa: F821
-    dedup.filter_subset(sm.input.manifest, dedup.read_matches(sm.input.matches),
-                        Path(sm.output[0]).parent)
+    # dedup.remove_duplicates: the pairs of these modes
+    matches = dedup.select_modes(dedup.read_matches(sm.input.matches), list(sm.params.modes))
+    dedup.filter_subset(sm.input.manifest, matches, Path(sm.output[0]).parent)

@@ -10,4 +10,5 @@ with job_logging(snakemake.log[0]):  # noqa: F821 (snakemake injects it)
     else:
         # params.shards: the group's shards (a user's pool is no input file: see pool_input)
         tars, name = sm.params.shards, sm.wildcards.group
-    dedup.hash_shards(tars, sm.output[0], name=name, workers=sm.threads)
+    dedup.hash_shards(tars, sm.output[0], name=name, workers=sm.threads,
+                      variants=list(sm.params.variants))

@@ -12,7 +12,7 @@ with job_logging(snakemake.log[0]):  # noqa: F821
     report = dedup.planted_recall(
         dedup.read_matches(sm.input.matches), planted,
         sm.params.radius, dedup.read_pool_hashes(sm.input.pool, keys=planted_keys),
-        dedup.load_test_hashes(list(sm.input.tests)))
+        dedup.load_test_hashes(list(sm.input.tests)), list(sm.params.modes))
     with open(sm.output[0], "w") as f:
         json.dump(report, f, indent=1, default=str)
     logging.info("planted duplicates: recall %s, precision %s at radius %d", report["recall"],

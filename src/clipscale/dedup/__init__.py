@@ -21,26 +21,37 @@ images) the work is split so that nothing grows with the pool but time and disk:
 4. report: the overlap table in the format of the paper's Table 3, matched pairs with distances,
    a contact sheet of sample matches, recall/precision against planted duplicates (the embedded
    world), and subset manifests with the matched pool samples removed.
+Matching modes (``modes``): the paper's pHash (``phash``, the default, Table 3) is blind to
+mirrored, framed, letterboxed and cropped copies; modes ``mirror``, ``trim`` and ``crops`` hash
+variants of the test images (and, for trim, of the pool images) in the same jobs and report
+their pairs apart (column ``mode``), in columns of their own in the overlap table.
 The package's modules, by role: ``formats`` (the parquets' schemas, the overlap table's columns,
-``DedupError``), ``hashing`` (1-2), ``index`` (multi-index hashing) and ``matching`` (3),
+``DedupError``), ``modes`` (the matching modes and image variants), ``hashing`` (1-2), ``index`` (multi-index hashing) and ``matching`` (3),
 ``reports`` (4), ``filtering`` (subsets without duplicates), ``cli`` (the ``clipscale dedup-*``
 subcommands). The names below are the package's interface.
 """
 
 from clipscale.dedup.cli import add_commands
 from clipscale.dedup.filtering import filter_subset
-from clipscale.dedup.formats import HASH_SCHEMA, OVERLAP_COLUMNS, PAIR_COLUMNS, PAIR_SCHEMA, DedupError
+from clipscale.dedup.formats import (HASH_SCHEMA, MODE_COLUMNS, OVERLAP_COLUMNS, PAIR_COLUMNS, PAIR_SCHEMA,
+                                     DedupError)
 from clipscale.dedup.hashing import (downstream_test_shards, gather, group_shards, hash_report, hash_shards,
-                                     iter_hashes, list_shards, open_hashes, read_report, shards_stamp)
+                                     iter_hash_columns, iter_hashes, list_shards, open_hashes, read_report,
+                                     shards_stamp)
 from clipscale.dedup.index import HammingIndex, plan_chunks
-from clipscale.dedup.matching import load_test_hashes, match, match_exact, match_files, read_matches
+from clipscale.dedup.matching import (load_test_hashes, match, match_exact, match_files, plan_modes, read_matches,
+                                      select_modes)
+from clipscale.dedup.modes import (MODES, downstream_variants, pool_variants, removal_modes, settings, trim,
+                                   trim_box, variant_function)
 from clipscale.dedup.reports import (contact_sheet, fetch_images, overlap_table, planted_recall, read_planted,
                                      read_pool_hashes)
 
 __all__ = [
-    "HASH_SCHEMA", "OVERLAP_COLUMNS", "PAIR_COLUMNS", "PAIR_SCHEMA", "DedupError", "HammingIndex",
-    "add_commands", "contact_sheet", "downstream_test_shards", "fetch_images", "filter_subset", "gather",
-    "group_shards", "hash_report", "hash_shards", "iter_hashes", "list_shards", "load_test_hashes", "match",
-    "match_exact", "match_files", "open_hashes", "overlap_table", "plan_chunks", "planted_recall",
-    "read_matches", "read_planted", "read_pool_hashes", "read_report", "shards_stamp",
+    "HASH_SCHEMA", "MODES", "MODE_COLUMNS", "OVERLAP_COLUMNS", "PAIR_COLUMNS", "PAIR_SCHEMA", "DedupError",
+    "HammingIndex", "add_commands", "contact_sheet", "downstream_test_shards", "downstream_variants",
+    "fetch_images", "filter_subset", "gather", "group_shards", "hash_report", "hash_shards",
+    "iter_hash_columns", "iter_hashes", "list_shards", "load_test_hashes", "match", "match_exact",
+    "match_files", "open_hashes", "overlap_table", "plan_chunks", "plan_modes", "planted_recall",
+    "pool_variants", "read_matches", "read_planted", "read_pool_hashes", "read_report", "removal_modes",
+    "select_modes", "settings", "shards_stamp", "trim", "trim_box", "variant_function",
 ]

@@ -16,7 +16,8 @@ from clipscale.dedup.hashing import (
     hash_report,
     hash_shards,
 )
-from clipscale.dedup.matching import load_test_hashes, match_files, read_matches
+from clipscale.dedup.matching import load_test_hashes, match_files, read_matches, select_modes
+from clipscale.dedup.modes import DEFAULT_CROPS, MODES
 from clipscale.dedup.reports import (
     contact_sheet,
     overlap_table,
@@ -46,7 +47,8 @@ def _cmd_hash(args) -> int:
         if not args.tars:
             raise DedupError("no tar shards given (or use --dataset-dir)")
         tars, name = args.tars, args.name
-    report = hash_shards(tars, args.out, name=name, batch_size=args.batch_size)
+    report = hash_shards(tars, args.out, name=name, batch_size=args.batch_size,
+                         variants=args.variants or ())
     print(json.dumps({k: report[k] for k in ("name", "n_samples", "n_hashed", "images_per_s")}
                      | {"skipped": report["skipped"]["total"]}))
     return 0
@@ -62,13 +64,14 @@ def _cmd_gather(args) -> int:
 
 
 def _cmd_match(args) -> int:
-    report = match_files(args.pool, args.tests, args.radius, args.out, batch_size=args.batch_size)
+    report = match_files(args.pool, args.tests, args.radius, args.out, batch_size=args.batch_size,
+                         modes=args.modes, crops=args.crops)
     print(json.dumps({k: report[k] for k in ("radius", "n_test", "n_pool", "n_pairs", "seconds")}))
     return 0
 
 
 def _cmd_overlap(args) -> int:
-    table = overlap_table(read_matches(args.matches), args.tests, args.radius)
+    table = overlap_table(read_matches(args.matches), args.tests, args.radius, args.modes)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     print(table.to_string(index=False))
@@ -86,14 +89,15 @@ def _cmd_recall(args) -> int:
     planted = read_planted(args.planted)
     pool = read_pool_hashes(args.pool, keys=planted["pool_key"]) if args.pool else None
     test = load_test_hashes(args.tests) if args.tests else None
-    report = planted_recall(matches, planted, args.radius, pool, test)
+    report = planted_recall(matches, planted, args.radius, pool, test, args.modes)
     _write_json(args.out, report)
     print(json.dumps({k: report[k] for k in ("radius", "n_planted", "recall", "precision")}))
     return 0
 
 
 def _cmd_filter(args) -> int:
-    out = filter_subset(args.manifest, read_matches(args.matches), args.out_dir)
+    out = filter_subset(args.manifest, select_modes(read_matches(args.matches), args.modes),
+                        args.out_dir)
     print(json.dumps({"n_samples": out["n_samples"], "removed": out["dedup"]["removed"]}))
     return 0
 
@@ -120,6 +124,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--name", help="name in the report (default: the dataset directory's name)")
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--variants", nargs="*", help="also hash these variants of each image "
+                   "(mirror, trim, crop80, ...: the dedup modes' hashes)")
     p.set_defaults(func=_guard(_cmd_hash))
 
     p = subparsers.add_parser("dedup-gather", help="concatenate pool hash files")
@@ -135,6 +141,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--radius", type=int, default=schema_default("dedup", "radius"))
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=1 << 20)
+    _modes_argument(p)
+    p.add_argument("--crops", nargs="+", type=float, default=list(DEFAULT_CROPS),
+                   help="centre crops of mode crops (fractions of each side)")
     p.set_defaults(func=_guard(_cmd_match))
 
     p = subparsers.add_parser("dedup-overlap", help="overlap table (the paper's Table 3)")
@@ -142,6 +151,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--tests", nargs="+", required=True)
     p.add_argument("--radius", type=int, default=schema_default("dedup", "radius"))
     p.add_argument("--out", required=True)
+    _modes_argument(p)
     p.set_defaults(func=_guard(_cmd_overlap))
 
     p = subparsers.add_parser("dedup-sheet", help="contact sheet PNG of sample matches")
@@ -158,10 +168,17 @@ def add_commands(subparsers) -> None:
     p.add_argument("--pool", help="pool hashes (to report the distance of missed pairs)")
     p.add_argument("--tests", nargs="*", help="downstream hash files (with --pool)")
     p.add_argument("--out", required=True)
+    _modes_argument(p)
     p.set_defaults(func=_guard(_cmd_recall))
 
     p = subparsers.add_parser("dedup-filter", help="a subset without the matched pool samples")
     p.add_argument("--manifest", required=True, help="subset manifest.json")
     p.add_argument("--matches", required=True)
     p.add_argument("--out-dir", required=True)
+    _modes_argument(p, "remove the pairs of these modes")
     p.set_defaults(func=_guard(_cmd_filter))
+
+
+def _modes_argument(p, help: str = "matching modes") -> None:
+    p.add_argument("--modes", nargs="+", default=["phash"], choices=list(MODES),
+                   help=f"{help} (default: phash, the paper's)")

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from clipscale import phash as P
 from clipscale.dedup.formats import HASH_SCHEMA, META_KEY, DedupError
+from clipscale.dedup.modes import column, variant_function
 from clipscale.shards import SkipCounter, iter_samples
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,23 @@ def iter_hashes(tars: Iterable[str | Path], skipped: SkipCounter, stats: dict,
     and left out, each once, with its most specific reason (an empty .jpg is an "empty image
     member", not also "no image member"); a cut or corrupt tar counts once for the shard.
     ``stats`` gets n_samples (samples read) and n_hashed."""
+    for keys, tar, columns in iter_hash_columns(tars, skipped, stats, batch_size):
+        yield keys, tar, columns["phash"]
+
+
+def iter_hash_columns(tars: Iterable[str | Path], skipped: SkipCounter, stats: dict,
+                      batch_size: int = 4096, variants: Sequence[str] = ()
+                      ) -> Iterator[tuple[list[str], str, dict[str, np.ndarray]]]:
+    """``iter_hashes`` with the hashes of image variants (clipscale.dedup.modes: 'mirror',
+    'trim', 'crop80', ...) beside each image's own: yields (keys, shard, {column: hashes}) with
+    the columns phash and phash_<variant>. Each image is decoded once for all its hashes. A
+    variant that fails on an image that hashes (an odd mode) gets the image's own hash and is
+    counted in stats['variant_errors']."""
+    funcs = {v: variant_function(v) for v in variants}
+    names = ["phash"] + [column(v) for v in variants]
     for tar in tars:
         tar = str(tar)
-        hasher = P.BatchHasher(batch_size)
+        hashers = [P.BatchHasher(batch_size) for _ in names]
         keys: list[str] = []
         for key, files in iter_samples(tar, skipped):
             stats["n_samples"] = stats.get("n_samples", 0) + 1
@@ -51,7 +66,12 @@ def iter_hashes(tars: Iterable[str | Path], skipped: SkipCounter, stats: dict,
                     skipped.add("no image member", f"{tar}:{key} (members: {sorted(files)})")
                 continue
             try:
-                hasher.add_bytes(files[ext], ext)
+                if funcs:
+                    pixels = _prepare_variants(files[ext], ext, funcs, stats)
+                    for hasher, px in zip(hashers, pixels):
+                        hasher.add(px)
+                else:
+                    hashers[0].add_bytes(files[ext], ext)
             except Exception as e:  # Pillow raises many types for bad bytes
                 from PIL import UnidentifiedImageError
 
@@ -60,33 +80,75 @@ def iter_hashes(tars: Iterable[str | Path], skipped: SkipCounter, stats: dict,
                 skipped.add(reason, f"{tar}:{key}.{ext}: {e}")
                 continue
             keys.append(key)
-        hashes = hasher.flush()
-        stats["n_hashed"] = stats.get("n_hashed", 0) + len(hashes)
-        yield keys, tar, hashes
+        columns = dict(zip(names, (h.flush() for h in hashers)))
+        stats["n_hashed"] = stats.get("n_hashed", 0) + len(keys)
+        yield keys, tar, columns
 
 
-def _hash_table(keys: list[str], shard: str, hashes: np.ndarray) -> pa.Table:
+def _prepare_variants(data: bytes, ext: str, funcs: dict, stats: dict) -> list[np.ndarray]:
+    """The prepared pixels of an image and of each of its variants (one decode, one grey
+    conversion: the variants crop and mirror, which commute with pHash's conversion to grey)."""
+    with P.open_image(data, ext) as image:
+        grey = image.convert("L")  # raises on a bad image: the sample is skipped
+    own = P.prepare(grey)
+    out = [own]
+    for variant, func in funcs.items():
+        try:
+            image = func(grey)
+            out.append(own if image is grey else P.prepare(image))  # trim: most have no border
+        except Exception as e:
+            errors = stats.setdefault("variant_errors", {})
+            errors[variant] = errors.get(variant, 0) + 1
+            log.warning("%s variant of an image failed (%s: %s): its own hash is used",
+                        variant, type(e).__name__, e)
+            out.append(own)
+    return out
+
+
+def hash_schema(variants: Sequence[str] = ()) -> pa.Schema:
+    """key, shard, phash and a uint64 column phash_<variant> per variant."""
+    return pa.schema(list(HASH_SCHEMA) + [(column(v), pa.uint64()) for v in variants])
+
+
+def _hash_table(keys: list[str], shard: str, columns: dict[str, np.ndarray],
+                schema: pa.Schema = HASH_SCHEMA) -> pa.Table:
     return pa.table({"key": pa.array(keys, pa.string()),
                      "shard": pa.array([shard] * len(keys), pa.string()),
-                     "phash": pa.array(hashes, pa.uint64())}, schema=HASH_SCHEMA)
+                     **{c: pa.array(h, pa.uint64()) for c, h in columns.items()}}, schema=schema)
 
 
-def _hash_one(tar: str, batch_size: int) -> tuple[list[str], str, np.ndarray, SkipCounter, dict]:
-    """Hash one tar (a worker's task): keys, shard, hashes, what was skipped, counts."""
+def _hash_one(tar: str, batch_size: int, variants: Sequence[str] = ()
+              ) -> tuple[list[str], str, dict, SkipCounter, dict]:
+    """Hash one tar (a worker's task): keys, shard, hash columns, what was skipped, counts."""
     skipped, stats = SkipCounter(), {"n_samples": 0, "n_hashed": 0}
-    ((keys, shard, hashes),) = iter_hashes([tar], skipped, stats, batch_size)
-    return keys, shard, hashes, skipped, stats
+    ((keys, shard, columns),) = iter_hash_columns([tar], skipped, stats, batch_size, variants)
+    return keys, shard, columns, skipped, stats
+
+
+def _add_stats(total: dict, part: dict) -> None:
+    for k, v in part.items():
+        if isinstance(v, dict):
+            have = total.setdefault(k, {})
+            for kk, vv in v.items():
+                have[kk] = have.get(kk, 0) + vv
+        else:
+            total[k] = total.get(k, 0) + v
 
 
 def hash_shards(tars: Sequence[str | Path], out: str | Path, name: str | None = None,
-                batch_size: int = 4096, workers: int = 1) -> dict:
+                batch_size: int = 4096, workers: int = 1, variants: Sequence[str] = ()) -> dict:
     """Hash every image of the tar shards into ``out`` (parquet: key, shard, phash).
 
     ``workers`` > 1 hashes that many shards at a time in separate processes (rows are written in
-    the order of ``tars`` all the same). Returns the report (also stored in the parquet's
-    metadata): name, shards, n_samples, n_hashed, skipped (total, counts by reason, example
-    keys), seconds.
+    the order of ``tars`` all the same). ``variants`` (clipscale.dedup.modes) adds a column
+    phash_<variant> per variant, the hash of that variant of each image. Returns the report
+    (also stored in the parquet's metadata): name, shards, n_samples, n_hashed, skipped (total,
+    counts by reason, example keys), seconds (and variants, variant_errors when asked for).
     """
+    variants = list(variants)
+    for v in variants:
+        variant_function(v)  # an unknown variant is an error before any work
+    schema = hash_schema(variants)
     tars = [str(t) for t in tars]
     for tar in tars:
         if not Path(tar).is_file():
@@ -96,29 +158,30 @@ def hash_shards(tars: Sequence[str | Path], out: str | Path, name: str | None = 
     tmp = out.with_name(out.name + ".tmp")
     skipped, stats = SkipCounter(), {"n_samples": 0, "n_hashed": 0}
     start = time.perf_counter()
-    writer = pq.ParquetWriter(tmp, HASH_SCHEMA)
+    writer = pq.ParquetWriter(tmp, schema)
     try:
         if workers > 1 and len(tars) > 1:
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(min(workers, len(tars))) as ex:
-                for keys, shard, hashes, part_skipped, part in ex.map(
-                        _hash_one, tars, [batch_size] * len(tars)):
+                for keys, shard, columns, part_skipped, part in ex.map(
+                        _hash_one, tars, [batch_size] * len(tars), [variants] * len(tars)):
                     skipped.merge(part_skipped)
-                    for k, v in part.items():
-                        stats[k] += v
-                    writer.write_table(_hash_table(keys, shard, hashes))
-                    log.info("%s: %d images hashed", shard, len(hashes))
+                    _add_stats(stats, part)
+                    writer.write_table(_hash_table(keys, shard, columns, schema))
+                    log.info("%s: %d images hashed", shard, len(keys))
         else:
-            for keys, shard, hashes in iter_hashes(tars, skipped, stats, batch_size):
-                writer.write_table(_hash_table(keys, shard, hashes))
-                log.info("%s: %d images hashed", shard, len(hashes))
+            for keys, shard, columns in iter_hash_columns(tars, skipped, stats, batch_size, variants):
+                writer.write_table(_hash_table(keys, shard, columns, schema))
+                log.info("%s: %d images hashed", shard, len(keys))
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
     writer.close()
     seconds = time.perf_counter() - start
+    if variants:
+        stats = {**stats, "variants": variants}
     report = {"name": name or out.stem, "shards": tars, **stats, "skipped": skipped.as_dict(),
               "seconds": round(seconds, 3),
               "images_per_s": round(stats["n_hashed"] / seconds, 1) if seconds > 0 else None}
@@ -247,7 +310,14 @@ def gather(parts: Sequence[str | Path], out: str | Path) -> dict:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    schema = HASH_SCHEMA.with_metadata({META_KEY: json.dumps(report).encode()})
+    columns = [open_hashes(p).schema_arrow.remove_metadata() for p in parts]
+    for part, cols in zip(parts, columns):
+        if cols != columns[0]:
+            raise DedupError(f"{part}: hash columns {cols.names} differ from {parts[0]}'s "
+                             f"{columns[0].names} (hashed with other dedup settings?)")
+    if len(columns[0]) > len(HASH_SCHEMA):
+        report["variants"] = reports[0].get("variants", [])
+    schema = columns[0].with_metadata({META_KEY: json.dumps(report).encode()})
     n = 0
     with pq.ParquetWriter(tmp, schema) as writer:
         for part in parts:
@@ -274,14 +344,20 @@ def hash_report(pool: str | Path, downstream: Sequence[str | Path]) -> dict:
 
 
 def open_hashes(path: str | Path) -> pq.ParquetFile:
-    """A hash parquet (key, shard, phash), checked; DedupError naming the file otherwise."""
+    """A hash parquet (key, shard, phash and any phash_<variant> uint64 columns), checked;
+    DedupError naming the file otherwise."""
     if not Path(path).is_file():
         raise DedupError(f"hash file not found: {path}")
     try:
         f = pq.ParquetFile(path)
     except pa.ArrowInvalid as e:
         raise DedupError(f"{path} is not a parquet file: {e}") from None
-    if f.schema_arrow.remove_metadata() != HASH_SCHEMA:
+    schema = f.schema_arrow.remove_metadata()
+    base = pa.schema(list(schema)[: len(HASH_SCHEMA)])
+    extra = list(schema)[len(HASH_SCHEMA):]
+    if base != HASH_SCHEMA or not all(c.name.startswith("phash_") and c.type == pa.uint64()
+                                      for c in extra):
         raise DedupError(f"{path}: not a hash file (columns {f.schema_arrow.names}, "
-                         f"expected key: string, shard: string, phash: uint64)")
+                         f"expected key: string, shard: string, phash: uint64 "
+                         f"[, phash_<variant>: uint64 ...])")
     return f

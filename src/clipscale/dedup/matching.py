@@ -15,8 +15,10 @@ import pyarrow.parquet as pq
 from clipscale.dedup.formats import PAIR_COLUMNS, PAIR_SCHEMA, DedupError
 from clipscale.dedup.hashing import _set_metadata, open_hashes, read_report
 from clipscale.dedup.index import HammingIndex
+from clipscale.dedup.modes import DEFAULT_CROPS, MODES, check_modes, column, mode_variants
 
 log = logging.getLogger(__name__)
+
 
 def match_exact(test: pd.DataFrame, pool: pd.DataFrame) -> pd.DataFrame:
     """Pairs with equal hashes: a hash join (pandas merge on phash). Both frames have a phash
@@ -27,7 +29,8 @@ def match_exact(test: pd.DataFrame, pool: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_test_hashes(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """Hashes of the downstream sets: dataset, key, shard, phash (dataset from each report)."""
+    """Hashes of the downstream sets: dataset, key, shard, phash (dataset from each report),
+    and the phash_<variant> columns of the matching modes when the files have them."""
     frames, names = [], []
     for path in paths:
         names.append(read_report(path)["name"])
@@ -39,84 +42,165 @@ def load_test_hashes(paths: Sequence[str | Path]) -> pd.DataFrame:
     if len(names) != len(set(names)):
         raise DedupError(f"two downstream hash files have the same dataset name: {names}")
     test = pd.concat(frames, ignore_index=True)
-    test["phash"] = test["phash"].astype(np.uint64)
+    for c in test.columns:
+        if c == "phash" or c.startswith("phash_"):
+            if test[c].isna().any():
+                raise DedupError(f"downstream hash files differ in their columns ({c} missing "
+                                 "in some): hash them with the same dedup settings")
+            test[c] = test[c].astype(np.uint64)
     return test
 
 
-def iter_pool_batches(path: str | Path, batch_size: int = 1 << 20) -> Iterator[pa.RecordBatch]:
+def iter_pool_batches(path: str | Path, batch_size: int = 1 << 20,
+                      columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
     f = open_hashes(path)
-    return f.iter_batches(batch_size=batch_size, columns=["key", "shard", "phash"])
+    return f.iter_batches(batch_size=batch_size, columns=list(columns or f.schema_arrow.names))
+
+
+def pool_columns(path: str | Path) -> list[str]:
+    return open_hashes(path).schema_arrow.names
+
+
+def plan_modes(modes: Sequence[str], test_columns: Sequence[str], pool_columns: Sequence[str],
+               crops: Sequence[float] = DEFAULT_CROPS) -> list[tuple[str, str, str]]:
+    """(mode, test column, pool column) of every comparison the modes make. A mode's pool
+    variant (trim) is compared with the pool's column of that variant when the pool has it, with
+    the pool's own hashes otherwise (test-side trimming only)."""
+    plan = []
+    for mode in check_modes(modes):
+        pool_column = "phash"
+        if MODES[mode].pool_variant and column(MODES[mode].pool_variant) in pool_columns:
+            pool_column = column(MODES[mode].pool_variant)
+        for variant in mode_variants(mode, crops):
+            if column(variant) not in test_columns:
+                raise DedupError(f"mode {mode}: the downstream hashes have no {column(variant)} "
+                                 f"column (hash them with the mode's variants: {variant})")
+            plan.append((mode, column(variant), pool_column))
+    return plan
+
+
+class _Side:
+    """The test-side hashes compared with one pool column: every (mode, variant) of the plan
+    stacked, with the test row and the mode of each; an index over them (radius > 0) or a
+    frame for the hash join (radius 0)."""
+
+    def __init__(self, test: pd.DataFrame, entries: list[tuple[int, str]], radius: int,
+                 n_chunks: int | None):
+        self.hashes = np.concatenate([test[c].to_numpy(dtype=np.uint64) for _, c in entries])
+        self.rows = np.concatenate([np.arange(len(test))] * len(entries))
+        self.modes = np.concatenate([np.full(len(test), m, np.int64) for m, _ in entries])
+        self.index = HammingIndex(self.hashes, radius, n_chunks=n_chunks) if radius > 0 else None
+        self.exact = (pd.DataFrame({"phash": self.hashes, "row": np.arange(len(self.hashes))})
+                      if radius == 0 else None)
+
+    def search(self, q: np.ndarray):
+        if self.index is not None:
+            qi, vi, dist = self.index.search(q)
+        else:
+            joined = match_exact(self.exact, pd.DataFrame({"phash": q, "qi": np.arange(len(q))}))
+            qi, vi = joined["qi"].to_numpy(), joined["row"].to_numpy()
+            dist = joined["distance"].to_numpy()
+        return qi, vi, dist
 
 
 def match(test: pd.DataFrame, pool_batches: Iterable[pa.RecordBatch], radius: int,
-          out: str | Path, n_chunks: int | None = None) -> dict:
+          out: str | Path, n_chunks: int | None = None, modes: Sequence[str] = ("phash",),
+          crops: Sequence[float] = DEFAULT_CROPS) -> dict:
     """Write every (test, pool) pair within ``radius`` to ``out`` (parquet, PAIR_SCHEMA) and
-    return a report. ``test`` has dataset, key, shard, phash; the pool comes in record batches
-    (key, shard, phash) so it is never in memory as a whole. Radius 0 is a pandas hash join;
-    radius > 0 goes through a HammingIndex over the test hashes."""
+    return a report. ``test`` has dataset, key, shard, phash (and the phash_<variant> columns of
+    the modes); the pool comes in record batches (key, shard, phash, ...) so it is never in
+    memory as a whole. Radius 0 is a pandas hash join; radius > 0 goes through a HammingIndex
+    over the test hashes. Each mode's pairs are written with its name (column mode), a pair
+    once per mode that finds it (at its smallest distance over the mode's variants)."""
     start = time.perf_counter()
     test = test.reset_index(drop=True)
-    test_hashes = test["phash"].to_numpy(dtype=np.uint64)
-    index = HammingIndex(test_hashes, radius, n_chunks=n_chunks) if radius > 0 else None
-    exact_side = test[["phash"]].assign(row=np.arange(len(test))) if radius == 0 else None
+    modes = check_modes(modes)
+    plan = None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     n_pool = n_pairs = 0
+    sides: dict[str, _Side] = {}
+    by_mode: dict[str, int] = {}
     try:
-        n_pool, n_pairs = _write_pairs(test, test_hashes, index, exact_side, pool_batches, tmp)
+        with pq.ParquetWriter(tmp, PAIR_SCHEMA) as writer:
+            for batch in pool_batches:
+                if plan is None:  # the pool's columns are known with its first batch
+                    plan = plan_modes(modes, list(test.columns), batch.schema.names, crops)
+                    for pool_column in dict.fromkeys(p for _, _, p in plan):
+                        entries = [(modes.index(m), c) for m, c, p in plan if p == pool_column]
+                        sides[pool_column] = _Side(test, entries, radius, n_chunks)
+                n_pool += batch.num_rows
+                table = _pairs(test, sides, modes, batch)
+                if table is None:
+                    continue
+                writer.write_table(table)
+                n_pairs += table.num_rows
+                for m, k in pd.Series(table.column("mode").to_numpy(zero_copy_only=False)).value_counts().items():
+                    by_mode[m] = by_mode.get(m, 0) + int(k)
+                log.info("%d pool hashes matched, %d pairs so far", n_pool, n_pairs)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - start
+    first = next(iter(sides.values()), None)
     report = {"radius": radius, "n_test": len(test), "n_pool": n_pool, "n_pairs": n_pairs,
               "seconds": round(seconds, 3),
-              "method": "hash join" if index is None else "multi-index hashing",
-              "index": index.describe() if index is not None else None}
+              "method": "hash join" if radius == 0 else "multi-index hashing",
+              "index": first.index.describe() if first is not None and first.index is not None
+              else None}
+    if modes != ["phash"]:
+        report["modes"] = {m: {"n_pairs": by_mode.get(m, 0),
+                               "compares": [[c, p] for mm, c, p in plan or [] if mm == m]}
+                           for m in modes}
     _set_metadata(tmp, out, report)
     log.info("matched %d test against %d pool hashes at radius %d: %d pairs in %.1fs",
              len(test), n_pool, radius, n_pairs, seconds)
     return report
 
 
-def _write_pairs(test, test_hashes, index, exact_side, pool_batches, tmp) -> tuple[int, int]:
-    n_pool = n_pairs = 0
-    with pq.ParquetWriter(tmp, PAIR_SCHEMA) as writer:
-        for batch in pool_batches:
-            q = batch.column("phash").to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
-            if index is not None:
-                qi, rows, dist = index.search(q)
-            else:
-                pool_side = pd.DataFrame({"phash": q, "qi": np.arange(len(q))})
-                joined = match_exact(exact_side, pool_side)
-                qi, rows = joined["qi"].to_numpy(), joined["row"].to_numpy()
-                dist = joined["distance"].to_numpy()
-            n_pool += len(q)
-            if len(qi) == 0:
-                continue
-            order = np.lexsort((qi, rows))
-            qi, rows, dist = qi[order], rows[order], dist[order]
-            sub = test.iloc[rows]
-            table = pa.table({
-                "dataset": pa.array(sub["dataset"].to_numpy(), pa.string()),
-                "test_key": pa.array(sub["key"].to_numpy(), pa.string()),
-                "test_shard": pa.array(sub["shard"].to_numpy(), pa.string()),
-                "pool_key": batch.column("key").take(pa.array(qi)),
-                "pool_shard": batch.column("shard").take(pa.array(qi)),
-                "distance": pa.array(dist.astype(np.uint8), pa.uint8()),
-                "test_phash": pa.array(test_hashes[rows], pa.uint64()),
-                "pool_phash": pa.array(q[qi], pa.uint64()),
-            }, schema=PAIR_SCHEMA)
-            writer.write_table(table)
-            n_pairs += len(qi)
-            log.info("%d pool hashes matched, %d pairs so far", n_pool, n_pairs)
-    return n_pool, n_pairs
+def _pairs(test: pd.DataFrame, sides: dict, modes: list[str], batch: pa.RecordBatch) -> pa.Table | None:
+    """The pairs of one pool batch, ordered by mode, test row and pool row."""
+    found = []
+    for pool_column, side in sides.items():
+        q = batch.column(pool_column).to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
+        qi, vi, dist = side.search(q)
+        if len(qi):
+            found.append((qi, side.rows[vi], side.modes[vi], dist, side.hashes[vi], q[qi]))
+    if not found:
+        return None
+    qi, rows, mode, dist, test_h, pool_h = (np.concatenate(x) for x in zip(*found))
+    order = np.lexsort((dist, qi, rows, mode))
+    qi, rows, mode, dist, test_h, pool_h = (x[order] for x in (qi, rows, mode, dist, test_h, pool_h))
+    if len(sides) > 1 or len(modes) > 1:  # a pair found by two variants of a mode: the closest
+        key = np.stack([mode, rows, qi])
+        first = np.ones(len(qi), bool)
+        first[1:] = (key[:, 1:] != key[:, :-1]).any(axis=0)
+        qi, rows, mode, dist, test_h, pool_h = (x[first] for x in (qi, rows, mode, dist, test_h, pool_h))
+    sub = test.iloc[rows]
+    names = np.array(modes, dtype=object)
+    return pa.table({
+        "dataset": pa.array(sub["dataset"].to_numpy(), pa.string()),
+        "test_key": pa.array(sub["key"].to_numpy(), pa.string()),
+        "test_shard": pa.array(sub["shard"].to_numpy(), pa.string()),
+        "pool_key": batch.column("key").take(pa.array(qi)),
+        "pool_shard": batch.column("shard").take(pa.array(qi)),
+        "distance": pa.array(dist.astype(np.uint8), pa.uint8()),
+        "test_phash": pa.array(test_h, pa.uint64()),
+        "pool_phash": pa.array(pool_h, pa.uint64()),
+        "mode": pa.array(names[mode], pa.string()),
+    }, schema=PAIR_SCHEMA)
 
 
 def match_files(pool: str | Path, tests: Sequence[str | Path], radius: int, out: str | Path,
-                batch_size: int = 1 << 20) -> dict:
+                batch_size: int = 1 << 20, modes: Sequence[str] = ("phash",),
+                crops: Sequence[float] = DEFAULT_CROPS) -> dict:
     test = load_test_hashes(tests)
-    return match(test, iter_pool_batches(pool, batch_size), radius, out)
+    # only the pool columns the modes compare are read
+    plan = plan_modes(modes, list(test.columns), pool_columns(pool), crops)
+    columns = ["key", "shard"] + list(dict.fromkeys(["phash"] + [p for _, _, p in plan]))
+    return match(test, iter_pool_batches(pool, batch_size, columns), radius, out, modes=modes,
+                 crops=crops)
 
 
 def read_matches(path: str | Path) -> pd.DataFrame:
@@ -124,7 +208,21 @@ def read_matches(path: str | Path) -> pd.DataFrame:
         df = pd.read_parquet(path)
     except FileNotFoundError:
         raise DedupError(f"matches file not found: {path}") from None
+    if "mode" not in df.columns:  # written before the matching modes: pHash pairs
+        df["mode"] = "phash"
     missing = set(PAIR_COLUMNS) - set(df.columns)
     if missing:
         raise DedupError(f"{path}: not a matches file (missing columns {sorted(missing)})")
     return df
+
+
+def select_modes(matches: pd.DataFrame, modes: Sequence[str]) -> pd.DataFrame:
+    """The pairs found by any of ``modes`` (a pair found by two of them is there twice)."""
+    modes = check_modes(modes)
+    have = set(matches["mode"].unique()) if "mode" in matches else {"phash"}
+    if "mode" not in matches:
+        matches = matches.assign(mode="phash")
+    missing = [m for m in modes if m not in have]
+    if missing:
+        log.info("no pairs of mode(s) %s in the matches", missing)
+    return matches[matches["mode"].isin(modes)]

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from clipscale import phash as P
-from clipscale.dedup.formats import OVERLAP_COLUMNS, DedupError
+from clipscale.dedup.formats import MODE_COLUMNS, OVERLAP_COLUMNS, DedupError
 from clipscale.dedup.hashing import image_member, read_report
+from clipscale.dedup.modes import check_modes
 from clipscale.shards import iter_samples
 
 log = logging.getLogger(__name__)
@@ -20,26 +21,50 @@ log = logging.getLogger(__name__)
 # 4. reports -------------------------------------------------------------------------------------
 
 
-def overlap_table(matches: pd.DataFrame, tests: Sequence[str | Path], radius: int) -> pd.DataFrame:
+def overlap_table(matches: pd.DataFrame, tests: Sequence[str | Path], radius: int,
+                  modes: Sequence[str] = ("phash",)) -> pd.DataFrame:
     """The paper's Table 3 for our sets: % of each test set found in the pool, at radius 0
-    (identical hashes) and at ``radius``; n_test = test images hashed, n_skipped = not hashable."""
+    (identical hashes) and at ``radius``; n_test = test images hashed, n_skipped = not hashable.
+
+    These columns count the pairs of the paper's pHash (mode phash). Each further mode in
+    ``modes`` adds its own columns (overlap_pct_<mode>, n_matched_<mode>,
+    n_pool_matched_<mode>: its pairs within ``radius``), and with more than one mode the union
+    of all of them (``_any``): how much overlap pHash alone leaves behind."""
+    modes = check_modes(modes)
+    if "phash" not in modes:
+        raise DedupError(f"the overlap table needs the paper's mode phash among {modes}")
+    if "mode" not in matches:
+        matches = matches.assign(mode="phash")
+    extra = [m for m in modes if m != "phash"] + (["any"] if len(modes) > 1 else [])
+    columns = OVERLAP_COLUMNS + [c.format(mode=m) for m in extra for c in MODE_COLUMNS]
     rows = []
     for path in tests:
         report = read_report(path)
         name = report["name"]
-        m = matches[(matches["dataset"] == name) & (matches["distance"] <= radius)]
+        mine = matches[(matches["dataset"] == name) & (matches["distance"] <= radius)]
+        m = mine[mine["mode"] == "phash"]
         exact = m[m["distance"] == 0]
         n_test = int(report["n_hashed"])
         n_matched, n_exact = m["test_key"].nunique(), exact["test_key"].nunique()
-        rows.append({
+
+        def pct(n):
+            return round(100.0 * n / n_test, 4) if n_test else float("nan")
+
+        row = {
             "dataset": name,
-            "overlap_pct": round(100.0 * n_matched / n_test, 4) if n_test else float("nan"),
-            "overlap_pct_exact": round(100.0 * n_exact / n_test, 4) if n_test else float("nan"),
+            "overlap_pct": pct(n_matched),
+            "overlap_pct_exact": pct(n_exact),
             "radius": radius, "n_test": n_test, "n_matched": int(n_matched),
             "n_matched_exact": int(n_exact), "n_pool_matched": int(m["pool_key"].nunique()),
             "n_skipped": int(report["skipped"]["total"]),
-        })
-    return pd.DataFrame(rows, columns=OVERLAP_COLUMNS)
+        }
+        for mode in extra:
+            found = mine[mine["mode"].isin(modes)] if mode == "any" else mine[mine["mode"] == mode]
+            n = found["test_key"].nunique()
+            row |= {f"overlap_pct_{mode}": pct(n), f"n_matched_{mode}": int(n),
+                    f"n_pool_matched_{mode}": int(found["pool_key"].nunique())}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def fetch_images(wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
@@ -137,7 +162,31 @@ def contact_sheet(matches: pd.DataFrame, out: str | Path, n_pairs: int = 24, see
 
 def planted_recall(matches: pd.DataFrame, planted: pd.DataFrame, radius: int,
                    pool_hashes: pd.DataFrame | None = None,
-                   test_hashes: pd.DataFrame | None = None) -> dict:
+                   test_hashes: pd.DataFrame | None = None,
+                   modes: Sequence[str] = ("phash",)) -> dict:
+    """Recall and precision against the planted near-duplicates: of the paper's pHash (mode
+    phash) at the top level, and with more modes, each mode's and their union's under
+    ``modes`` (recall, precision, pool images matched that are no planted copy, recall by
+    transform), so a flipped or framed copy that only a further mode finds shows there."""
+    modes = check_modes(modes)
+    if "mode" not in matches:
+        matches = matches.assign(mode="phash")
+    report = _planted_recall(matches[matches["mode"] == "phash"], planted, radius, pool_hashes,
+                             test_hashes)
+    if modes != ["phash"]:
+        report["modes"] = {}
+        for mode in modes + ["any"]:
+            sub = matches[matches["mode"].isin(modes)] if mode == "any" else matches[matches["mode"] == mode]
+            r = _planted_recall(sub, planted, radius, None, test_hashes)
+            report["modes"][mode] = {k: r[k] for k in (
+                "n_planted", "n_found", "recall", "n_pairs", "precision", "unplanted_pool_keys")} | {
+                "by_transform": {t: v["recall"] for t, v in r["by_transform"].items()}}
+    return report
+
+
+def _planted_recall(matches: pd.DataFrame, planted: pd.DataFrame, radius: int,
+                    pool_hashes: pd.DataFrame | None = None,
+                    test_hashes: pd.DataFrame | None = None) -> dict:
     """Recall and precision of the matches against the planted near-duplicates.
 
     recall: planted (pool_key, dataset, test_key) pairs found / planted pairs.
@@ -155,6 +204,8 @@ def planted_recall(matches: pd.DataFrame, planted: pd.DataFrame, radius: int,
         other = {str(k): int(v) for k, v in planted.loc[~matched, "dataset"].value_counts().sort_index().items()}
         planted = planted[matched]
     found = matches[matches["distance"] <= radius][cols + ["distance"]].astype({c: str for c in cols})
+    # a pair found by two modes counts once, at its smallest distance
+    found = found.sort_values("distance", kind="stable").drop_duplicates(subset=cols).sort_index()
     truth = planted.merge(found, on=cols, how="left")
     truth["found"] = truth["distance"].notna()
     truth["found_exact"] = truth["distance"] == 0
