@@ -77,6 +77,10 @@ def test_defaults_are_filled():
          "evaluate.released.files[0]: released checkpoint Model-QQ-9_"),
         (lambda c: c["evaluate"].update(released={"models": {"XS": "vit-xl"}}),
          "evaluate.released.models.XS: 'vit-xl' is neither a model of the config"),
+        # removing the matches of a mode that is not matched
+        (lambda c: c["dedup"].update(modes=["phash", "mirror"], remove_duplicates=["phash", "trim"]),
+         "dedup.remove_duplicates: modes ['trim'] are not in dedup.modes ['phash', 'mirror']"),
+        (lambda c: c["dedup"].update(modes=["mirror"]), "dedup.modes"),  # the paper's phash always
     ],
 )
 def test_bad_config_is_rejected_with_the_key(edit, message):

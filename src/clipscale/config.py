@@ -171,6 +171,12 @@ def cross_check(config: dict) -> list[str]:
             problems.append(f"grid.exclude[{i}].scale: {entry['scale']!r} is not defined under scales")
         if "samples_seen" in entry:
             _count(entry["samples_seen"], f"grid.exclude[{i}].samples_seen", problems)
+    remove = config["dedup"].get("remove_duplicates")
+    if isinstance(remove, list):
+        missing = [m for m in remove if m not in config["dedup"]["modes"]]
+        if missing:
+            problems.append(f"dedup.remove_duplicates: modes {missing} are not in dedup.modes "
+                            f"{config['dedup']['modes']} (they would match nothing)")
     train_keys = dict(load_schema()["properties"]["train"]["properties"])
     del train_keys["overrides"]
     settings = jsonschema.Draft202012Validator({"type": "object", "properties": train_keys})

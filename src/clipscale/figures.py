@@ -254,7 +254,9 @@ def default_our_specs(config: Mapping) -> list[FigureSpec]:
         specs.append(FigureSpec("samples_bottleneck_ours", "samples_bottleneck", ours, [cls[0]], ["acc1"],
                                 title=f"Samples seen bottleneck (zero-shot {cls[0]})"))
     if any(s.get("dedup", True) for s in downstream.values()):
-        specs.append(FigureSpec("overlap_ours", "overlap", ["ours"], title="Test sets found in our pool (pHash)"))
+        modes = config_section(config, "dedup")["modes"]
+        how = " (pHash)" if modes == ["phash"] else ": pHash (the paper's), " + ", ".join(m for m in modes if m != "phash")
+        specs.append(FigureSpec("overlap_ours", "overlap", ["ours"], title=f"Test sets found in our pool{how}"))
     real_sets = config["pool"]["source"] != "world"  # the world's sets only borrow names
     if real_sets and config_section(config, "published")["enabled"]:
         # our runs beside the paper's where we evaluate the same sets (e.g. config/paper.yaml)

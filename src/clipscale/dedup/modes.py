@@ -39,7 +39,7 @@ TRIM_TOLERANCE = 12     # grey levels (of 255) a border pixel may differ from th
 TRIM_SHARE = 0.9        # share of a border row's (column's) pixels within the tolerance
 TRIM_MIN_CUT = 0.04     # less than this share of each side to trim: left as it is
 TRIM_MIN_KEEP = 0.2     # a trim keeping less than this share of a side is no border: not trimmed
-DEFAULT_CROPS = (0.8, 0.9)
+DEFAULT_CROPS = (0.8, 0.9)  # the library's default (the pipeline's comes from dedup.crops)
 
 
 @dataclass(frozen=True)
@@ -96,10 +96,13 @@ def pool_variants(modes: Iterable[str], trim_pool: bool = True) -> list[str]:
 
 
 def settings(dedup: Mapping) -> dict:
-    """The dedup config's matching settings: modes, crops, trim_pool (schema defaults)."""
-    return {"modes": check_modes(dedup.get("modes", ["phash"])),
-            "crops": list(dedup.get("crops", DEFAULT_CROPS)),
-            "trim_pool": bool(dedup.get("trim_pool", True))}
+    """The dedup config's matching settings: modes, crops, trim_pool (the schema's defaults
+    where the section lacks them)."""
+    from clipscale.config import section
+
+    full = section({"dedup": dict(dedup)}, "dedup")
+    return {"modes": check_modes(full["modes"]), "crops": list(full["crops"]),
+            "trim_pool": bool(full["trim_pool"])}
 
 
 def removal_modes(dedup: Mapping) -> list[str]:
