@@ -229,7 +229,9 @@ def test_run_step_outputs(tmp_path, published):
                  coefficients_md=str(tmp_path / "c.md"), predictions_md=str(tmp_path / "p.md"))
     coef = pd.read_csv(out["coefficients"])
     assert list(coef.columns) == fit.COEFFICIENT_COLUMNS
-    assert len(coef) == 28  # 14 metrics x {OpenCLIP, OpenAI}
+    # 14 metrics x {OpenCLIP, OpenAI}, and the fine-tuning tables' laws (Tables 6-9): each source,
+    # protocol, set and metric with two computes or more (110 groups, 30 of a single run)
+    assert len(coef) == 28 + 80
     assert (coef["ci"] == 0.9).all() and (coef["bootstrap"] == 30).all()
     row = coef[(coef["source"] == "published") & (coef["dataset"] == "imagenet1k") & (coef["metric"] == "acc1")]
     assert row["alpha"].iloc[0] == pytest.approx(GOLDEN[("published", "imagenet1k", "acc1")][1], abs=1e-9)
@@ -243,7 +245,7 @@ def test_run_step_outputs(tmp_path, published):
     assert "ViT-H/14" in (tmp_path / "p.md").read_text()
     fit.collect_step([str(out["coefficients"])], [str(out["predictions"])], str(tmp_path / "all_c.csv"),
                      str(tmp_path / "all_p.csv"))
-    assert len(pd.read_csv(tmp_path / "all_c.csv")) == 28
+    assert len(pd.read_csv(tmp_path / "all_c.csv")) == 28 + 80
 
 
 def test_cli(tmp_path, published, capsys):

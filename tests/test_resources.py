@@ -80,16 +80,18 @@ def _gpu_config() -> dict:
 @pytest.mark.parametrize("gpus", [True, False], ids=["gpu", "cpu"])
 def test_training_and_evaluation_jobs_ask_for_gpus_only_with_a_gpu_config(tmp_path, gpus):
     cfg = _gpu_config() if gpus else yaml.safe_load(CI_CONFIG.read_text())
+    cfg["dedup"]["modes"] = ["phash", "embedding"]  # the image encoder's jobs: on the GPUs too
     jobs = dry_run_resources(tmp_path, cfg)
-    for rule in ("train", "evaluate"):
+    on_gpus = ("train", "evaluate", "dedup_embed_pool", "dedup_embed_downstream")
+    for rule in on_gpus:
         call = sbatch_command(jobs[rule])
         if gpus:
             assert "--gpus=1" in call and "--ntasks-per-gpu=1" in call, (rule, call)
         else:
             assert "--gpus" not in call, (rule, call)
         assert re.search(r"-t \S+", call) and "--mem " in call, (rule, call)
-    for rule, job in jobs.items():  # only training and evaluation use GPUs
-        if rule not in ("train", "evaluate"):
+    for rule, job in jobs.items():  # only training, evaluation and encoding use GPUs
+        if rule not in on_gpus:
             assert not job.get("gpu"), rule
 
 

@@ -129,6 +129,24 @@ def validate(config: dict, source: str = "config", *, check_paths: bool = False)
     return config
 
 
+def _embedding_problems(config: dict) -> list[str]:
+    """Mode embedding: an encoder there is, and no loop (subsets filtered by our own runs'
+    features, on which those runs train)."""
+    from clipscale.dedup import DedupError
+    from clipscale.dedup.embedding import encoder
+
+    try:
+        enc = encoder(config)
+    except DedupError as e:
+        return [str(e)]
+    remove = config["dedup"]["remove_duplicates"]
+    if "run" in enc and (remove is True or (isinstance(remove, list) and "embedding" in remove)):
+        return [f"dedup.remove_duplicates: removing mode embedding's matches with the features of our "
+                f"run {enc['run'].name} would train it on subsets that need it first; give "
+                f"dedup.embedding.checkpoint (a model trained elsewhere) or leave embedding out"]
+    return []
+
+
 def _count(value, key: str, problems: list[str]) -> int | None:
     """parse_count of a configured count, or None with the problem appended."""
     try:
@@ -177,6 +195,8 @@ def cross_check(config: dict) -> list[str]:
         if missing:
             problems.append(f"dedup.remove_duplicates: modes {missing} are not in dedup.modes "
                             f"{config['dedup']['modes']} (they would match nothing)")
+    if "embedding" in config["dedup"]["modes"]:
+        problems += _embedding_problems(config)
     train_keys = dict(load_schema()["properties"]["train"]["properties"])
     del train_keys["overrides"]
     settings = jsonschema.Draft202012Validator({"type": "object", "properties": train_keys})

@@ -27,6 +27,10 @@ DOWNSTREAM_HASHES = f"{DEDUP}/hashes/downstream/{{dataset}}.parquet"
 ALL_POOL_HASHES = f"{DEDUP}/pool_hashes.parquet"
 HASH_REPORT = f"{DEDUP}/hash_report.json"          # what every hash job read, hashed, skipped
 MATCHES = f"{DEDUP}/matches.parquet"
+# mode embedding (dedup.modes): image features of the pool (per hash group) and of each test set
+POOL_EMBEDDINGS = f"{DEDUP}/embeddings/pool/{{group}}.npz"
+DOWNSTREAM_EMBEDDINGS = f"{DEDUP}/embeddings/downstream/{{dataset}}.npz"
+EMBEDDING_MATCHES = f"{DEDUP}/embedding_matches.parquet"
 OVERLAP_TABLE = f"{DEDUP}/overlap.csv"
 CONTACT_SHEET = f"{DEDUP}/contact_sheet.png"
 PLANTED_RECALL = f"{DEDUP}/planted_recall.json"

@@ -137,7 +137,23 @@ def of(config: Mapping, rule: str, pool_shards: int = 0, group_sizes: Mapping[st
         return _pool_stream(pool_shards, 1000 if rule == "dedup_gather" else 4000, 1000)
     if rule == "dedup_filter_subset":
         return _pool_stream(pool_shards, 2000, 10)
+    if rule in ("dedup_embed_pool", "dedup_embed_downstream"):
+        return dedup_embed(config, rule, pool_shards)
+    if rule == "dedup_match_embedding":
+        return _pool_stream(pool_shards, 4000, 1000)
     return _fixed(rule)
+
+
+def dedup_embed(config: Mapping, rule: str, pool_shards: int = 0) -> dict:
+    """A job encoding images for mode embedding: a GPU when dedup.embedding.device is cuda (or
+    auto, with evaluate.gpus > 0: where the evaluations get one), the evaluation's threads; a
+    pool job's walltime from its group's size at ~200 images/s on CPU."""
+    emb = config["dedup"]["embedding"]
+    gpu = 1 if emb["device"] == "cuda" or (emb["device"] == "auto" and config["evaluate"]["gpus"]) else 0
+    threads = config["evaluate"]["threads"]
+    shards = min(config["dedup"]["shards_per_job"], pool_shards) if rule == "dedup_embed_pool" else 1
+    minutes = max(30, 2 * shards * SAMPLES_PER_SHARD // (200 * 60 * (10 if gpu else 1)))
+    return {"threads": threads, "mem_mb": 4000, "runtime": minutes, "cpus_per_task": threads, "gpu": gpu}
 
 
 def per_run(config: Mapping) -> dict[str, Callable]:

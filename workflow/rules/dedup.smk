@@ -71,10 +71,73 @@ rule dedup_gather:
         "../scripts/dedup_gather.py"
 
 
+rule dedup_embed_pool:
+    input:
+        shards=lambda wc: pool_input(DEDUP_GROUPS[wc.group]),
+        encoder=dedup_encoder_input(),
+    output:
+        paths.POOL_EMBEDDINGS,
+    log:
+        log_path("dedup_embed_pool", "{group}"),
+    benchmark:
+        bench_path("dedup_embed_pool", "{group}")
+    threads: cs_resources.threads(config, "dedup_embed_pool", **DEDUP_SIZES)
+    resources:
+        **cs_resources.resources(config, "dedup_embed_pool", **DEDUP_SIZES),
+    params:
+        shards=lambda wc: DEDUP_GROUPS[wc.group],
+        stamp=lambda wc: pool_stamp(DEDUP_GROUPS[wc.group]),
+        encoder=dedup_encoder_params(),
+    script:
+        "../scripts/dedup_embed.py"
+
+
+rule dedup_embed_downstream:
+    input:
+        images=lambda wc: downstream_input(wc.dataset),
+        encoder=dedup_encoder_input(),
+    output:
+        paths.DOWNSTREAM_EMBEDDINGS,
+    log:
+        log_path("dedup_embed_downstream", "{dataset}"),
+    benchmark:
+        bench_path("dedup_embed_downstream", "{dataset}")
+    threads: cs_resources.threads(config, "dedup_embed_downstream")
+    resources:
+        **cs_resources.resources(config, "dedup_embed_downstream"),
+    params:
+        dataset_dir=lambda wc: downstream_dir(wc.dataset),
+        encoder=dedup_encoder_params(),
+    script:
+        "../scripts/dedup_embed.py"
+
+
+rule dedup_match_embedding:
+    input:
+        pool=expand(paths.POOL_EMBEDDINGS, group=list(DEDUP_GROUPS)),
+        tests=expand(paths.DOWNSTREAM_EMBEDDINGS, dataset=DEDUP_SETS),
+    output:
+        paths.EMBEDDING_MATCHES,
+    log:
+        log_path("dedup_match_embedding", "matches"),
+    benchmark:
+        bench_path("dedup_match_embedding", "matches")
+    threads: cs_resources.threads(config, "dedup_match_embedding", pool_shards=DEDUP_POOL_SHARDS)
+    resources:
+        **cs_resources.resources(
+            config, "dedup_match_embedding", pool_shards=DEDUP_POOL_SHARDS
+        ),
+    params:
+        threshold=config["dedup"]["embedding"]["threshold"],
+    script:
+        "../scripts/dedup_match_embedding.py"
+
+
 rule dedup_match:
     input:
         pool=paths.ALL_POOL_HASHES,
         tests=DEDUP_TESTS,
+        embedding=dedup_embedding_matches(),
     output:
         paths.MATCHES,
     log:

@@ -24,7 +24,8 @@ images) the work is split so that nothing grows with the pool but time and disk:
 Matching modes (``modes``): the paper's pHash (``phash``, the default, Table 3) is blind to
 mirrored, framed, letterboxed and cropped copies; modes ``mirror``, ``trim`` and ``crops`` hash
 variants of the test images (and, for trim, of the pool images) in the same jobs and report
-their pairs apart (column ``mode``), in columns of their own in the overlap table.
+their pairs apart (column ``mode``), in columns of their own in the overlap table; mode
+``embedding`` compares the features of a CLIP image encoder (faiss; ``embedding``).
 The package's modules, by role: ``formats`` (the parquets' schemas, the overlap table's columns,
 ``DedupError``), ``modes`` (the matching modes and image variants), ``hashing`` (1-2), ``index`` (multi-index hashing) and ``matching`` (3),
 ``reports`` (4), ``filtering`` (subsets without duplicates), ``cli`` (the ``clipscale dedup-*``
@@ -38,6 +39,7 @@ from clipscale.dedup.formats import (HASH_SCHEMA, MODE_COLUMNS, OVERLAP_COLUMNS,
 from clipscale.dedup.hashing import (downstream_test_shards, gather, group_shards, hash_report, hash_shards,
                                      iter_hash_columns, iter_hashes, list_shards, open_hashes, read_report,
                                      shards_stamp)
+from clipscale.dedup.embedding import embed_shards, encoder, load_encoder, match_embeddings, read_embeddings
 from clipscale.dedup.index import HammingIndex, plan_chunks
 from clipscale.dedup.matching import (load_test_hashes, match, match_exact, match_files, plan_modes, read_matches,
                                       select_modes)
@@ -49,6 +51,7 @@ from clipscale.dedup.reports import (contact_sheet, fetch_images, overlap_table,
 __all__ = [
     "HASH_SCHEMA", "MODES", "MODE_COLUMNS", "OVERLAP_COLUMNS", "PAIR_COLUMNS", "PAIR_SCHEMA", "DedupError",
     "HammingIndex", "add_commands", "contact_sheet", "downstream_test_shards", "downstream_variants",
+    "embed_shards", "encoder", "load_encoder", "match_embeddings", "read_embeddings",
     "fetch_images", "filter_subset", "gather", "group_shards", "hash_report", "hash_shards",
     "iter_hash_columns", "iter_hashes", "list_shards", "load_test_hashes", "match", "match_exact",
     "match_files", "open_hashes", "overlap_table", "plan_chunks", "plan_modes", "planted_recall",

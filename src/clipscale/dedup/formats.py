@@ -11,12 +11,15 @@ log = logging.getLogger(__name__)
 META_KEY = b"clipscale.dedup"
 HASH_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("phash", pa.uint64())])
 PAIR_COLUMNS = ["dataset", "test_key", "test_shard", "pool_key", "pool_shard", "distance",
-                "test_phash", "pool_phash", "mode"]
+                "test_phash", "pool_phash", "mode", "similarity"]
 PAIR_SCHEMA = pa.schema([
     ("dataset", pa.string()), ("test_key", pa.string()), ("test_shard", pa.string()),
     ("pool_key", pa.string()), ("pool_shard", pa.string()), ("distance", pa.uint8()),
     ("test_phash", pa.uint64()), ("pool_phash", pa.uint64()),
     ("mode", pa.string()),  # the matching mode that found the pair (clipscale.dedup.modes)
+    # mode embedding: the pair's cosine similarity (its distance is 0, its hashes null); null
+    # for the hash modes, whose closeness is the Hamming distance
+    ("similarity", pa.float32()),
 ])
 OVERLAP_COLUMNS = ["dataset", "overlap_pct", "overlap_pct_exact", "radius", "n_test",
                    "n_matched", "n_matched_exact", "n_pool_matched", "n_skipped"]

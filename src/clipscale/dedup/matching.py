@@ -105,13 +105,15 @@ class _Side:
 
 def match(test: pd.DataFrame, pool_batches: Iterable[pa.RecordBatch], radius: int,
           out: str | Path, n_chunks: int | None = None, modes: Sequence[str] = ("phash",),
-          crops: Sequence[float] = DEFAULT_CROPS) -> dict:
+          crops: Sequence[float] = DEFAULT_CROPS, extra_pairs: pa.Table | None = None) -> dict:
     """Write every (test, pool) pair within ``radius`` to ``out`` (parquet, PAIR_SCHEMA) and
     return a report. ``test`` has dataset, key, shard, phash (and the phash_<variant> columns of
     the modes); the pool comes in record batches (key, shard, phash, ...) so it is never in
     memory as a whole. Radius 0 is a pandas hash join; radius > 0 goes through a HammingIndex
     over the test hashes. Each mode's pairs are written with its name (column mode), a pair
-    once per mode that finds it (at its smallest distance over the mode's variants)."""
+    once per mode that finds it (at its smallest distance over the mode's variants).
+    ``extra_pairs``: pairs another mode found (mode embedding: clipscale.dedup.embedding),
+    written after the hash modes' pairs."""
     start = time.perf_counter()
     test = test.reset_index(drop=True)
     modes = check_modes(modes)
@@ -139,6 +141,11 @@ def match(test: pd.DataFrame, pool_batches: Iterable[pa.RecordBatch], radius: in
                 for m, k in pd.Series(table.column("mode").to_numpy(zero_copy_only=False)).value_counts().items():
                     by_mode[m] = by_mode.get(m, 0) + int(k)
                 log.info("%d pool hashes matched, %d pairs so far", n_pool, n_pairs)
+            if extra_pairs is not None and extra_pairs.num_rows:
+                writer.write_table(extra_pairs.cast(PAIR_SCHEMA))
+                n_pairs += extra_pairs.num_rows
+                for m, k in pd.Series(extra_pairs.column("mode").to_numpy(zero_copy_only=False)).value_counts().items():
+                    by_mode[m] = by_mode.get(m, 0) + int(k)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -189,18 +196,25 @@ def _pairs(test: pd.DataFrame, sides: dict, modes: list[str], batch: pa.RecordBa
         "test_phash": pa.array(test_h, pa.uint64()),
         "pool_phash": pa.array(pool_h, pa.uint64()),
         "mode": pa.array(names[mode], pa.string()),
+        "similarity": pa.nulls(len(qi), pa.float32()),
     }, schema=PAIR_SCHEMA)
 
 
 def match_files(pool: str | Path, tests: Sequence[str | Path], radius: int, out: str | Path,
                 batch_size: int = 1 << 20, modes: Sequence[str] = ("phash",),
-                crops: Sequence[float] = DEFAULT_CROPS) -> dict:
+                crops: Sequence[float] = DEFAULT_CROPS, embedding_pairs: str | Path | None = None) -> dict:
+    """``match`` of hash files; ``embedding_pairs``: the pairs file of mode embedding, joined."""
     test = load_test_hashes(tests)
     # only the pool columns the modes compare are read
     plan = plan_modes(modes, list(test.columns), pool_columns(pool), crops)
     columns = ["key", "shard"] + list(dict.fromkeys(["phash"] + [p for _, _, p in plan]))
+    extra = None
+    if embedding_pairs:
+        from clipscale.dedup.embedding import read_pairs
+
+        extra = read_pairs(embedding_pairs)
     return match(test, iter_pool_batches(pool, batch_size, columns), radius, out, modes=modes,
-                 crops=crops)
+                 crops=crops, extra_pairs=extra)
 
 
 def read_matches(path: str | Path) -> pd.DataFrame:
@@ -210,6 +224,8 @@ def read_matches(path: str | Path) -> pd.DataFrame:
         raise DedupError(f"matches file not found: {path}") from None
     if "mode" not in df.columns:  # written before the matching modes: pHash pairs
         df["mode"] = "phash"
+    if "similarity" not in df.columns:  # written before mode embedding
+        df["similarity"] = np.nan
     missing = set(PAIR_COLUMNS) - set(df.columns)
     if missing:
         raise DedupError(f"{path}: not a matches file (missing columns {sorted(missing)})")

@@ -20,8 +20,10 @@ in the downstream hash job and stored as extra uint64 columns ``phash_<variant>`
 Every variant's hash is ``imagehash.phash`` of the variant image (the same batched pHash). Each
 mode's pairs are written with the mode's name (column ``mode`` of the matches), so the overlap
 table, the planted recall and the filtered subsets can report or use each mode on its own.
-A mode is an entry of MODES; a mode that does not compare hashes (an embedding search) would
-register there with a matcher of its own.
+- ``embedding``: the cosine similarity of a CLIP image encoder's features, searched with faiss
+  (``clipscale.dedup.embedding``): no hashes; its pairs join the others' in the matches.
+
+A mode is an entry of MODES.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Mode:
     name: str
     description: str
     pool_variant: str | None = None  # the pool column it compares with: phash_<pool_variant>
+    hashes: bool = True  # compares pHashes (False: mode embedding, clipscale.dedup.embedding)
 
 
 MODES: dict[str, Mode] = {m.name: m for m in (
@@ -55,6 +58,8 @@ MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("trim", "pHash with uniform borders and bars trimmed (test and, with trim_pool, pool)",
          pool_variant="trim"),
     Mode("crops", "pHash of centre crops of the test image (dedup.crops)"),
+    Mode("embedding", "cosine similarity of a CLIP image encoder's features (dedup.embedding), "
+                      "searched with faiss", hashes=False),
 )}
 
 
@@ -75,7 +80,10 @@ def crop_variant(fraction: float) -> str:
 
 
 def mode_variants(mode: str, crops: Sequence[float] = DEFAULT_CROPS) -> list[str]:
-    """The test-image variants a mode compares ('' is the image itself)."""
+    """The test-image variants a mode compares ('' is the image itself; none for a mode that
+    compares no hashes)."""
+    if not MODES[mode].hashes:
+        return []
     if mode == "phash":
         return [""]
     if mode == "crops":

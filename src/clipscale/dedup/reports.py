@@ -140,7 +140,8 @@ def contact_sheet(matches: pd.DataFrame, out: str | Path, n_pairs: int = 24, see
         r, c = divmod(i, columns)
         for k, (shard, key, label) in enumerate([
             (pair.test_shard, pair.test_key, f"{pair.dataset}\n{pair.test_key}"),
-            (pair.pool_shard, pair.pool_key, f"pool {pair.pool_key}\nd={pair.distance}"),
+            (pair.pool_shard, pair.pool_key, f"pool {pair.pool_key}\n" + (
+                f"cos={pair.similarity:.3f}" if getattr(pair, "mode", "") == "embedding" else f"d={pair.distance}")),
         ]):
             ax = axes[r, 2 * c + k]
             img = load(shard, key)
