@@ -171,6 +171,17 @@ def require_in_workdir(folder: str | Path, what: str) -> str:
     return relative
 
 
+def empty_shard_dir(out_dir: str | Path, what: str) -> tuple[Path, str]:
+    """``out_dir``/shards made empty (a subset's links and cut shards are written afresh), and
+    its name relative to the working directory (an error when outside it)."""
+    shard_dir = Path(out_dir) / "shards"
+    name = require_in_workdir(shard_dir, what)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for old in shard_dir.iterdir():
+        old.unlink()
+    return shard_dir, name
+
+
 def link_shard(target: str | Path, link: Path) -> None:
     """Symlink ``link`` to the pool shard ``target``. A shard inside the working directory is
     linked relatively (from the link's folder), so cp -a / mv of the whole workdir keeps the
@@ -191,11 +202,7 @@ def write_subset(index: pd.DataFrame, name: str, size: int, seed: int, out_dir: 
     """Write results/data/subsets/<name>/: shards/ (links + one cut shard) and manifest.json.
     ``out_dir`` must be inside the working directory (the manifest's paths are relative to it)."""
     out_dir = Path(out_dir)
-    shard_dir = out_dir / "shards"
-    shard_dir_name = require_in_workdir(shard_dir, "subset folder")
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    for old in shard_dir.iterdir():
-        old.unlink()
+    shard_dir, shard_dir_name = empty_shard_dir(out_dir, "subset folder")
     parts = plan(index, size, seed)
     entries = []
     for i, part in enumerate(parts):

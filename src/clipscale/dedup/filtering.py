@@ -22,13 +22,7 @@ def filter_subset(manifest_path: str | Path, matches: pd.DataFrame, out_dir: str
     and its entry says how many samples it lost ("removed"). A shard left empty is dropped. With
     a pool_shard column in ``matches`` only those shards are read; without it, every shard is.
     """
-    from clipscale.subsets import (
-        link_shard,
-        read_manifest,
-        require_in_workdir,
-        shard_url,
-        workdir_path,
-    )
+    from clipscale.subsets import empty_shard_dir, link_shard, read_manifest, shard_url, workdir_path
 
     manifest = read_manifest(manifest_path)
     keys = matches["pool_key"].astype(str)
@@ -40,11 +34,7 @@ def filter_subset(manifest_path: str | Path, matches: pd.DataFrame, out_dir: str
         by_shard = None
         everywhere = set(keys)
     out_dir = Path(out_dir)
-    shard_dir = out_dir / "shards"
-    shard_dir_name = require_in_workdir(shard_dir, "filtered subset folder")
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    for old in shard_dir.iterdir():
-        old.unlink()
+    shard_dir, shard_dir_name = empty_shard_dir(out_dir, "filtered subset folder")
     entries, removed_keys = [], []
     for entry in manifest["shards"]:
         src, n_in, partial = entry["file"], int(entry["n_samples"]), bool(entry.get("partial"))
