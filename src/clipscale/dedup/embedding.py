@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 
 from clipscale import phash as P
 from clipscale.dedup.formats import PAIR_SCHEMA, DedupError
-from clipscale.dedup.hashing import image_member
-from clipscale.shards import SkipCounter, iter_samples
+from clipscale.dedup.hashing import iter_image_members, skip_bad_image
+from clipscale.shards import SkipCounter
 
 log = logging.getLogger(__name__)
 
@@ -92,22 +92,12 @@ def _batches(tars: Sequence[str | Path], transform, skipped: SkipCounter, stats:
     keys, shards, images = [], [], []
     for tar in tars:
         tar = str(tar)
-        for key, files in iter_samples(tar, skipped):
-            stats["n_samples"] += 1
-            ext = image_member(files)
-            if ext is None:
-                skipped.add("empty image member" if any(e in files for e in P.IMAGE_EXTENSIONS)
-                            else "no image member", f"{tar}:{key}")
-                continue
+        for key, ext, data in iter_image_members(tar, skipped, stats):
             try:
-                with P.open_image(files[ext], ext) as image:
+                with P.open_image(data, ext) as image:
                     images.append(transform(image.convert("RGB")))
             except Exception as e:  # Pillow raises many types for bad bytes
-                from PIL import UnidentifiedImageError
-
-                reason = ("not an image" if isinstance(e, UnidentifiedImageError)
-                          else f"corrupt image ({type(e).__name__})")
-                skipped.add(reason, f"{tar}:{key}.{ext}: {e}")
+                skip_bad_image(skipped, e, f"{tar}:{key}.{ext}")
                 continue
             keys.append(key)
             shards.append(tar)

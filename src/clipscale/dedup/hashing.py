@@ -32,6 +32,31 @@ def image_member(files: dict) -> str | None:
     return None
 
 
+def iter_image_members(tar: str, skipped: SkipCounter, stats: dict) -> Iterator[tuple[str, str, bytes]]:
+    """(key, extension, bytes) of each sample of a tar that has an image member; the others are
+    counted in ``skipped`` (an empty .jpg is an "empty image member", not also "no image
+    member"), every sample in stats['n_samples']."""
+    for key, files in iter_samples(tar, skipped):
+        stats["n_samples"] = stats.get("n_samples", 0) + 1
+        ext = image_member(files)
+        if ext is None:
+            if any(e in files for e in P.IMAGE_EXTENSIONS):
+                skipped.add("empty image member", f"{tar}:{key}")
+            else:
+                skipped.add("no image member", f"{tar}:{key} (members: {sorted(files)})")
+            continue
+        yield key, ext, files[ext]
+
+
+def skip_bad_image(skipped: SkipCounter, error: Exception, where: str) -> None:
+    """Count an image that does not decode (Pillow raises many types for bad bytes)."""
+    from PIL import UnidentifiedImageError
+
+    reason = ("not an image" if isinstance(error, UnidentifiedImageError)
+              else f"corrupt image ({type(error).__name__})")
+    skipped.add(reason, f"{where}: {error}")
+
+
 def iter_hashes(tars: Iterable[str | Path], skipped: SkipCounter, stats: dict,
                 batch_size: int = 4096) -> Iterator[tuple[list[str], str, np.ndarray]]:
     """Yield (keys, shard, hashes) per tar. Bad samples are counted in ``skipped`` (with the key)
@@ -56,28 +81,16 @@ def iter_hash_columns(tars: Iterable[str | Path], skipped: SkipCounter, stats: d
         tar = str(tar)
         hashers = [P.BatchHasher(batch_size) for _ in names]
         keys: list[str] = []
-        for key, files in iter_samples(tar, skipped):
-            stats["n_samples"] = stats.get("n_samples", 0) + 1
-            ext = image_member(files)
-            if ext is None:
-                if any(e in files for e in P.IMAGE_EXTENSIONS):
-                    skipped.add("empty image member", f"{tar}:{key}")
-                else:
-                    skipped.add("no image member", f"{tar}:{key} (members: {sorted(files)})")
-                continue
+        for key, ext, data in iter_image_members(tar, skipped, stats):
             try:
                 if funcs:
-                    pixels = _prepare_variants(files[ext], ext, funcs, stats)
+                    pixels = _prepare_variants(data, ext, funcs, stats)
                     for hasher, px in zip(hashers, pixels):
                         hasher.add(px)
                 else:
-                    hashers[0].add_bytes(files[ext], ext)
+                    hashers[0].add_bytes(data, ext)
             except Exception as e:  # Pillow raises many types for bad bytes
-                from PIL import UnidentifiedImageError
-
-                reason = ("not an image" if isinstance(e, UnidentifiedImageError)
-                          else f"corrupt image ({type(e).__name__})")
-                skipped.add(reason, f"{tar}:{key}.{ext}: {e}")
+                skip_bad_image(skipped, e, f"{tar}:{key}.{ext}")
                 continue
             keys.append(key)
         columns = dict(zip(names, (h.flush() for h in hashers)))
