@@ -246,6 +246,9 @@ def cross_check(config: dict) -> list[str]:
                     f"fit.predictions[{i}].model: {pred['model']!r} is neither a model of the config nor "
                     f"of the paper's Table 25 (its GMAC per sample is unknown: the fit would skip it)")
     problems += released.problems(config)
+    from clipscale.finetune.plan import problems as finetune_problems
+
+    problems += finetune_problems(config)
     if not problems:
         problems += _run_problems(config)
     return problems

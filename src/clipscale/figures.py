@@ -86,6 +86,7 @@ METRIC_LABELS = {
     "imagenet_ft_acc1": "ImageNet-fine-tuned top-1",
     "imagenet_ft_acc1_in12k": "ImageNet-fine-tuned top-1 (ImageNet-12k first)",
     "patched_acc1": "patched top-1",
+    "zeroshot_acc1": "zero-shot top-1 (the patching's heads)",
 }
 #: the paper's fine-tuning tasks (Sec. 4.4, Tables 6-8) and ImageNet's robustness sets (Table 9)
 PUBLISHED_FINETUNE = ["imagenet1k", "cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn"]
@@ -253,6 +254,7 @@ def default_our_specs(config: Mapping) -> list[FigureSpec]:
                                 title=f"Data scale bottleneck (zero-shot {cls[0]})"))
         specs.append(FigureSpec("samples_bottleneck_ours", "samples_bottleneck", ours, [cls[0]], ["acc1"],
                                 title=f"Samples seen bottleneck (zero-shot {cls[0]})"))
+    specs += _finetune_specs(config, ours)
     if any(s.get("dedup", True) for s in downstream.values()):
         modes = config_section(config, "dedup")["modes"]
         how = " (pHash)" if modes == ["phash"] else ": pHash (the paper's), " + ", ".join(m for m in modes if m != "phash")
@@ -278,6 +280,36 @@ def default_our_specs(config: Mapping) -> list[FigureSpec]:
                                     ["image_retrieval_recall@5", "text_retrieval_recall@5"],
                                     title="Zero-shot retrieval: our runs and the paper's"))
     return specs
+
+
+def _finetune_specs(config: Mapping, ours: list[str]) -> list[FigureSpec]:
+    """With finetune.enabled: fine-tuned (and patched) against zero-shot error, per protocol."""
+    from clipscale.finetune import plan
+
+    if not plan.enabled(config):
+        return []
+    ft, out = plan.section(config), []
+    if "classification" in ft["protocols"]:
+        sets = plan.datasets(config, "classification")
+        out.append(FigureSpec("finetune_classification_ours", "compute", ours, sets, ["acc1", "imagenet_ft_acc1"],
+                              title=f"Fine-tuned on {sets[0]} (ImageNet-style) and zero-shot, our runs",
+                              description=f"Top-1 error on {', '.join(sets)} against the compute of the "
+                                          f"pre-training run: zero-shot (clip_benchmark) and after fine-tuning "
+                                          f"the image encoder on {sets[0]} with the paper's recipe (Table 10; "
+                                          f"the robustness sets with {sets[0]}'s head). Lines: power laws "
+                                          f"fitted as in the paper."))
+    if "patching" in ft["protocols"]:
+        p = ft["patching"]
+        out.append(FigureSpec("finetune_patching_ours", "compute", ours, [*p["tasks"], p["control"]],
+                              ["zeroshot_acc1", "ft_acc1", "patched_acc1"],
+                              title=f"Zero-shot, jointly fine-tuned and patched (control: {p['control']}), our runs",
+                              description=f"Top-1 error against the compute of the pre-training run: zero-shot "
+                                          f"(the heads of the joint fine-tuning), after fine-tuning the image "
+                                          f"encoder jointly on {', '.join(p['tasks'])}, and patched (the mix of "
+                                          f"the two with the best mean on those tasks that keeps {p['control']} "
+                                          f"within {p['control_tolerance']:g} points of zero-shot). Lines: power "
+                                          f"laws fitted as in the paper."))
+    return out
 
 
 def spec_from_dict(entry: Mapping) -> FigureSpec:

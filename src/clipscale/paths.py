@@ -49,6 +49,10 @@ RESULTS_TABLE = f"{RESULTS}/results/results.parquet"
 RESULTS_CSV = f"{RESULTS}/results/results.csv"
 RESULTS_LOG = f"{RESULTS}/results/results_log.txt"
 PUBLISHED_TABLE = f"{RESULTS}/results/published.parquet"
+# fine-tuning (finetune.enabled): one job per (final checkpoint, protocol); state.pt beside the
+# result is the job's saved place (kept across failures, not an output)
+FINETUNE_DIR = f"{RESULTS}/finetune/{{model}}/{{scale}}/{{samples}}/{{protocol}}"
+FINETUNE_RESULT = f"{FINETUNE_DIR}/result.json"
 
 # 5. fit ----------------------------------------------------------------------------------------
 FIT = f"{RESULTS}/fit"

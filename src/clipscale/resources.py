@@ -74,6 +74,14 @@ def train(config: Mapping, run: grid.Run) -> dict:
     return out
 
 
+def finetune(config: Mapping) -> dict:
+    """One fine-tuning job (a checkpoint, a protocol): ``finetune.threads`` CPUs, ``finetune.gpus``
+    GPUs (the fine-tuning and its evaluations run where the job runs)."""
+    ft = config["finetune"]
+    return {"threads": ft["threads"], "mem_mb": ft["mem_mb"], "runtime": ft["runtime"],
+            "cpus_per_task": ft["threads"], "gpu": ft["gpus"]}
+
+
 def evaluate(config: Mapping) -> dict:
     """One checkpoint's evaluation job: ``evaluate.threads`` CPUs, ``evaluate.gpus`` GPUs."""
     ev = config["evaluate"]
@@ -126,6 +134,8 @@ def of(config: Mapping, rule: str, pool_shards: int = 0, group_sizes: Mapping[st
         return per_run(config)
     if rule == "evaluate":
         return evaluate(config)
+    if rule == "finetune":
+        return finetune(config)
     if rule == "index_pool":
         return index_pool(pool_shards)
     if rule == "dedup_hash_pool":

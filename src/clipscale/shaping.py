@@ -120,6 +120,29 @@ def evaluate(config: Mapping, source: str, model: str, scale: str, dataset: str,
     })
 
 
+def finetune(config: Mapping, protocol: str, model: str, scale: str) -> dict:
+    """finetune: what one fine-tuning job depends on besides its checkpoint: the protocol's
+    settings, the model's recipe, its sets (their folders and definitions), the model's
+    definition and label, the pool's name and the scale's size (the table row), the seed. Not:
+    threads, device, GPUs, memory, walltime, how often it saves its place, which runs are
+    fine-tuned, other protocols' settings or other models' recipes."""
+    from clipscale.finetune import plan
+
+    ft = config_mod.section(dict(config), "finetune")
+    sets = plan.datasets(config, protocol)
+    downstream = config.get("downstream", {})
+    return canonical({
+        "seed": config["seed"],
+        "pool": {"name": config["pool"].get("name")},
+        "scales": {scale: config["scales"][scale]} if scale in config["scales"] else {},
+        "models": {model: config["models"][model]} if model in config["models"] else {},
+        "finetune": {"protocol": protocol, protocol: _without(ft[protocol], ("recipe",)),
+                     "recipe": plan.recipe_settings(config, protocol, model)},
+        "downstream": {d: {"dir": plan.dataset_dir(config, d),
+                           **_without(downstream.get(d, {}), ("group", "dedup", "tasks"))} for d in sets},
+    })
+
+
 def downstream_groups(config: Mapping) -> dict:
     """The downstream sets' tasks and groups (group means of the results table)."""
     return {name: {k: spec[k] for k in ("tasks", "group") if k in spec}

@@ -39,6 +39,7 @@ rule evaluate:
 rule aggregate_results:
     input:
         evals=EVAL_TARGETS,
+        finetune=finetune_targets(),
         runs=train_targets(),
         pool_index=paths.POOL_INDEX,
     output:

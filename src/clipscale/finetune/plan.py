@@ -1,0 +1,121 @@
+"""Which fine-tuning jobs a config asks for, with which settings: one job per (checkpoint,
+protocol), the final checkpoints of the runs that ``finetune.runs`` selects."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from clipscale import config as config_mod
+from clipscale import grid, paths
+from clipscale.config import ConfigError, parse_count
+from clipscale.finetune.recipe import Recipe
+
+PROTOCOLS = ("classification", "patching")
+RECIPE_KEYS = frozenset(Recipe.__dataclass_fields__)
+
+
+def section(config: Mapping) -> dict:
+    return config_mod.section(dict(config), "finetune")
+
+
+def enabled(config: Mapping) -> bool:
+    return bool(section(config)["enabled"])
+
+
+def recipe_settings(config: Mapping, protocol: str, model: str) -> dict:
+    """The recipe of a (protocol, model): finetune.recipe, then finetune.models.<model>, then (for
+    patching) finetune.patching.recipe on top."""
+    ft = section(config)
+    out = dict(ft["recipe"])
+    out.update(ft.get("models", {}).get(model, {}))
+    if protocol == "patching":
+        out.update(ft["patching"].get("recipe", {}))
+    return out
+
+
+def datasets(config: Mapping, protocol: str) -> list[str]:
+    """The sets a protocol trains or evaluates on: the main set and its robustness sets
+    (classification); the joint tasks and the control (patching)."""
+    ft = section(config)
+    if protocol == "classification":
+        return [ft["classification"]["dataset"], *ft["classification"]["robustness"]]
+    return [*ft["patching"]["tasks"], ft["patching"]["control"]]
+
+
+def dataset_dir(config: Mapping, name: str) -> str:
+    """A set's webdataset folder: its downstream entry's, else the world's set of that name (the
+    world makes sets the default does not evaluate zero-shot, e.g. positions and digits)."""
+    if name in config.get("downstream", {}):
+        return paths.downstream_dir(dict(config), name)
+    if config["pool"].get("source") == "world":
+        return paths.fill(paths.WORLD_DOWNSTREAM, dataset=name)
+    raise ConfigError(f"finetune: downstream set {name!r} is not under downstream (give it a path there)")
+
+
+def runs(config: Mapping) -> list[grid.Run]:
+    """The runs whose final checkpoints are fine-tuned: the grid's, limited by finetune.runs
+    (models, scales, samples_seen; each empty or absent: all)."""
+    sel = section(config)["runs"]
+    samples = {parse_count(s) for s in sel.get("samples_seen", [])}
+    return [r for r in grid.runs(dict(config))
+            if (not sel.get("models") or r.model in sel["models"])
+            and (not sel.get("scales") or r.scale in sel["scales"])
+            and (not samples or r.samples_seen in samples)]
+
+
+def result_path(run: grid.Run, protocol: str) -> str:
+    return paths.fill(paths.FINETUNE_RESULT, **run.wildcards, protocol=protocol)
+
+
+def target_paths(config: Mapping) -> list[str]:
+    if not enabled(config):
+        return []
+    return [result_path(r, p) for r in runs(config) for p in section(config)["protocols"]]
+
+
+def job_inputs(config: Mapping, model: str, scale: str, samples: str) -> dict[str, str]:
+    """The run's record (its final checkpoint) and the world when it makes a set of the job."""
+    run = grid.find_run(dict(config), model, scale, samples)
+    out = {"run": paths.fill(paths.RUN_DONE, **run.wildcards)}
+    if config["pool"].get("source") == "world":
+        out["world"] = paths.WORLD_DONE
+    return out
+
+
+def problems(config: Mapping) -> list[str]:
+    """Config problems a schema cannot see: override keys that are no recipe's, sets that do not
+    exist, a control that is also a joint task, runs that select nothing."""
+    import jsonschema
+
+    ft = section(config)
+    out = []
+    schema = config_mod.load_schema()["properties"]["finetune"]["properties"]["recipe"]
+    values = jsonschema.Draft202012Validator({"type": "object", "properties": schema["properties"]})
+    for where, over in [(f"finetune.models.{m}", o) for m, o in ft.get("models", {}).items()] + [
+            ("finetune.patching.recipe", ft["patching"].get("recipe", {}))]:
+        unknown = sorted(set(over) - RECIPE_KEYS)
+        if unknown:
+            out.append(f"{where}: {unknown} are not recipe keys (expected some of {sorted(RECIPE_KEYS)})")
+        for e in values.iter_errors(over):
+            out.append(f"{where}.{'.'.join(str(x) for x in e.absolute_path)}: {e.message}")
+    for m in ft.get("models", {}):
+        if m not in config["models"]:
+            out.append(f"finetune.models: {m!r} is not defined under models")
+    if not ft["enabled"]:
+        return out
+    from clipscale.world import DOWNSTREAM_SETS
+
+    for protocol in ft["protocols"]:
+        for name in datasets(config, protocol):
+            if name in config.get("downstream", {}):
+                continue
+            if config["pool"].get("source") != "world":
+                out.append(f"finetune.{protocol}: downstream set {name!r} is not under downstream")
+            elif name not in DOWNSTREAM_SETS:
+                out.append(f"finetune.{protocol}: {name!r} is not under downstream and the world makes no "
+                           f"set of that name (it makes {sorted(DOWNSTREAM_SETS)})")
+    if ft["patching"]["control"] in ft["patching"]["tasks"]:
+        out.append(f"finetune.patching: the control {ft['patching']['control']!r} is also a joint task")
+    if not runs(config):
+        out.append(f"finetune.runs {ft['runs']} selects none of the grid's runs")
+    return out
