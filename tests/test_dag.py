@@ -48,7 +48,8 @@ def test_user_pool_changes_rerun_the_index_and_only_their_hash_group(small_world
     sets = "".join(f"  {name}: {{path: {small_world / 'downstream' / name}}}\n"
                    for name in ("shapes", "shapes_shifted", "digits", "world_captions"))
     (tmp_path / "pool.yaml").write_text(
-        f"pool: {{source: {pool}, name: mine}}\ndedup: {{shards_per_job: 2}}\ndownstream:\n{sets}")
+        f"pool: {{source: {pool}, name: mine}}\ndedup: {{shards_per_job: 2}}\nfinetune: {{enabled: false}}\n"
+        f"downstream:\n{sets}")
     index = "results/data/pool_index.parquet"
     group = "results/dedup/hashes/pool/{:05d}.parquet".format
     targets = [index] + [group(g) for g in range(3)]

@@ -544,6 +544,7 @@ def test_snakemake_rules(setup, tmp_path):
         'configfile: "config.yaml"\n'
         f'include: "{REPO}/workflow/rules/common.smk"\n'
         f'include: "{REPO}/workflow/rules/train_functions.smk"\n'
+        f'include: "{REPO}/workflow/rules/finetune_functions.smk"\n'
         f'include: "{REPO}/workflow/rules/evaluate.smk"\n'
         "rule all:\n    input: evaluate_targets()\n")
     (work / "results" / "data").mkdir(parents=True)

@@ -74,6 +74,7 @@ def _gpu_config() -> dict:
     cfg = yaml.safe_load(CI_CONFIG.read_text())
     cfg["train"].update({"gpus_per_node": 1, "nproc": 1, "device": "auto"})
     cfg["evaluate"] = {**cfg["evaluate"], "gpus": 1}
+    cfg["finetune"] = {**cfg["finetune"], "gpus": 1}
     return cfg
 
 
@@ -82,7 +83,7 @@ def test_training_and_evaluation_jobs_ask_for_gpus_only_with_a_gpu_config(tmp_pa
     cfg = _gpu_config() if gpus else yaml.safe_load(CI_CONFIG.read_text())
     cfg["dedup"]["modes"] = ["phash", "embedding"]  # the image encoder's jobs: on the GPUs too
     jobs = dry_run_resources(tmp_path, cfg)
-    on_gpus = ("train", "evaluate", "dedup_embed_pool", "dedup_embed_downstream")
+    on_gpus = ("train", "evaluate", "finetune", "dedup_embed_pool", "dedup_embed_downstream")
     for rule in on_gpus:
         call = sbatch_command(jobs[rule])
         if gpus:
@@ -90,7 +91,7 @@ def test_training_and_evaluation_jobs_ask_for_gpus_only_with_a_gpu_config(tmp_pa
         else:
             assert "--gpus" not in call, (rule, call)
         assert re.search(r"-t \S+", call) and "--mem " in call, (rule, call)
-    for rule, job in jobs.items():  # only training, evaluation and encoding use GPUs
+    for rule, job in jobs.items():  # only training, evaluation, fine-tuning and encoding use GPUs
         if rule not in on_gpus:
             assert not job.get("gpu"), rule
 

@@ -3,12 +3,15 @@ protocol), the final checkpoints of the runs that ``finetune.runs`` selects."""
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping
 
 from clipscale import config as config_mod
 from clipscale import grid, paths
 from clipscale.config import ConfigError, parse_count
 from clipscale.finetune.recipe import Recipe
+
+log = logging.getLogger("clipscale.finetune")
 
 PROTOCOLS = ("classification", "patching")
 RECIPE_KEYS = frozenset(Recipe.__dataclass_fields__)
@@ -68,9 +71,15 @@ def result_path(run: grid.Run, protocol: str) -> str:
 
 
 def target_paths(config: Mapping) -> list[str]:
+    """Every fine-tuning result of the config (none unless finetune.enabled; a warning when
+    finetune.runs selects none of the grid's runs, e.g. after the grid changed)."""
     if not enabled(config):
         return []
-    return [result_path(r, p) for r in runs(config) for p in section(config)["protocols"]]
+    selected = runs(config)
+    if not selected:
+        log.warning("finetune.runs %s selects none of the grid's runs: nothing is fine-tuned",
+                    section(config)["runs"])
+    return [result_path(r, p) for r in selected for p in section(config)["protocols"]]
 
 
 def job_inputs(config: Mapping, model: str, scale: str, samples: str) -> dict[str, str]:
@@ -116,6 +125,4 @@ def problems(config: Mapping) -> list[str]:
                            f"set of that name (it makes {sorted(DOWNSTREAM_SETS)})")
     if ft["patching"]["control"] in ft["patching"]["tasks"]:
         out.append(f"finetune.patching: the control {ft['patching']['control']!r} is also a joint task")
-    if not runs(config):
-        out.append(f"finetune.runs {ft['runs']} selects none of the grid's runs")
     return out

@@ -94,7 +94,8 @@ class Classifier(nn.Module):
 
     ``group_matcher`` and ``no_weight_decay`` tell timm's layer-decay parameter groups what a
     layer is: the stem (patch embedding, class and position embeddings, ln_pre) is layer 0, block
-    i is layer i + 1, the final norm, projection and heads the last layer (scale 1)."""
+    i is layer i + 1, the final norm and projection go with the last block (as timm groups its
+    ViT's final norm), the heads are the top layer (scale 1)."""
 
     def __init__(self, visual: nn.Module, heads: Mapping[str, torch.Tensor], logit_scale: float,
                  train_heads: bool = True):
