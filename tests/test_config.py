@@ -81,6 +81,16 @@ def test_defaults_are_filled():
         (lambda c: c["dedup"].update(modes=["phash", "mirror"], remove_duplicates=["phash", "trim"]),
          "dedup.remove_duplicates: modes ['trim'] are not in dedup.modes ['phash', 'mirror']"),
         (lambda c: c["dedup"].update(modes=["mirror"]), "dedup.modes"),  # the paper's phash always
+        # downstream.<set>.group: a name or a list of names
+        (lambda c: c["downstream"]["colours"].update(group=5),
+         "downstream.colours.group: 5 is not of type 'string', 'array'"),
+        (lambda c: c["downstream"]["colours"].update(group=["vtab+", 7]),
+         "downstream.colours.group.1: 7 is not of type 'string'"),
+        (lambda c: c["downstream"]["colours"].update(group=[]), "downstream.colours.group: [] should be non-empty"),
+        (lambda c: c["downstream"]["colours"].update(group=["vtab+", "vtab+"]),
+         "downstream.colours.group: ['vtab+', 'vtab+'] has non-unique elements"),
+        (lambda c: c["downstream"]["colours"].update(group=["vtab+", "shapes"]),
+         "downstream.colours.group: 'shapes' is also a downstream set's name"),
     ],
 )
 def test_bad_config_is_rejected_with_the_key(edit, message):

@@ -116,10 +116,32 @@ def test_group_means():
 def test_groups_of_and_data_size():
     cfg = {"downstream": {"a": {"tasks": [], "group": "g"}, "b": {"tasks": [], "group": "g"}, "c": {"tasks": []}}}
     assert table.groups_of(cfg) == {"g": ["a", "b"]}
+    # a list of groups: the set is a member of each (ImageNet-V2 in vtab+ and imagenet_robustness)
+    cfg["downstream"]["b"]["group"] = ["g", "h"]
+    cfg["downstream"]["c"]["group"] = ["h"]
+    assert table.groups_of(cfg) == {"g": ["a", "b"], "h": ["b", "c"]}
     assert table.data_size("LAION-400M") == 4e8
     assert table.data_size("LAION-2B") == 2e9
     assert math.isnan(table.data_size("CLIP-WIT"))
     assert table.data_size("S", {"S": 3000}) == 3000
+
+
+def test_a_set_in_two_groups_counts_in_both_means():
+    a = make_rows(dataset="a")
+    b = make_rows(dataset="b")
+    b["value"] = b["value"] + 10
+    c = make_rows(dataset="c")
+    c["value"] = c["value"] + 30
+    for part in (b, c):
+        part["error"] = 1 - part["value"] / 100
+    df = validate_table(pd.concat([a, b, c], ignore_index=True))
+    cfg = {"downstream": {"a": {"tasks": [], "group": "g"}, "b": {"tasks": [], "group": ["g", "h"]},
+                          "c": {"tasks": [], "group": "h"}}}
+    out = table.add_group_means(df, table.groups_of(cfg))
+    means = out[out["dataset"].isin(["g", "h"])].pivot(index="samples_seen", columns="dataset", values="value")
+    assert means["g"].tolist() == pytest.approx([45, 46, 47])  # mean of a and b
+    assert means["h"].tolist() == pytest.approx([60, 61, 62])  # mean of b and c
+    assert len(out) == len(df) + 6
 
 
 def test_columns_are_defined_once():
