@@ -81,6 +81,16 @@ def test_defaults_are_filled():
         (lambda c: c["dedup"].update(modes=["phash", "mirror"], remove_duplicates=["phash", "trim"]),
          "dedup.remove_duplicates: modes ['trim'] are not in dedup.modes ['phash', 'mirror']"),
         (lambda c: c["dedup"].update(modes=["mirror"]), "dedup.modes"),  # the paper's phash always
+        # downstream.<set>.group: a name or a list of names
+        (lambda c: c["downstream"]["colours"].update(group=5),
+         "downstream.colours.group: 5 is not of type 'string', 'array'"),
+        (lambda c: c["downstream"]["colours"].update(group=["vtab+", 7]),
+         "downstream.colours.group.1: 7 is not of type 'string'"),
+        (lambda c: c["downstream"]["colours"].update(group=[]), "downstream.colours.group: [] should be non-empty"),
+        (lambda c: c["downstream"]["colours"].update(group=["vtab+", "vtab+"]),
+         "downstream.colours.group: ['vtab+', 'vtab+'] has non-unique elements"),
+        (lambda c: c["downstream"]["colours"].update(group=["vtab+", "shapes"]),
+         "downstream.colours.group: 'shapes' is also a downstream set's name"),
     ],
 )
 def test_bad_config_is_rejected_with_the_key(edit, message):
@@ -345,3 +355,34 @@ def test_a_walltime_warning_outside_the_walltime_is_refused():
         config.validate(cfg, "t.yaml")
     cfg["train"]["signal_lead_s"] = 240
     config.validate(cfg, "t.yaml")
+
+
+def test_paper_downstream_is_the_papers_suite_under_clip_benchmarks_names():
+    """config/paper.yaml: the 35 VTAB+ tasks of Table 17, the five ImageNet robustness sets of
+    Table 20, COCO and Flickr30k, Table 5's linear-probe sets, the eight fine-tuning tasks; every
+    one a clip_benchmark webdataset (wds/<name of its vtab+ or retrieval collection>)."""
+    from clip_benchmark.datasets.builder import dataset_collection
+
+    from clipscale import reference, table
+    from clipscale.evaluate import benchmark_name
+
+    cfg = config.load(REPO / "config" / "paper.yaml")
+    down, groups = cfg["downstream"], table.groups_of(cfg)
+    assert sorted(groups["vtab+"]) == sorted(reference.VTAB_PLUS_DATASETS.values())
+    assert len(groups["vtab+"]) == 35
+    assert sorted(groups["imagenet_robustness"]) == sorted(["imagenetv2", "imagenet_sketch", "imagenet-a",
+                                                           "imagenet-r", "objectnet"])
+    assert sorted(groups["vtab"]) == sorted(reference.VTAB_LINEAR_PROBE_DATASETS)
+    assert sorted(groups["finetune_tasks"]) == sorted(set(reference.FINETUNE_DATASETS.values()) - {"imagenet1k"})
+    assert sorted(groups["retrieval"]) == ["flickr30k", "mscoco_captions"]
+    assert len(down) == 37  # 35 + 2 retrieval sets: the others are among the 35
+    known = set(dataset_collection["vtab+"]) - {"voc2007_multilabel"} | {"mscoco_captions", "flickr30k"}
+    names = {benchmark_name(cfg, name) for name in down}
+    assert {n.removeprefix("wds/") for n in names} == known and all(n.startswith("wds/") for n in names)
+    for name, spec in down.items():
+        assert spec["path"] == f"data/wds/{name}"
+        assert benchmark_name(cfg, name).removeprefix("wds/").removeprefix("vtab/") == name
+        want = {"zeroshot_retrieval"} if name in groups["retrieval"] else {"zeroshot_classification"}
+        if name in groups["vtab"] or name in ("imagenet1k", "cifar100"):  # Table 5
+            want.add("linear_probe")
+        assert set(spec["tasks"]) == want, name

@@ -345,6 +345,13 @@ def test_comparison_figures_where_sets_match():
     assert specs["retrieval_vs_published"].datasets == ["mscoco_captions", "flickr30k"]
     world = cs_config.load(REPO / "config" / "config.yaml")
     assert not any("vs_published" in s.name for s in figures.default_our_specs(world))
+    # one figure per group of classification sets, each its own file ("vtab+" and "vtab" both
+    # read "vtab"), a long member list counted in the title
+    names = [s.name for s in figures.default_our_specs(paper)]
+    assert len(names) == len(set(names))
+    groups = {s.datasets[0]: s for s in specs.values() if s.name.endswith("_zeroshot_ours") and len(s.datasets) == 1}
+    assert sorted(groups) == ["finetune_tasks", "imagenet_robustness", "vtab", "vtab+"]
+    assert groups["vtab+"].name == "vtab_zeroshot_ours" and groups["vtab+"].title.endswith("(35 sets)")
 
 
 def test_released_checkpoints_beside_the_paper(published, tmp_path):

@@ -27,6 +27,13 @@ class ConfigError(ValueError):
 
 
 def load_schema() -> dict:
+    """The config schema (a copy: callers may change it)."""
+    return copy.deepcopy(_parsed_schema())
+
+
+@lru_cache(maxsize=None)
+def _parsed_schema() -> dict:
+    # parsed once per process: a DAG build asked for it 11 times, 0.3 s each
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
@@ -225,6 +232,12 @@ def cross_check(config: dict) -> list[str]:
         for name, spec in config["downstream"].items():
             if "path" not in spec:
                 problems.append(f"downstream.{name}: needs a path (pool.source is not 'world')")
+    for name, spec in config["downstream"].items():
+        group = spec.get("group")
+        for g in [group] if isinstance(group, str) else group or []:
+            if g in config["downstream"]:
+                problems.append(f"downstream.{name}.group: {g!r} is also a downstream set's name "
+                                f"(the results table would hold the set, not the group's mean)")
     if config["pool"]["source"] == "world":
         pool_size = config["world"]["pool_size"]  # filled from the schema's default
         for name, size in scales.items():

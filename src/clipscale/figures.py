@@ -240,8 +240,12 @@ def default_our_specs(config: Mapping) -> list[FigureSpec]:
     for group, members in groups_of(config).items():
         members = [m for m in members if m in cls]
         if len(members) >= 2:
-            specs.append(FigureSpec(f"{_safe(group)}_zeroshot_ours", "compute", ours, [group], ["acc1"],
-                                    title=f"Zero-shot, mean over {group} ({', '.join(members)})"))
+            name = f"{_safe(group)}_zeroshot_ours"
+            if any(s.name == name for s in specs):  # "vtab+" and "vtab": one file name
+                name = f"{_safe(group)}_{len(specs)}_zeroshot_ours"
+            which = ", ".join(members) if len(members) <= 6 else f"{len(members)} sets"
+            specs.append(FigureSpec(name, "compute", ours, [group], ["acc1"],
+                                    title=f"Zero-shot, mean over {group} ({which})"))
     if ret:
         specs.append(FigureSpec("retrieval_ours", "compute", ours, ret,
                                 ["image_retrieval_recall@5", "text_retrieval_recall@5"],

@@ -38,6 +38,7 @@ LINEAR_PROBE = "table05_linear_probe.csv"
 ARCHITECTURES = "table25_architectures.csv"
 HPARAMS = "table18_training_hparams_resources.csv"
 OVERLAP = "table03_phash_overlap.csv"
+VTAB_PLUS = "table17_vtabplus_per_dataset_laion2b.csv"
 
 OPENAI_DATA = "CLIP-WIT"
 #: Unique image-text pairs of each training set (WIT: 400M pairs, Radford et al. 2021).
@@ -72,6 +73,34 @@ LINEAR_PROBES = {
     "CIFAR100_25shot": ("cifar100", "lp_acc1_25shot"),
     "CIFAR100_full": ("cifar100", "lp_acc1_full"),
 }
+
+#: Table 17's names of the 35 VTAB+ tasks -> our downstream set names (config/paper.yaml): the
+#: clip_benchmark dataset name (its "vtab+" collection, less voc2007_multilabel), without the
+#: "vtab/" prefix of the VTAB-split sets (clip_benchmark name wds/vtab/<name>). Its "VTAB+ (Avg.)"
+#: column is their plain mean (Table 16's vtab+).
+VTAB_PLUS_DATASETS = {
+    "INet": "imagenet1k", "INet-v2": "imagenetv2", "INet-S": "imagenet_sketch", "INet-A": "imagenet-a",
+    "INet-R": "imagenet-r", "ObjNet": "objectnet",
+    "CIFAR-10": "cifar10", "CIFAR-100": "cifar100", "MNIST": "mnist", "Flowers102": "flowers", "Cars": "cars",
+    "SVHN": "svhn", "FER2013": "fer2013", "RenderedSST2": "renderedsst2", "Pets": "pets",
+    "Caltech-101": "caltech101", "VOC2007-Cl": "voc2007", "SUN397": "sun397", "FGVC Aircraft": "fgvc_aircraft",
+    "Country211": "country211", "DTD": "dtd", "GTSRB": "gtsrb", "STL10": "stl10",
+    "Retino": "diabetic_retinopathy", "EuroSAT": "eurosat", "RESISC45": "resisc45", "PCAM": "pcam",
+    "CLEVR Counts": "clevr_count_all", "CLEVR Dist": "clevr_closest_object_distance",
+    "DSprites Orient": "dsprites_label_orientation", "DSprites pos": "dsprites_label_x_position",
+    "SmallNORB Elv": "smallnorb_label_elevation", "SmallNORB Azim": "smallnorb_label_azimuth",
+    "DMLAB": "dmlab", "KITTI Dist": "kitti_closest_vehicle_distance",
+}
+VTAB_PLUS_AVERAGE = "VTAB+ (Avg.)"
+#: the sets of Table 5's "VTAB" linear probe (the mean of their full-data probes): the 19
+#: VTAB-split sets of clip_benchmark's probe_benchmark/generate_table.py, i.e. VTAB's 19 tasks with
+#: CIFAR-10 in place of SUN397
+VTAB_LINEAR_PROBE_DATASETS = (
+    "caltech101", "cifar10", "cifar100", "clevr_count_all", "clevr_closest_object_distance",
+    "diabetic_retinopathy", "dmlab", "dsprites_label_orientation", "dsprites_label_x_position", "dtd",
+    "eurosat", "kitti_closest_vehicle_distance", "flowers", "pets", "pcam", "resisc45",
+    "smallnorb_label_azimuth", "smallnorb_label_elevation", "svhn",
+)
 
 
 #: Fine-tuning (Sec. 4.4, supplement B.2.2): Tables 6-8 (the eight tasks and ImageNet as control)
@@ -353,6 +382,21 @@ def load_finetune(directory: Path | None = None) -> pd.DataFrame:
     known |= set(zip(openai["checkpoint"], openai["dataset"], openai["metric"]))
     again = [(c, d, m) in known for c, d, m in zip(out["checkpoint"], out["dataset"], out["metric"])]
     return out[~np.array(again)].reset_index(drop=True)
+
+
+def load_vtabplus_per_dataset(directory: Path | None = None) -> pd.DataFrame:
+    """Table 17 (zero-shot top-1 of the LAION-2B runs on each of the 35 VTAB+ tasks) as a results
+    table, the tasks under our set names (``VTAB_PLUS_DATASETS``), its average as dataset "vtab+".
+    Not part of ``load_published``: Tables 16 and 6 hold some of the same keys (Table 6 with the
+    fine-tuning code's numbers)."""
+    df = _read(VTAB_PLUS, ["dataset", "model", "data", "samples_seen", "metric", "value"], directory)
+    names = {**VTAB_PLUS_DATASETS, VTAB_PLUS_AVERAGE: "vtab+"}
+    unknown = sorted(set(df["dataset"]) - set(names))
+    if unknown:
+        raise ReferenceError(f"reference table {df.attrs['path']}: unknown datasets {unknown}")
+    out = _finetune_rows(df, _pretrained_runs(directory), "zeroshot_classification", "acc1",
+                         df["dataset"].map(names), df["value"], df["samples_seen"].astype(str))
+    return validate_table(out[RESULTS_COLUMNS], where=str(Path(directory or REFERENCE_DIR) / VTAB_PLUS))
 
 
 def load_published(directory: Path | None = None) -> pd.DataFrame:

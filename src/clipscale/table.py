@@ -293,12 +293,21 @@ def add_group_means(df: pd.DataFrame, groups: Mapping[str, Iterable[str]]) -> pd
     return validate_table(pd.concat(out, ignore_index=True), where="(with group means)")
 
 
+def set_groups(spec: Mapping) -> list[str]:
+    """The groups of one downstream set: its ``group``, a name or a list of names."""
+    group = spec.get("group")
+    if not group:
+        return []
+    return [group] if isinstance(group, str) else list(group)
+
+
 def groups_of(config: Mapping) -> dict[str, list[str]]:
-    """config.downstream groups: group name -> member datasets (for ``add_group_means``)."""
+    """config.downstream groups: group name -> member datasets (for ``add_group_means``); a set
+    with a list of groups is a member of each."""
     groups: dict[str, list[str]] = {}
     for name, spec in config.get("downstream", {}).items():
-        if spec.get("group"):
-            groups.setdefault(spec["group"], []).append(name)
+        for group in set_groups(spec):
+            groups.setdefault(group, []).append(name)
     return groups
 
 
