@@ -232,9 +232,10 @@ def cross_check(config: dict) -> list[str]:
         for name, spec in config["downstream"].items():
             if "path" not in spec:
                 problems.append(f"downstream.{name}: needs a path (pool.source is not 'world')")
+    from clipscale.table import set_groups
+
     for name, spec in config["downstream"].items():
-        group = spec.get("group")
-        for g in [group] if isinstance(group, str) else group or []:
+        for g in set_groups(spec):
             if g in config["downstream"]:
                 problems.append(f"downstream.{name}.group: {g!r} is also a downstream set's name "
                                 f"(the results table would hold the set, not the group's mean)")

@@ -35,13 +35,14 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from clipscale.config import schema_default
 from clipscale.dedup.formats import DedupError
 
 TRIM_TOLERANCE = 12     # grey levels (of 255) a border pixel may differ from the corners' grey
 TRIM_SHARE = 0.9        # share of a border row's (column's) pixels within the tolerance
 TRIM_MIN_CUT = 0.04     # less than this share of each side to trim: left as it is
 TRIM_MIN_KEEP = 0.2     # a trim keeping less than this share of a side is no border: not trimmed
-DEFAULT_CROPS = (0.8, 0.9)  # the library's default (the pipeline's comes from dedup.crops)
+DEFAULT_CROPS = tuple(schema_default("dedup", "crops"))  # the schema's dedup.crops, for library callers
 
 
 @dataclass(frozen=True)
