@@ -228,3 +228,21 @@ def test_a_run_in_segments_is_a_chain_of_jobs_whose_checkpoints_are_evaluated_on
     one_job = _dry_run_jobs(tmp_path, "results/results/results.parquet", "--configfile",
                             str(REPO / "tests" / "data" / "ci.yaml"))  # segments: 1 (the default)
     assert not any("/segments/" in f for f in one_job) and any(f.endswith("/run.json") for f in one_job)
+
+
+def test_building_the_dag_loads_no_deep_learning_stack():
+    """Every snakemake invocation parses the Snakefile, on the login node and again inside each
+    Slurm job: the modules it imports, and the config check (fine-tuning recipes included), load
+    neither torch nor seaborn (importing torch there cost about 4 s per invocation)."""
+    rules = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    imports = sorted({line.strip() for path in rules for line in path.read_text().splitlines()
+                      if re.match(r"\s*(from clipscale\S* import [\w, ]+$|import clipscale)", line)})
+    assert any("finetune" in line for line in imports) and any("figures" in line for line in imports), imports
+    code = "\n".join([*imports, "import sys", "from clipscale import config",
+                      "for name in ('config/config.yaml', 'config/paper.yaml'):",
+                      "    config.load(name)",
+                      "print(sorted(m for m in ('torch', 'seaborn', 'open_clip', 'timm', 'clip_benchmark')"
+                      " if m in sys.modules))"])
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]", (out.stdout, imports)

@@ -36,7 +36,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
@@ -438,6 +437,8 @@ def _run_points(rows: pd.DataFrame) -> pd.DataFrame:
 def _scatter_runs(ax, rows: pd.DataFrame, colors, markers, sizes) -> None:
     """One marker per run (seaborn): colour = training data, shape = model, size = samples seen;
     runs of HOLLOW_SOURCES (const-cooldown) hollow, in the colour of their data."""
+    import seaborn as sns  # here: importing this module (the Snakefile does) stays quick
+
     for hollow in (False, True):
         part = rows[rows["source"].isin(HOLLOW_SOURCES) == hollow]
         if part.empty:
@@ -456,6 +457,8 @@ def _scatter_runs(ax, rows: pd.DataFrame, colors, markers, sizes) -> None:
 def _side_legend_of_runs(fig, df: pd.DataFrame, colors, markers, sizes) -> None:
     """seaborn's legend of the run markers (data, model, samples seen; samples seen only when
     they vary), beside the panels, its section titles in bold."""
+    import seaborn as sns  # here: importing this module (the Snakefile does) stays quick
+
     probe_fig, probe = plt.subplots()
     sns.scatterplot(data=_run_points(df), x="total_gmac", y="error_pct", **_RUN_STYLE, palette=colors,
                     hue_order=[d for d in colors if d in set(df["data"])], markers=markers,
@@ -604,6 +607,8 @@ def _bottleneck_models(df: pd.DataFrame, spec: FigureSpec) -> list[str]:
 
 
 def draw_bottleneck(spec: FigureSpec, tables: Mapping[str, pd.DataFrame], data_sizes: Mapping[str, int] | None = None):
+    import seaborn as sns  # here: importing this module (the Snakefile does) stays quick
+
     df = _select(spec, tables)
     panels = _panels(spec, df)
     dataset, metric = panels[0]

@@ -768,19 +768,27 @@ def requeue_this_job(job_id: str) -> str | None:
 def end_of_window(run: grid.Run, hp: dict, log_file) -> None:
     """The training processes stopped at the walltime warning (raises TrainingError, always).
 
-    With progress in this attempt and inside a Slurm job: requeue the job, so the next window
-    resumes from the place just saved. Attempts go on while each one trains at least a step;
-    one that could not (start-up took the whole window) stops the run with the reason."""
-    last = (read_attempts(run) or [{}])[-1]
+    Inside a Slurm job: requeue the job, so the next window resumes from the place just saved.
+    Attempts go on while the run progresses: a window that ended before its first step (start-up
+    took it: a slow file system, a loaded node; Slurm may also send the warning up to a minute
+    early) is requeued once if the attempt before it trained; two such windows in a row stop the
+    run with the reason (a walltime too short for the start-up never ends on its own)."""
+    attempts = read_attempts(run) or [{}]
+    last = attempts[-1]
     steps = last.get("steps") or 0
     where = _place(run)
     logs = f"see {log_file}" if log_file else f"see {run_dir(run) / ATTEMPTS_NAME}"
-    if steps <= 0:
+    before = (attempts[-2].get("steps") or 0) if len(attempts) > 1 else 0
+    if steps <= 0 and before <= 0:
         raise TrainingError(
             f"run {run.name}: the walltime warning came before this attempt trained a step "
             f"(start-up took the window: {hp['runtime']} min minus signal_lead_s "
-            f"{hp['signal_lead_s']} s); not requeued. Raise train.runtime or lower "
-            f"train.signal_lead_s; {logs}")
+            f"{hp['signal_lead_s']} s){', as in the attempt before' if len(attempts) > 1 else ''}; "
+            f"not requeued. Raise train.runtime or lower train.signal_lead_s; {logs}")
+    if steps <= 0:
+        log.warning("run %s: the walltime warning came before this attempt trained a step (start-up "
+                    "took the window); the attempt before trained %d steps: requeued once more",
+                    run.name, before)
     remaining = _remaining_windows(run, hp, last)
     job = os.environ.get("SLURM_JOB_ID")
     if not job:

@@ -13,48 +13,13 @@ fine-tuning, fixed in joint fine-tuning (the paper's and Ilharco et al.'s patchi
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
 from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Recipe:
-    """One fine-tuning recipe (config finetune.recipe, with the model's and protocol's overrides)."""
-
-    lr: float
-    batch_size: int
-    epochs: float
-    warmup_epochs: float
-    layer_decay: float
-    ema: float
-    weight_decay: float
-    label_smoothing: float
-    drop_path: float
-    clip_grad: float
-    rand_augment: str
-    random_erase: float
-    crop_scale: tuple
-    hflip: float
-    train_head: bool
-
-    @classmethod
-    def of(cls, settings: Mapping) -> "Recipe":
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in settings.items() if k in names}
-        values["crop_scale"] = tuple(values["crop_scale"])
-        return cls(**values)
-
-    def steps(self, n_train: int) -> int:
-        """Update steps of ``epochs`` passes over ``n_train`` samples (at least one)."""
-        return max(1, math.ceil(self.epochs * n_train / self.batch_size))
-
-    def warmup_steps(self, n_train: int) -> int:
-        return min(self.steps(n_train) - 1, math.ceil(self.warmup_epochs * n_train / self.batch_size))
+from clipscale.finetune.plan import Recipe
 
 
 def _resblocks(visual: nn.Module) -> list[nn.Module]:
