@@ -108,9 +108,8 @@ RELEASED = {"source": "released", "model": "vit-xs", "scale": "3k", "samples": "
 def evaluated(setup):
     """Real clip_benchmark runs, one job per checkpoint: {(source, dataset, task): result}."""
     root, cfg = setup
-    old = os.getcwd()
-    os.chdir(root)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
         out = {}
         ours = _only(cfg, {"shapes": ["zeroshot_classification", "linear_probe"],
                            "world_captions": ["zeroshot_retrieval"]})
@@ -120,8 +119,6 @@ def evaluated(setup):
         for (d, t), res in E.evaluate_checkpoint(released, RELEASED).items():
             out[("released", d, t)] = res
         return out
-    finally:
-        os.chdir(old)
 
 
 # --- what to evaluate ---------------------------------------------------------------------------

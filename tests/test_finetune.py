@@ -176,7 +176,7 @@ def test_config_problems_are_named_before_any_job(small_world):
     bad = copy.deepcopy(cfg)
     bad["finetune"]["models"] = {"vit-xs": {"learning_rate": 1e-3}, "vit-zz": {"lr": 1e-3}}
     bad["finetune"]["patching"]["recipe"] = {"layer_decay": 2}
-    bad["finetune"]["patching"]["tasks"] = ["colours", "shapes"]
+    bad["finetune"]["patching"]["tasks"] = ["colours", "shapes", "letters"]
     with pytest.raises(config_mod.ConfigError) as e:
         config_mod.validate(bad)
     msg = str(e.value)
@@ -184,6 +184,7 @@ def test_config_problems_are_named_before_any_job(small_world):
     assert "finetune.models: 'vit-zz' is not defined" in msg
     assert "finetune.patching.recipe.layer_decay" in msg
     assert "the control 'shapes' is also a joint task" in msg
+    assert "finetune.patching: 'letters' is not under downstream and the world makes no set of that name" in msg
     none = copy.deepcopy(cfg)
     none["finetune"]["runs"] = {"scales": ["12k"]}  # not in the grid (changed since): a warning
     assert plan.target_paths(config_mod.validate(none)) == []
@@ -202,12 +203,9 @@ def _run(cfg, protocol, out, **kw):
 def results(setup):
     """Both protocols run once on the tiny checkpoint: {protocol: result}."""
     root, cfg = setup
-    old = os.getcwd()
-    os.chdir(root)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
         return {p: _run(cfg, p, plan.result_path(plan.runs(cfg)[0], p)) for p in plan.PROTOCOLS}
-    finally:
-        os.chdir(old)
 
 
 def test_classification_fine_tunes_and_evaluates_the_main_set_and_its_robustness_set(results, setup):

@@ -167,6 +167,18 @@ def _count(value, key: str, problems: list[str]) -> int | None:
     return n
 
 
+def unmade_set_problem(config: dict, name: str) -> str | None:
+    """Why a downstream set without a path of its own cannot be made, or None: the embedded
+    world makes its sets; with another pool every set needs a path."""
+    if config["pool"]["source"] != "world":
+        return "needs a path (pool.source is not 'world')"
+    from clipscale.world import DOWNSTREAM_SETS
+
+    if name not in DOWNSTREAM_SETS:
+        return f"the world makes no set of that name (it makes {sorted(DOWNSTREAM_SETS)})"
+    return None
+
+
 def cross_check(config: dict) -> list[str]:
     """Checks that a JSON schema cannot express: names that must refer to each other, counts,
     and runs that open_clip_train could not run. The filesystem is not read."""
@@ -219,19 +231,11 @@ def cross_check(config: dict) -> list[str]:
             problems.append(f"train.overrides[{i}].scale: {over['scale']!r} is not a scale")
         if "samples_seen" in over:
             _count(over["samples_seen"], f"train.overrides[{i}].samples_seen", problems)
-    if config["pool"]["source"] == "world":
-        from clipscale.world import DOWNSTREAM_SETS
-
-        for name, spec in config["downstream"].items():
-            if "path" not in spec and name not in DOWNSTREAM_SETS:
-                problems.append(
-                    f"downstream.{name}: no path given and the world makes no set of that name "
-                    f"(it makes {sorted(DOWNSTREAM_SETS)})"
-                )
-    else:
-        for name, spec in config["downstream"].items():
-            if "path" not in spec:
-                problems.append(f"downstream.{name}: needs a path (pool.source is not 'world')")
+    for name, spec in config["downstream"].items():
+        if "path" not in spec:
+            problem = unmade_set_problem(config, name)
+            if problem:
+                problems.append(f"downstream.{name}: no path given: {problem}")
     from clipscale.table import set_groups
 
     for name, spec in config["downstream"].items():

@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any
 
-from clipscale import stopping
+from clipscale import files, stopping
 
 log = logging.getLogger("clipscale.train")
 
@@ -63,19 +62,6 @@ def describe(state: dict) -> str:
     return f"epoch {state['epoch']} + {state['step_in_epoch']} of {state['num_batches']} steps"
 
 
-def load_weights_only(path: str | Path):
-    """torch.load that can only rebuild tensors and plain containers, never run code (memory-
-    mapped where the file format allows it, so reading a big checkpoint's fields reads little)."""
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e):  # an old (non-zip) file cannot be memory-mapped: read it
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def read_partial(path: str | Path) -> dict | None:
     """The partial checkpoint at ``path`` (loaded with weights_only=True, memory-mapped: its
     weights are read only when used), or None if absent."""
@@ -83,7 +69,7 @@ def read_partial(path: str | Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        state = load_weights_only(path)
+        state = files.load_weights_only(path)
     except Exception as e:  # noqa: BLE001 - unreadable or unsafe: not resumable
         raise PartialCheckpointError(f"{path}: cannot be loaded with weights_only=True "
                                      f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
@@ -300,7 +286,7 @@ def step_boundary() -> None:
         if cur.scaler is not None:
             state["scaler"] = cur.scaler.state_dict()
         path = partial_path(_state.run_dir)
-        _save_atomic(state, path)
+        files.torch_save(state, path)
         _state.partial_epoch = cur.epoch
         saved = f"saved {path} ({describe(state)})"
     if getattr(cur.args, "distributed", False):
@@ -382,14 +368,6 @@ def _mix(*values: int) -> int:
     for v in values:
         out = (out * 1_000_003 + int(v)) % (2 ** 63)
     return out
-
-
-def _save_atomic(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def install(run_dir: str | Path, name: str, rank: int, until: int | None = None) -> None:

@@ -50,7 +50,7 @@ from datetime import datetime
 from pathlib import Path
 
 from clipscale import config as config_mod
-from clipscale import grid, models, paths, resume, shaping, stopping
+from clipscale import files, grid, models, paths, resume, shaping, stopping
 from clipscale.stopping import TrainingStopped, run_until_stopped, stop_on_signals
 from clipscale.subsets import read_manifest
 
@@ -217,7 +217,7 @@ def checkpoint_problem(path: Path, folder: Path, epochs: int) -> tuple[str, str]
     if named > epochs:
         return f"epoch {named} is beyond the run's {epochs} epochs", ".rejected"
     try:
-        ckpt = resume.load_weights_only(path)
+        ckpt = files.load_weights_only(path)
     except Exception as e:  # noqa: BLE001 - any failure to load means unusable
         text = str(e)
         if "Weights only load failed" in text:

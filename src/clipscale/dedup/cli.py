@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from clipscale import files
 from clipscale.config import schema_default
 from clipscale.dedup.filtering import filter_subset
 from clipscale.dedup.formats import DedupError
@@ -31,12 +32,6 @@ log = logging.getLogger(__name__)
 # 5. command line --------------------------------------------------------------------------------
 
 
-def _write_json(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
-
-
 def _cmd_hash(args) -> int:
     if args.dataset_dir:
         if args.tars:
@@ -57,7 +52,7 @@ def _cmd_hash(args) -> int:
 def _cmd_gather(args) -> int:
     report = gather(args.parts, args.out)
     if args.report:
-        _write_json(args.report, hash_report(args.out, args.downstream or []))
+        files.write_json(args.report, hash_report(args.out, args.downstream or []))
     print(json.dumps({k: report[k] for k in ("n_parts", "n_samples", "n_hashed")}
                      | {"skipped": report["skipped"]["total"]}))
     return 0
@@ -90,7 +85,7 @@ def _cmd_recall(args) -> int:
     pool = read_pool_hashes(args.pool, keys=planted["pool_key"]) if args.pool else None
     test = load_test_hashes(args.tests) if args.tests else None
     report = planted_recall(matches, planted, args.radius, pool, test, args.modes)
-    _write_json(args.out, report)
+    files.write_json(args.out, report)
     print(json.dumps({k: report[k] for k in ("radius", "n_planted", "recall", "precision")}))
     return 0
 

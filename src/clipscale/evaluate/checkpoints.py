@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from clipscale import grid, models, paths, released
+from clipscale import files, grid, models, paths, released
 from clipscale.config import ConfigError, format_count
 from clipscale.evaluate.benchmark import EvaluationError
 from clipscale.evaluate.plan import SOURCES
@@ -138,18 +138,11 @@ def table_row(info: CheckpointInfo) -> dict:
 def check_checkpoint(path: str | Path) -> dict:
     """Open a checkpoint (memory-mapped: cheap for big files) to fail early on a missing or
     truncated file; returns its small metadata (epoch, name) when it has any."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise EvaluationError(f"checkpoint {path} does not exist")
     try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = files.load_weights_only(path)
     except Exception as e:  # noqa: BLE001 - any failure to load means unusable
         raise EvaluationError(f"checkpoint {path} cannot be read: {type(e).__name__}: {e}") from None
     meta = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Mapping
 
 from clipscale import config as config_mod
-from clipscale import models, paths, shaping
+from clipscale import files, models, paths, shaping
 from clipscale.evaluate import benchmark
 from clipscale.evaluate.benchmark import EvaluationError, UpstreamChanged
 from clipscale.evaluate.checkpoints import check_checkpoint, checkpoint_info, stamp, table_row
@@ -60,14 +60,6 @@ def set_settings(config: dict, dataset: str) -> benchmark.SetSettings:
         batch_size=ev["batch_size"], workers=ev["workers"], recall_k=list(ev["recall_k"]),
         linear_probe_k=list(ev["linear_probe_k"]), linear_probe_epochs=ev["linear_probe_epochs"],
         linear_probe_lr=ev["linear_probe_lr"], seed=config.get("seed", 0))
-
-
-def _write_json(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
 
 
 def evaluate_checkpoint(config: dict, checkpoint: Mapping[str, str],
@@ -119,7 +111,7 @@ def evaluate_checkpoint(config: dict, checkpoint: Mapping[str, str],
             "versions": _versions(), "seconds": round(seconds, 3),
             "finished": datetime.datetime.now().isoformat(timespec="seconds"),
         }
-        _write_json(outputs[key], result)
+        files.write_json(outputs[key], result)
         results[key] = result
         for f in res.failures:
             log.error("%s: %s: %s", targets[key].describe(), f["metric"], f["error"])

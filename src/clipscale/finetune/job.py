@@ -37,6 +37,7 @@ from typing import Mapping
 
 import numpy as np
 
+from clipscale import files
 from clipscale.config import ConfigError
 from clipscale.finetune import recipe as rc
 
@@ -116,11 +117,10 @@ def _stream(task: TaskData, split: str, transform, batch_size: int, skipped: Ski
     train = seed is not None
     urls = task.shards(split)
     if train:  # shards in a deterministic shuffled order, samples through a seeded buffer
-        ds = wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, handler=skipped)
+        ds = (wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, handler=skipped)
+              .shuffle(2000, rng=random.Random(seed)))
     else:
         ds = wds.WebDataset(urls, shardshuffle=False, handler=skipped)
-    if train:
-        ds = ds.shuffle(2000, rng=random.Random(seed))
     ds = (ds.decode("pil", handler=skipped).to_tuple(IMAGE_KEYS, "cls", handler=skipped)
           .map_tuple(transform, int).batched(batch_size, partial=not train))
     return _endless(ds) if train else ds
@@ -151,24 +151,13 @@ def fingerprint(settings: Mapping, checkpoint_stamp: Mapping) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _atomic_save(obj, path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def load_state(path: Path, expected: str) -> dict | None:
     """The saved place of this job (weights-only load), or None: no file, unreadable (logged), or
     made with other settings or another checkpoint file."""
-    import torch
-
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = files.load_weights_only(path)
     except Exception as e:  # noqa: BLE001 - an unreadable state is not resumed
         log.warning("%s cannot be read (%s: %s): starting afresh", path, type(e).__name__, e)
         return None
@@ -213,7 +202,7 @@ class Trainer:
     def save(self, done: bool = False) -> None:
         import torch
 
-        _atomic_save({"fingerprint": self.fingerprint, "step": self.step, "done": done,
+        files.torch_save({"fingerprint": self.fingerprint, "step": self.step, "done": done,
                       "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                       "ema": self.ema.module.state_dict() if self.ema is not None else {},
                       "rng": torch.get_rng_state(), "skipped": self.skipped.n, "losses": self.losses},
@@ -403,13 +392,6 @@ def run_patching(loaded: Loaded, recipe: rc.Recipe, tasks: list[TaskData], contr
                         "examples": trainer.skipped.examples + skipped.examples}}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
-
-
 def finetune_checkpoint(config: dict, model: str, scale: str, samples: str, protocol: str, output: str | Path, *,
                         run_record: str | Path | None = None, device: str | None = None,
                         threads: int | None = None) -> dict:
@@ -456,7 +438,7 @@ def finetune_checkpoint(config: dict, model: str, scale: str, samples: str, prot
               "fingerprint": fp, "recipe": plan.recipe_settings(config, protocol, model), **out, "device": device,
               "seconds": round(time.time() - t0, 2),
               "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-    _write_json(output, result)
+    files.write_json(output, result)
     if out["skipped"]["train"] or out["skipped"]["test"]:
         log.warning("%s: skipped %d training and %d test samples that did not decode (see %s)", run.name,
                     out["skipped"]["train"], out["skipped"]["test"], output)

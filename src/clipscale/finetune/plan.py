@@ -150,17 +150,11 @@ def problems(config: Mapping) -> list[str]:
             out.append(f"finetune.models: {m!r} is not defined under models")
     if not ft["enabled"]:
         return out
-    from clipscale.world import DOWNSTREAM_SETS
-
     for protocol in ft["protocols"]:
         for name in datasets(config, protocol):
-            if name in config.get("downstream", {}):
-                continue
-            if config["pool"].get("source") != "world":
-                out.append(f"finetune.{protocol}: downstream set {name!r} is not under downstream")
-            elif name not in DOWNSTREAM_SETS:
-                out.append(f"finetune.{protocol}: {name!r} is not under downstream and the world makes no "
-                           f"set of that name (it makes {sorted(DOWNSTREAM_SETS)})")
+            problem = None if name in config.get("downstream", {}) else config_mod.unmade_set_problem(config, name)
+            if problem:
+                out.append(f"finetune.{protocol}: {name!r} is not under downstream and {problem}")
     if ft["patching"]["control"] in ft["patching"]["tasks"]:
         out.append(f"finetune.patching: the control {ft['patching']['control']!r} is also a joint task")
     return out
