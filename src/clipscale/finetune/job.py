@@ -203,10 +203,10 @@ class Trainer:
         import torch
 
         files.torch_save({"fingerprint": self.fingerprint, "step": self.step, "done": done,
-                      "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                      "ema": self.ema.module.state_dict() if self.ema is not None else {},
-                      "rng": torch.get_rng_state(), "skipped": self.skipped.n, "losses": self.losses},
-                     self.state_path)
+                          "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                          "ema": self.ema.module.state_dict() if self.ema is not None else {},
+                          "rng": torch.get_rng_state(), "skipped": self.skipped.n, "losses": self.losses},
+                         self.state_path)
 
     def _streams(self):
         return {t.name: iter(_stream(t, "train", self.transform, self.recipe.batch_size, self.skipped,
