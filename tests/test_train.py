@@ -301,6 +301,8 @@ def test_pipeline_run_writes_checkpoints_and_record(baseline):
     assert params["gather_with_grad"] == "True" and params["train_num_samples"] == str(SAMPLES // EPOCHS)
     assert params["epochs"] == str(EPOCHS) and params["precision"] == "fp32"
     assert params["device"] == "cpu"  # train.device reaches open_clip (its default is cuda)
+    # open_clip's default augmentation, through clipscale.augment's faster equivalent
+    assert "training transform: FastTrainTransform(size=[32, 32], scale=(0.9, 1.0)" in (folder / "train.log").read_text()
 
 
 @pytest.mark.slow

@@ -363,6 +363,34 @@ def install_skip_counting() -> None:
             setattr(oct_data, name, wrapper)
 
 
+def install_fast_augmentation() -> None:
+    """Give open_clip_train's data pipeline ``clipscale.augment``'s faster equivalent of its
+    default training transform (the same crop distribution and, for a crop, the same tensor);
+    any other transform passes unchanged. Patches the name ``get_data`` that open_clip_train's
+    main calls; fails loudly if upstream stopped calling it there."""
+    import open_clip_train.main as oct_main
+
+    from clipscale import augment
+
+    main = getattr(oct_main, "main", None)
+    if main is None or "get_data" not in main.__code__.co_names:
+        raise TrainingError("open_clip_train.main.main no longer calls get_data: open_clip changed; "
+                            "update clipscale.train.install_fast_augmentation")
+    if getattr(oct_main.get_data, "_clipscale_fast", False):
+        return
+    original = oct_main.get_data
+
+    def get_data(args, preprocess_fns, *rest, **kwargs):
+        preprocess_train, preprocess_val = preprocess_fns
+        fast = augment.faster(preprocess_train)
+        if fast is not preprocess_train:
+            log.info("training transform: %r (open_clip's default, faster)", fast)
+        return original(args, (fast, preprocess_val), *rest, **kwargs)
+
+    get_data._clipscale_fast = True
+    oct_main.get_data = get_data
+
+
 def skipped_summary(run: grid.Run) -> dict:
     """All skips of the run (every attempt, rank and worker): total, by reason, a few examples.
     A resampled sample counts each time it is drawn."""
@@ -614,6 +642,7 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
         install_guards(guard)
         resume.install(run_dir(run), OPENCLIP_NAME, rank(), until=until)
         install_skip_counting()
+        install_fast_augmentation()
         skip_dir.mkdir(parents=True, exist_ok=True)
         os.environ[SKIP_DIR_ENV] = str(skip_dir.absolute())  # data workers inherit it
         t0 = time.time()

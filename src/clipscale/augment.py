@@ -1,0 +1,117 @@
+"""open_clip's default training transform, the same operations at a fraction of their CPU cost.
+
+open_clip (``open_clip.transform.image_transform(is_train=True)`` without colour jitter, grey
+scale or timm) augments each training image with torchvision's ``RandomResizedCrop`` (bicubic),
+``convert("RGB")``, ``ToTensor`` and ``Normalize``. On small images most of that time is not
+pixels: torchvision draws a crop with up to ten tries of four one-element torch operations each
+(about 170 µs a sample on this project's 32-px images), and ``ToTensor`` + ``Normalize`` are
+five more tensor operations (about 210 µs). With the data read in the training process (the
+embedded default's ``train.workers: 0``) or by a few loader workers feeding a GPU, that is
+CPU time every sample pays.
+
+``FastTrainTransform`` does the same: the crop's area and aspect ratio are drawn as torchvision
+draws them (uniform area in ``scale``, log-uniform aspect ratio in ``ratio``, ten tries, then
+the same central fallback), from one ``torch.rand`` per image, so the draws still come from
+torch's generator (which ``clipscale.resume`` reseeds at each batch: a resumed run augments its
+batches as the uninterrupted run did); the pixels go through torchvision's own
+``resized_crop`` (PIL, bicubic), and the conversion to a normalized tensor is one numpy
+expression with the very operations of ``ToTensor`` and ``Normalize`` (divide by 255, subtract
+the mean, divide by the std, in float32): for the same crop the tensor is bit-identical
+(tests/test_augment.py). Any other training transform (colour jitter, grey scale, timm's) is
+left as open_clip made it.
+"""
+
+from __future__ import annotations
+
+import math
+
+TRIES = 10  # torchvision's RandomResizedCrop.get_params
+
+
+class FastTrainTransform:
+    """RandomResizedCrop(size, scale, ratio, bicubic, antialias) -> RGB -> ToTensor ->
+    Normalize(mean, std), as a callable on PIL images."""
+
+    def __init__(self, size: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float],
+                 interpolation, antialias, mean, std):
+        import numpy as np
+
+        self.size = list(size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        self.interpolation = interpolation
+        self.antialias = antialias
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+
+    def crop_params(self, width: int, height: int, draws: list[float]) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the crop: torchvision's get_params with its random
+        numbers given (4 per try: area, aspect ratio, top, left)."""
+        area = height * width
+        lo, hi = self.log_ratio
+        for t in range(TRIES):
+            u_area, u_ratio, u_top, u_left = draws[4 * t: 4 * t + 4]
+            target_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u_area)
+            aspect_ratio = math.exp(lo + (hi - lo) * u_ratio)
+            w = int(round(math.sqrt(target_area * aspect_ratio)))
+            h = int(round(math.sqrt(target_area / aspect_ratio)))
+            if 0 < w <= width and 0 < h <= height:
+                # torch.randint(0, n) drawn as floor(u * n): uniform over the n places
+                i = min(int(u_top * (height - h + 1)), height - h)
+                j = min(int(u_left * (width - w + 1)), width - w)
+                return i, j, h, w
+        in_ratio = float(width) / float(height)  # torchvision's fallback: a central crop
+        if in_ratio < min(self.ratio):
+            w = width
+            h = int(round(w / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            h = height
+            w = int(round(h * max(self.ratio)))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def apply(self, img, params: tuple[int, int, int, int]):
+        """The transform with a given crop (top, left, height, width): a float32 tensor C x H x W."""
+        import numpy as np
+        import torch
+        from torchvision.transforms import functional as F
+
+        img = F.resized_crop(img, *params, self.size, self.interpolation, antialias=self.antialias)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        pixels = np.asarray(img, dtype=np.float32)  # H x W x C, exactly the uint8 values
+        pixels = (pixels / np.float32(255) - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+    def __call__(self, img):
+        import torch
+
+        width, height = img.size
+        return self.apply(img, self.crop_params(width, height, torch.rand(4 * TRIES).tolist()))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+                f"interpolation={self.interpolation.value}, mean={self.mean.tolist()}, "
+                f"std={self.std.tolist()})")
+
+
+def faster(transform):
+    """The FastTrainTransform doing what ``transform`` does when it is open_clip's default
+    training Compose (RandomResizedCrop, MaybeConvertMode, MaybeToTensor, Normalize, in that order
+    and with RGB), else ``transform`` itself."""
+    from open_clip.transform import MaybeConvertMode, MaybeToTensor
+    from torchvision.transforms import Compose, Normalize, RandomResizedCrop
+
+    steps = getattr(transform, "transforms", None) if isinstance(transform, Compose) else None
+    kinds = (RandomResizedCrop, MaybeConvertMode, MaybeToTensor, Normalize)
+    if (steps is None or len(steps) != len(kinds)
+            or any(type(s) is not k for s, k in zip(steps, kinds))
+            or steps[1].mode != "RGB"):
+        return transform
+    crop, norm = steps[0], steps[3]
+    if not (len(norm.mean) == len(norm.std) == 3):
+        return transform
+    return FastTrainTransform(crop.size, crop.scale, crop.ratio, crop.interpolation,
+                              crop.antialias, norm.mean, norm.std)

@@ -1,0 +1,114 @@
+"""clipscale.augment: open_clip's default training transform, faster, doing the same."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+from torchvision.transforms import functional as F
+
+from clipscale import augment
+
+
+def image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB").convert(mode)
+
+
+def open_clip_steps(size: int):
+    """open_clip's default training Compose and its four steps."""
+    transform = open_clip.image_transform(size, is_train=True)
+    return transform, transform.transforms
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_open_clips_default_training_transform_is_replaced(size):
+    transform, (crop, _, _, norm) = open_clip_steps(size)
+    fast = augment.faster(transform)
+    assert isinstance(fast, augment.FastTrainTransform)
+    assert fast.size == [size, size] and fast.scale == crop.scale == (0.9, 1.0)
+    assert fast.ratio == pytest.approx(crop.ratio) and fast.interpolation == crop.interpolation
+    assert fast.mean.tolist() == pytest.approx(list(norm.mean))
+
+
+@pytest.mark.filterwarnings("ignore:Unused augmentation cfg items")  # open_clip's, harmless
+@pytest.mark.parametrize("train,aug_cfg", [
+    (False, None),  # evaluation: resize + centre crop
+    (True, {"color_jitter_prob": 0.5, "color_jitter": (0.4, 0.4, 0.4, 0.1)}),
+    (True, {"gray_scale_prob": 0.2}),
+], ids=["eval", "colour-jitter", "grey-scale"])
+def test_other_transforms_are_left_as_open_clip_made_them(train, aug_cfg):
+    transform = open_clip.image_transform(32, is_train=train, aug_cfg=aug_cfg)
+    assert augment.faster(transform) is transform
+
+
+@pytest.mark.parametrize("width,height,mode", [(32, 32, "RGB"), (40, 27, "RGB"), (300, 200, "L"),
+                                               (33, 64, "RGBA")])
+def test_for_a_crop_the_tensor_is_bit_identical_to_torchvisions(width, height, mode):
+    transform, (crop, convert, to_tensor, norm) = open_clip_steps(32)
+    fast = augment.faster(transform)
+    img = image(width, height, mode)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        h, w = int(rng.integers(1, height + 1)), int(rng.integers(1, width + 1))
+        i, j = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        expected = norm(to_tensor(convert(F.resized_crop(img, i, j, h, w, crop.size, crop.interpolation,
+                                                         antialias=crop.antialias))))
+        got = fast.apply(img, (i, j, h, w))
+        assert got.dtype == expected.dtype == torch.float32 and got.shape == expected.shape == (3, 32, 32)
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("width,height", [(32, 32), (640, 480), (100, 400)])
+def test_crops_are_drawn_as_torchvision_draws_them(width, height):
+    """Same distribution of crop area, aspect ratio, place and central fallback (two-sample KS
+    tests on 4,000 draws each, fixed seeds)."""
+    transform, (crop, *_) = open_clip_steps(32)
+    fast = augment.faster(transform)
+    img = image(width, height)
+    torch.manual_seed(0)
+    ours = [fast.crop_params(width, height, torch.rand(4 * augment.TRIES).tolist()) for _ in range(4000)]
+    torch.manual_seed(1)
+    theirs = [crop.get_params(img, crop.scale, crop.ratio) for _ in range(4000)]
+    ours, theirs = np.array(ours, dtype=float), np.array(theirs, dtype=float)
+    for a in (ours, theirs):
+        i, j, h, w = a.T
+        assert (h >= 1).all() and (w >= 1).all() and (i >= 0).all() and (j >= 0).all()
+        assert (i + h <= height).all() and (j + w <= width).all()
+    features = {"area": lambda a: a[:, 2] * a[:, 3], "aspect": lambda a: a[:, 3] / a[:, 2],
+                "top": lambda a: a[:, 0], "left": lambda a: a[:, 1]}
+    for name, f in features.items():
+        assert stats.ks_2samp(f(ours), f(theirs)).pvalue > 1e-3, name
+    centre = ((height - ours[:, 2]) // 2 == ours[:, 0]) & ((width - ours[:, 3]) // 2 == ours[:, 1])
+    centre_theirs = ((height - theirs[:, 2]) // 2 == theirs[:, 0]) & ((width - theirs[:, 3]) // 2 == theirs[:, 1])
+    assert abs(centre.mean() - centre_theirs.mean()) < 0.03
+
+
+def test_the_fallback_is_torchvisions_central_crop():
+    transform = augment.faster(open_clip_steps(32)[0])
+    never = [1.0, 1.0, 0.0, 0.0] * augment.TRIES  # the largest area at the widest ratio: never fits
+    assert transform.crop_params(32, 32, never) == (0, 0, 32, 32)
+    assert transform.crop_params(100, 20, never) == (0, 36, 20, 27)  # wider than 4:3: h * 4/3, centred
+    assert transform.crop_params(20, 100, never) == (36, 0, 27, 20)
+    fits = [0.0, 0.5, 1.0 - 1e-12, 0.0] + never[4:]  # 90% of the area, ratio 1: the first try
+    side = int(round(math.sqrt(0.9 * 32 * 32)))
+    assert transform.crop_params(32, 32, fits) == (32 - side, 0, side, side)
+
+
+def test_the_same_torch_seed_gives_the_same_augmentation():
+    """The draws come from torch's generator, which clipscale.resume reseeds at every batch (a
+    resumed run augments as the uninterrupted one did)."""
+    fast = augment.faster(open_clip_steps(32)[0])
+    img = image(48, 40)
+    torch.manual_seed(3)
+    first = [fast(img) for _ in range(5)]
+    torch.manual_seed(3)
+    again = [fast(img) for _ in range(5)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(first[0], b) for b in first[1:])  # it does augment
