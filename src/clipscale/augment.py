@@ -54,8 +54,8 @@ class FastTrainTransform:
             u_area, u_ratio, u_top, u_left = draws[4 * t: 4 * t + 4]
             target_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u_area)
             aspect_ratio = math.exp(lo + (hi - lo) * u_ratio)
-            w = int(round(math.sqrt(target_area * aspect_ratio)))
-            h = int(round(math.sqrt(target_area / aspect_ratio)))
+            w = round(math.sqrt(target_area * aspect_ratio))
+            h = round(math.sqrt(target_area / aspect_ratio))
             if 0 < w <= width and 0 < h <= height:
                 # torch.randint(0, n) drawn as floor(u * n): uniform over the n places
                 i = min(int(u_top * (height - h + 1)), height - h)
@@ -64,10 +64,10 @@ class FastTrainTransform:
         in_ratio = float(width) / float(height)  # torchvision's fallback: a central crop
         if in_ratio < min(self.ratio):
             w = width
-            h = int(round(w / min(self.ratio)))
+            h = round(w / min(self.ratio))
         elif in_ratio > max(self.ratio):
             h = height
-            w = int(round(h * max(self.ratio)))
+            w = round(h * max(self.ratio))
         else:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
