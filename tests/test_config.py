@@ -56,13 +56,18 @@ def test_defaults_are_filled():
         (lambda c: c["grid"].update(samples_seen=["2k", 2000]),
          "grid.samples_seen: '2k' and 2000 name the same count"),
         # fewer samples per checkpoint than one global batch (open_clip_train cannot run it)
-        (lambda c: c["grid"].update(samples_seen=[512]),
+        # a comparison of runs of a schedule the grid does not run
+        (lambda c: c["grid"].update(schedules=["cosine"]),
+         "fit.comparisons[1].a.source: 'ours-cooldown' are the const-cooldown runs, and grid.schedules "
+         "['cosine'] makes none (its runs: 'ours')"),
+        (lambda c: c["grid"].update(samples_seen=[512], schedules=["cosine", "const-cooldown"]),
          "grid.samples_seen: 512: vit-xs/3k/512 has 128 samples per checkpoint (512 / train.checkpoints 4), "
          "less than one global batch of 256 (train.batch_size 256 x train.nproc 1 x train.nodes 1)"),
-        (lambda c: c["train"].update(nproc=4, nodes=3), "one global batch of 3072 (train.batch_size 256 x "
+        (lambda c: (c["train"].update(nproc=4, nodes=3), c["grid"].update(schedules=["cosine", "const-cooldown"])), "one global batch of 3072 (train.batch_size 256 x "
                                                         "train.nproc 4 x train.nodes 3)"),
         # ... with the per-run overrides applied
-        (lambda c: c["train"].update(overrides=[{"model": "vit-m", "batch_size": 4096}]),
+        (lambda c: (c["train"].update(overrides=[{"model": "vit-m", "batch_size": 4096}]),
+                    c["grid"].update(schedules=["cosine", "const-cooldown"])),
          "grid.samples_seen: 10k: vit-m/3k/10k has 2500 samples per checkpoint"),
         (lambda c: c["grid"].update(exclude=[{"model": "vit-xl"}]),
          "grid.exclude[0].model: 'vit-xl' is not defined under models"),

@@ -38,7 +38,7 @@ SCALES = {"3k": 3000, "12k": 12000, "48k": 48000}
 SAMPLES = [10_000, 30_000, 90_000]
 
 
-def synthetic_ours(cfg: dict, seed: int = 0) -> pd.DataFrame:
+def synthetic_ours(cfg: dict, seed: int = 0, source: str = "ours") -> pd.DataFrame:
     """Our runs as the evaluation would tabulate them: error falls with compute, more slowly
     on small data scales (the data bottleneck), a few intermediate checkpoints."""
     rng = np.random.default_rng(seed)
@@ -61,7 +61,7 @@ def synthetic_ours(cfg: dict, seed: int = 0) -> pd.DataFrame:
                         for task, metric in metrics:
                             err = 0.95 * c ** -0.1 * (1 + 3000 / size * 0.3) * rng.uniform(0.97, 1.03)
                             rows.append({
-                                "source": "ours", "model": model, "arch_id": model.lower(), "data": scale,
+                                "source": source, "model": model, "arch_id": model.lower(), "data": scale,
                                 "samples_seen": samples, "samples_seen_label": f"{samples // 1000}k",
                                 "gmac_per_sample": gmac, "task": task, "dataset": dataset, "metric": metric,
                                 "value": 100 * (1 - min(err, 0.99)), "epoch": epoch, "final": epoch == 4,
@@ -75,6 +75,12 @@ def synthetic_ours(cfg: dict, seed: int = 0) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def ours(cfg) -> pd.DataFrame:
     return synthetic_ours(cfg)
+
+
+@pytest.fixture(scope="module")
+def ours_default(cfg) -> pd.DataFrame:
+    """Runs of the default's schedule (config/config.yaml: const-cooldown, source ours-cooldown)."""
+    return synthetic_ours(cfg, source=figures.our_sources(cfg)[0])
 
 
 def check_files(paths):
@@ -114,7 +120,8 @@ def test_retrieval_panels_grid(published):
     figures.plt.close(fig)
 
 
-def test_our_default_figures(cfg, ours, tmp_path):
+def test_our_default_figures(cfg, ours_default, tmp_path):
+    ours = ours_default
     specs = figures.default_our_specs(cfg)
     names = [s.name for s in specs]
     assert names == ["zeroshot_ours", "vtab_zeroshot_ours", "retrieval_ours", "linear_probe_ours",
@@ -129,7 +136,7 @@ def test_our_default_figures(cfg, ours, tmp_path):
         check_files(out)
     # the group mean over the vtab+ sets (colours, counts) was fitted: the synthetic law
     fig = figures.draw(specs[1], {"ours": ours}, fit_config=FAST_FIT, groups=figures.groups_of(cfg))
-    f = fig.fits[("ours", "vtab+", "acc1")]
+    f = fig.fits[(figures.our_sources(cfg)[0], "vtab+", "acc1")]
     assert f.method == "binned" and -0.15 < f.params["alpha"] < -0.05
     figures.plt.close(fig)
 
@@ -217,7 +224,8 @@ def test_compute_figures_draw_the_fit_steps_laws(tmp_path, published, monkeypatc
     figures.plt.close(drawn["fig"])
 
 
-def test_pipeline_figure_step(tmp_path, cfg, ours, published):
+def test_pipeline_figure_step(tmp_path, cfg, ours_default, published):
+    ours = ours_default
     tables = {"ours": tmp_path / "results.parquet", "published": tmp_path / "published.parquet"}
     ours.to_parquet(tables["ours"])
     published.to_parquet(tables["published"])

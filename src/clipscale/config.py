@@ -263,12 +263,32 @@ def cross_check(config: dict) -> list[str]:
                 problems.append(
                     f"fit.predictions[{i}].model: {pred['model']!r} is neither a model of the config nor "
                     f"of the paper's Table 25 (its GMAC per sample is unknown: the fit would skip it)")
+    problems += _comparison_problems(config)
     problems += released.problems(config)
     from clipscale.finetune.plan import problems as finetune_problems
 
     problems += finetune_problems(config)
     if not problems:
         problems += _run_problems(config)
+    return problems
+
+
+def _comparison_problems(config: dict) -> list[str]:
+    """A side of fit.comparisons naming runs of a schedule the grid does not run (e.g. source
+    ours, the cosine runs, with grid.schedules [const-cooldown]): it would compare nothing."""
+    from clipscale import grid
+
+    made = {grid.SOURCE_OF_SCHEDULE[s]: s for s in config["grid"]["schedules"]}
+    problems = []
+    for i, spec in enumerate(config["fit"].get("comparisons") or []):
+        for side in ("a", "b"):
+            source = spec[side]["source"]
+            if source in grid.SOURCE_OF_SCHEDULE.values() and source not in made:
+                schedule = next(k for k, v in grid.SOURCE_OF_SCHEDULE.items() if v == source)
+                problems.append(
+                    f"fit.comparisons[{i}].{side}.source: {source!r} are the {schedule} runs, and "
+                    f"grid.schedules {list(config['grid']['schedules'])} makes none (its runs: "
+                    f"{', '.join(repr(s) for s in made)})")
     return problems
 
 
