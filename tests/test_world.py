@@ -24,6 +24,9 @@ def test_generation_is_deterministic(small_world, tmp_path):
     again = tmp_path / "again"
     world.generate(SMALL_WORLD, again, progress=False)
     assert digest(small_world) == digest(again)
+    parallel = tmp_path / "parallel"  # the make_world rule's threads: the pool's shards in processes
+    world.generate(SMALL_WORLD, parallel, progress=False, workers=3)
+    assert digest(small_world) == digest(parallel)
     other = tmp_path / "other"
     world.generate(world.WorldSpec(**{**SMALL_WORLD.__dict__, "seed": 4}), other, progress=False)
     assert digest(small_world / "pool") != digest(other / "pool")

@@ -24,7 +24,7 @@ from clipscale import grid
 
 # CPU-only rules of a fixed size: threads, mem_mb, runtime (minutes)
 FIXED: dict[str, tuple[int, int, int]] = {
-    "make_world": (1, 2000, 30),
+    "make_world": (2, 2000, 30),  # the pool's shards in 2 processes (on the critical path)
     "subset": (1, 1000, 60),
     "dedup_hash_downstream": (1, 1000, 60),
     "dedup_overlap": (1, 2000, 10),

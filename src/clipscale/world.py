@@ -24,6 +24,7 @@ Everything is a function of (seed, sizes): each sample has its own RNG derived f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -436,8 +437,9 @@ def _write_downstream(spec: WorldSpec, out: Path, name: str, photos, digits, sha
     return counts, test_images
 
 
-def generate(spec: WorldSpec, out: str | Path, progress: bool = True) -> dict:
-    """Write the whole world under `out`: pool/, downstream/, planted_duplicates.csv, world.json."""
+def generate(spec: WorldSpec, out: str | Path, progress: bool = True, workers: int = 1) -> dict:
+    """Write the whole world under `out`: pool/, downstream/, planted_duplicates.csv, world.json.
+    ``workers`` > 1: the pool's shards are written by that many processes (the same files)."""
     out = Path(out)
     digits = _digits_split(spec.seed)
     photos = _photos()
@@ -474,41 +476,68 @@ def generate(spec: WorldSpec, out: str | Path, progress: bool = True) -> dict:
 
     pool_dir = out / "pool"
     pool_dir.mkdir(parents=True, exist_ok=True)
-    renditions = pool_photos(photos)
+    global _POOL_JOB
+    _POOL_JOB = (spec, pool_dir, planted, digits, pool_photos(photos))
     truth = []
     kinds: dict[str, int] = {}
-    for shard in range(spec.n_shards):
-        start, stop = shard * spec.shard_size, min(spec.pool_size, (shard + 1) * spec.shard_size)
-        rows = []
-        with ShardWriter(pool_dir / f"{shard:05d}.tar") as w:
-            for index in range(start, stop):
-                key = f"{shard:05d}{index - start:04d}"
-                img, text, meta = pool_sample(spec, index, digits, renditions)
-                if index in planted:
-                    (dataset, test_key, test_img), transform = planted[index]
-                    img = near_duplicate(test_img, transform, rng_for(spec.seed, "planted", 1, index))
-                    meta = {"kind": "planted", "caption_kind": "full", "dataset": dataset,
-                            "test_key": test_key, "transform": transform}
-                    truth.append({"pool_key": key, "pool_shard": f"{shard:05d}", "dataset": dataset,
-                                  "test_key": test_key, "transform": transform})
-                data = jpeg(img)
-                w.write(key, {"jpg": data, "txt": text, "json": {"key": key, "caption": text, **meta}})
-                kinds[meta["kind"]] = kinds.get(meta["kind"], 0) + 1
-                rows.append({"url": f"world://{spec.seed}/{index}", "key": key, "caption": text,
-                             "status": "success", "error_message": None, "width": img.size[0],
-                             "height": img.size[1], "sha256": _sha256(data)})
-        pd.DataFrame(rows).to_parquet(pool_dir / f"{shard:05d}.parquet", index=False)
-        (pool_dir / f"{shard:05d}_stats.json").write_text(json.dumps(
-            {"count": len(rows), "successes": len(rows), "failed_to_download": 0,
-             "failed_to_resize": 0}, indent=1))
-        if progress:
-            log.info("pool shard %d/%d written (%d samples)", shard + 1, spec.n_shards, len(rows))
+    shards = range(spec.n_shards)
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and spec.n_shards > 1:  # forked workers inherit _POOL_JOB: nothing pickled but results
+            import concurrent.futures
+            import multiprocessing
+
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+                min(workers, spec.n_shards), mp_context=multiprocessing.get_context("fork")))
+            written = pool.map(_write_pool_shard, shards)
+        else:
+            written = map(_write_pool_shard, shards)
+        for shard, (shard_truth, shard_kinds, n) in zip(shards, written):
+            truth += shard_truth
+            for kind, count in shard_kinds.items():
+                kinds[kind] = kinds.get(kind, 0) + count
+            if progress:
+                log.info("pool shard %d/%d written (%d samples)", shard + 1, spec.n_shards, n)
+    _POOL_JOB = None
     pd.DataFrame(truth, columns=["pool_key", "pool_shard", "dataset", "test_key", "transform"]).to_csv(
         out / "planted_duplicates.csv", index=False)
     summary["pool"] = {"samples": spec.pool_size, "shards": spec.n_shards, "kinds": kinds,
                        "planted_duplicates": len(truth)}
     (out / "world.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+_POOL_JOB = None  # (spec, pool folder, planted copies, digits, photos) of the pool being written
+
+
+def _write_pool_shard(shard: int) -> tuple[list[dict], dict[str, int], int]:
+    """Write pool shard ``shard`` (tar, parquet, stats) of the pool in ``_POOL_JOB``; return its
+    planted copies' rows, its sample kinds and its sample count. Each sample is a pure function
+    of (spec, index): the shards are the same whichever process writes them."""
+    spec, pool_dir, planted, digits, renditions = _POOL_JOB
+    start, stop = shard * spec.shard_size, min(spec.pool_size, (shard + 1) * spec.shard_size)
+    rows, truth, kinds = [], [], {}
+    with ShardWriter(pool_dir / f"{shard:05d}.tar") as w:
+        for index in range(start, stop):
+            key = f"{shard:05d}{index - start:04d}"
+            img, text, meta = pool_sample(spec, index, digits, renditions)
+            if index in planted:
+                (dataset, test_key, test_img), transform = planted[index]
+                img = near_duplicate(test_img, transform, rng_for(spec.seed, "planted", 1, index))
+                meta = {"kind": "planted", "caption_kind": "full", "dataset": dataset,
+                        "test_key": test_key, "transform": transform}
+                truth.append({"pool_key": key, "pool_shard": f"{shard:05d}", "dataset": dataset,
+                              "test_key": test_key, "transform": transform})
+            data = jpeg(img)
+            w.write(key, {"jpg": data, "txt": text, "json": {"key": key, "caption": text, **meta}})
+            kinds[meta["kind"]] = kinds.get(meta["kind"], 0) + 1
+            rows.append({"url": f"world://{spec.seed}/{index}", "key": key, "caption": text,
+                         "status": "success", "error_message": None, "width": img.size[0],
+                         "height": img.size[1], "sha256": _sha256(data)})
+    pd.DataFrame(rows).to_parquet(pool_dir / f"{shard:05d}.parquet", index=False)
+    (pool_dir / f"{shard:05d}_stats.json").write_text(json.dumps(
+        {"count": len(rows), "successes": len(rows), "failed_to_download": 0,
+         "failed_to_resize": 0}, indent=1))
+    return truth, kinds, len(rows)
 
 
 def _sha256(data: bytes) -> str:

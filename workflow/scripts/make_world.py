@@ -4,4 +4,4 @@ from clipscale.world import WorldSpec, generate
 
 with job_logging(snakemake.log[0]):  # noqa: F821 (snakemake injects it)
     spec = WorldSpec(**snakemake.params.world)  # noqa: F821
-    generate(spec, snakemake.output.done.rsplit("/", 1)[0])  # noqa: F821
+    generate(spec, snakemake.output.done.rsplit("/", 1)[0], workers=snakemake.threads)  # noqa: F821
