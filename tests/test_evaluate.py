@@ -33,6 +33,7 @@ RELEASED_NAME = "Model-XS_Data-3k_Samples-2k_lr-2e-3_bs-256.pt"
 def _config(world: Path, released_dir: Path) -> dict:
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["grid"] = {"models": ["vit-xs"], "scales": ["3k"], "samples_seen": ["2k"]}
+    cfg["fit"].pop("comparisons")  # config.yaml's compare its const-cooldown runs: this grid is cosine
     cfg["train"]["checkpoints"] = 2
     down = world / "downstream"
     cfg["downstream"] = {

@@ -4,7 +4,7 @@ Guards the storefront (issue 11): a change to the world, its captions, the model
 the training data path that leaves the tiny CLIPs at chance fails here, not in a user's first
 figures. One ViT-S trained on 30k samples of the world's 12k scale (tests/data/learn.yaml),
 through the Snakefile as a user runs it, then zero-shot on 1,200 shapes and 1,600 colours test
-images (sampling error about 1.3 points at 30%).
+images (sampling error about 1.4 points at 40%).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from conftest import REPO, run_snakemake, scratch
 
 LEARN_CONFIG = REPO / "tests" / "data" / "learn.yaml"
 
-# chance top-1 (%) and the margin a small run must clear. Measured 2026-12-01 on this config:
-# shapes MEASURED_SHAPES, colours MEASURED_COLOURS; the margins leave room for the sampling error
-# and the run-to-run spread of a changed data order.
+# chance top-1 (%) and the margin a small run must clear. Measured 2026-12-01 on this config
+# (2 cores, 178 s): shapes 39.4 (22.7 points over chance), colours 95.1 (82.6 over); the margins
+# leave about 10 points (shapes: 8 standard errors) for the spread of another data order or seed.
 CHANCE = {"shapes": 100 / 6, "colours": 100 / 8}
-MARGIN = {"shapes": 8.0, "colours": 30.0}
+MARGIN = {"shapes": 12.0, "colours": 50.0}
 
 
 @pytest.fixture(scope="module")

@@ -89,6 +89,7 @@ def tiny_config(samples=(480,), **train_settings) -> dict:
                     "train_per_class": 4, "retrieval_size": 20, "near_duplicates": 20}
     cfg["scales"] = {SCALE: 600}
     cfg["grid"] = {"models": [MODEL], "scales": [SCALE], "samples_seen": list(samples)}
+    cfg["fit"].pop("comparisons")  # config.yaml's compare its const-cooldown runs: this grid is cosine
     cfg["train"].update(device="cpu", precision="fp32", batch_size=BATCH, checkpoints=EPOCHS,
                         warmup=2, workers=1, threads=1, nproc=1)
     cfg["train"].update(train_settings)

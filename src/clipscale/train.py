@@ -373,7 +373,8 @@ def install_fast_augmentation() -> None:
     from clipscale import augment
 
     main = getattr(oct_main, "main", None)
-    if main is None or "get_data" not in main.__code__.co_names:
+    upstream_main = main is not None and getattr(main, "__module__", None) == oct_main.__name__
+    if not hasattr(oct_main, "get_data") or (upstream_main and "get_data" not in main.__code__.co_names):
         raise TrainingError("open_clip_train.main.main no longer calls get_data: open_clip changed; "
                             "update clipscale.train.install_fast_augmentation")
     if getattr(oct_main.get_data, "_clipscale_fast", False):
