@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from clipscale import config as cs_config
-from clipscale import figures, fit, reference, shaping
+from clipscale import figures, fit, grid, reference, shaping
 from clipscale.figures import FigureError, FigureSpec
 from clipscale.table import complete, validate_table
 
@@ -80,7 +80,7 @@ def ours(cfg) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def ours_default(cfg) -> pd.DataFrame:
     """Runs of the default's schedule (config/config.yaml: const-cooldown, source ours-cooldown)."""
-    return synthetic_ours(cfg, source=figures.our_sources(cfg)[0])
+    return synthetic_ours(cfg, source=grid.sources(cfg)[0])
 
 
 def check_files(paths):
@@ -136,7 +136,7 @@ def test_our_default_figures(cfg, ours_default, tmp_path):
         check_files(out)
     # the group mean over the vtab+ sets (colours, counts) was fitted: the synthetic law
     fig = figures.draw(specs[1], {"ours": ours}, fit_config=FAST_FIT, groups=figures.groups_of(cfg))
-    f = fig.fits[(figures.our_sources(cfg)[0], "vtab+", "acc1")]
+    f = fig.fits[(grid.sources(cfg)[0], "vtab+", "acc1")]
     assert f.method == "binned" and -0.15 < f.params["alpha"] < -0.05
     figures.plt.close(fig)
 

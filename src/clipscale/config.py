@@ -278,16 +278,15 @@ def _comparison_problems(config: dict) -> list[str]:
     ours, the cosine runs, with grid.schedules [const-cooldown]): it would compare nothing."""
     from clipscale import grid
 
-    made = {grid.SOURCE_OF_SCHEDULE[s]: s for s in config["grid"]["schedules"]}
+    made = grid.sources(config)
     problems = []
     for i, spec in enumerate(config["fit"].get("comparisons") or []):
         for side in ("a", "b"):
             source = spec[side]["source"]
-            if source in grid.SOURCE_OF_SCHEDULE.values() and source not in made:
-                schedule = next(k for k, v in grid.SOURCE_OF_SCHEDULE.items() if v == source)
+            if source in grid.SCHEDULE_OF_SOURCE and source not in made:
                 problems.append(
-                    f"fit.comparisons[{i}].{side}.source: {source!r} are the {schedule} runs, and "
-                    f"grid.schedules {list(config['grid']['schedules'])} makes none (its runs: "
+                    f"fit.comparisons[{i}].{side}.source: {source!r} are the "
+                    f"{grid.SCHEDULE_OF_SOURCE[source]} runs, and grid.schedules {list(config['grid']['schedules'])} makes none (its runs: "
                     f"{', '.join(repr(s) for s in made)})")
     return problems
 

@@ -40,6 +40,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from clipscale import fit as fitting  # noqa: E402
+from clipscale import grid  # noqa: E402
 from clipscale.config import section as config_section  # noqa: E402
 from clipscale.released import settings as released_settings  # noqa: E402
 from clipscale.table import add_group_means, data_size, groups_of  # noqa: E402
@@ -213,14 +214,6 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "", name) or "group"
 
 
-def our_sources(config: Mapping) -> list[str]:
-    """The results-table sources of our runs: "ours" (cosine runs) and/or "ours-cooldown"."""
-    from clipscale import grid
-
-    schedules = config_section(config, "grid")["schedules"]
-    return [grid.SOURCE_OF_SCHEDULE[s] for s in grid.SCHEDULES if s in schedules]
-
-
 def default_our_specs(config: Mapping) -> list[FigureSpec]:
     """Figures of our runs, derived from config.downstream (which sets, which tasks, groups):
     zero-shot classification of every set, the mean of each group of two or more classification
@@ -228,7 +221,7 @@ def default_our_specs(config: Mapping) -> list[FigureSpec]:
     and, when published.enabled and the sets are real ones (not the embedded world's), our runs
     beside the paper's on the sets both evaluate."""
     downstream = config.get("downstream", {})
-    ours = our_sources(config)
+    ours = grid.sources(config)
     cls = [d for d, s in downstream.items() if "zeroshot_classification" in s["tasks"]]
     ret = [d for d, s in downstream.items() if "zeroshot_retrieval" in s["tasks"]]
     lp = [d for d, s in downstream.items() if "linear_probe" in s["tasks"]]

@@ -26,8 +26,15 @@ from clipscale.config import ConfigError, format_count, parse_count, section
 COSINE, CONST_COOLDOWN = "cosine", "const-cooldown"
 SCHEDULES = (COSINE, CONST_COOLDOWN)
 SOURCE_OF_SCHEDULE = {COSINE: "ours", CONST_COOLDOWN: "ours-cooldown"}  # the results table's source
+SCHEDULE_OF_SOURCE = {source: schedule for schedule, source in SOURCE_OF_SCHEDULE.items()}
 # the samples wildcard of a const-cooldown run: "90k-cooldown" (a cosine run's is "90k")
 COOLDOWN_SUFFIX = "-cooldown"
+
+
+def sources(config: dict) -> list[str]:
+    """The results-table sources of the grid's runs: "ours" (cosine runs) and/or "ours-cooldown"."""
+    schedules = section(config, "grid")["schedules"]
+    return [SOURCE_OF_SCHEDULE[s] for s in SCHEDULES if s in schedules]
 
 
 @dataclass(frozen=True, order=True)
