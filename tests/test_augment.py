@@ -1,4 +1,4 @@
-"""clipscale.augment: open_clip's default training transform, faster, doing the same."""
+"""clipscale.augment: open_clip's default training transform and tokenizer, faster, doing the same."""
 
 from __future__ import annotations
 
@@ -112,3 +112,47 @@ def test_the_same_torch_seed_gives_the_same_augmentation():
     again = [fast(img) for _ in range(5)]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(torch.equal(first[0], b) for b in first[1:])  # it does augment
+
+
+class CountingTokenizer:
+    """open_clip's tokenizer, counting the captions it tokenizes."""
+
+    def __init__(self, context_length: int = 20):
+        self.inner = open_clip.get_tokenizer("ViT-B-32", context_length=context_length)
+        self.calls = 0
+
+    def __call__(self, texts, context_length=None):
+        self.calls += 1
+        return self.inner(texts, context_length)
+
+    @property
+    def context_length(self):
+        return self.inner.context_length
+
+
+def test_the_cached_tokenizer_gives_open_clips_tokens_and_tokenizes_a_caption_once():
+    counting = CountingTokenizer()
+    tok = augment.CachedTokenizer(counting)
+    captions = ["a small red triangle", "three rings", "a small red triangle", "IMG_4276.jpg",
+                "three rings", "", "naïve café ☕ " * 8]  # the last one longer than the context
+    for text in captions:
+        got = tok(text)
+        assert got.dtype == torch.long and got.shape == (1, 20)
+        assert torch.equal(got, counting.inner(text)), text
+    assert counting.calls == len(set(captions))
+    # what open_clip's pipeline does with it (tokenizer(text)[0]) cannot change the remembered tokens
+    tok("three rings")[0].fill_(7)
+    assert torch.equal(tok("three rings"), counting.inner("three rings"))
+    assert tok.context_length == 20  # attributes are the wrapped tokenizer's
+
+
+def test_the_cached_tokenizer_passes_lists_and_arguments_through_and_stays_bounded():
+    counting = CountingTokenizer()
+    tok = augment.CachedTokenizer(counting, maxsize=2)
+    batch = ["one ring", "two rings"]
+    assert torch.equal(tok(batch), counting.inner(batch))
+    assert torch.equal(tok("one ring", context_length=8), counting.inner("one ring", 8))
+    assert counting.calls == 2  # neither is remembered
+    for text in ["a", "b", "c", "a", "b", "c"]:
+        assert torch.equal(tok(text), counting.inner(text))
+    assert counting.calls == 2 + 4  # a and b remembered, c (over maxsize) tokenized twice

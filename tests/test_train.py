@@ -303,7 +303,9 @@ def test_pipeline_run_writes_checkpoints_and_record(baseline):
     assert params["epochs"] == str(EPOCHS) and params["precision"] == "fp32"
     assert params["device"] == "cpu"  # train.device reaches open_clip (its default is cuda)
     # open_clip's default augmentation, through clipscale.augment's faster equivalent
-    assert "training transform: FastTrainTransform(size=[32, 32], scale=(0.9, 1.0)" in (folder / "train.log").read_text()
+    train_log = (folder / "train.log").read_text()
+    assert "training transform: FastTrainTransform(size=[32, 32], scale=(0.9, 1.0)" in train_log
+    assert "tokenizer: CachedTokenizer(" in train_log
 
 
 @pytest.mark.slow

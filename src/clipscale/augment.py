@@ -1,4 +1,6 @@
-"""open_clip's default training transform, the same operations at a fraction of their CPU cost.
+"""Per-sample steps of open_clip's training data path, the same results at a fraction of their
+CPU cost: the default training transform (``FastTrainTransform``) and the tokenizer
+(``CachedTokenizer``).
 
 open_clip (``open_clip.transform.image_transform(is_train=True)`` without colour jitter, grey
 scale or timm) augments each training image with torchvision's ``RandomResizedCrop`` (bicubic),
@@ -19,6 +21,12 @@ expression with the very operations of ``ToTensor`` and ``Normalize`` (divide by
 the mean, divide by the std, in float32): for the same crop the tensor is bit-identical
 (tests/test_augment.py). Any other training transform (colour jitter, grey scale, timm's) is
 left as open_clip made it.
+
+The tokenizer (open_clip's BPE tokenizer: ftfy, regex, BPE merges and a new tensor per caption,
+about 150 µs a caption here) runs again on every caption each time it is drawn, although an
+image-text pool repeats captions (the embedded world's 48,000 have 7,679 distinct ones; alt-text
+pools repeat "image", file names and product titles). ``CachedTokenizer`` remembers the tokens of
+the first ``maxsize`` distinct captions it sees and returns a copy of them.
 """
 
 from __future__ import annotations
@@ -115,3 +123,34 @@ def faster(transform):
         return transform
     return FastTrainTransform(crop.size, crop.scale, crop.ratio, crop.interpolation,
                               crop.antialias, norm.mean, norm.std)
+
+
+class CachedTokenizer:
+    """An open_clip tokenizer that remembers the tokens of single captions: ``tok(text)`` is a
+    copy of ``tokenizer(text)`` (1 x context_length), computed once for each of the first
+    ``maxsize`` distinct captions (later new captions are tokenized every time, so memory stays
+    bounded: 32,768 captions of 77 tokens are about 30 MB per data process). Lists, other
+    arguments and attributes go to the wrapped tokenizer unchanged."""
+
+    def __init__(self, tokenizer, maxsize: int = 1 << 15):
+        self.tokenizer = tokenizer
+        self.maxsize = maxsize
+        self._tokens: dict[str, object] = {}
+
+    def __call__(self, texts, *args, **kwargs):
+        if args or kwargs or not isinstance(texts, str):
+            return self.tokenizer(texts, *args, **kwargs)
+        tokens = self._tokens.get(texts)
+        if tokens is None:
+            tokens = self.tokenizer(texts)
+            if len(self._tokens) < self.maxsize:
+                self._tokens[texts] = tokens
+        return tokens.clone()
+
+    def __getattr__(self, name):  # context_length, vocab_size, ... of the wrapped tokenizer
+        if name == "tokenizer":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.tokenizer, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.tokenizer!r}, maxsize={self.maxsize})"

@@ -363,11 +363,12 @@ def install_skip_counting() -> None:
             setattr(oct_data, name, wrapper)
 
 
-def install_fast_augmentation() -> None:
-    """Give open_clip_train's data pipeline ``clipscale.augment``'s faster equivalent of its
-    default training transform (the same crop distribution and, for a crop, the same tensor);
-    any other transform passes unchanged. Patches the name ``get_data`` that open_clip_train's
-    main calls; fails loudly if upstream stopped calling it there."""
+def install_fast_data_path() -> None:
+    """Give open_clip_train's data pipeline ``clipscale.augment``'s faster equivalents of its
+    default training transform (the same crop distribution and, for a crop, the same tensor) and
+    of its tokenizer (tokens of repeated captions remembered); any other transform passes
+    unchanged. Patches the name ``get_data`` that open_clip_train's main calls; fails loudly if
+    upstream stopped calling it there."""
     import open_clip_train.main as oct_main
 
     from clipscale import augment
@@ -376,7 +377,7 @@ def install_fast_augmentation() -> None:
     upstream_main = main is not None and getattr(main, "__module__", None) == oct_main.__name__
     if not hasattr(oct_main, "get_data") or (upstream_main and "get_data" not in main.__code__.co_names):
         raise TrainingError("open_clip_train.main.main no longer calls get_data: open_clip changed; "
-                            "update clipscale.train.install_fast_augmentation")
+                            "update clipscale.train.install_fast_data_path")
     if getattr(oct_main.get_data, "_clipscale_fast", False):
         return
     original = oct_main.get_data
@@ -386,6 +387,9 @@ def install_fast_augmentation() -> None:
         fast = augment.faster(preprocess_train)
         if fast is not preprocess_train:
             log.info("training transform: %r (open_clip's default, faster)", fast)
+        if kwargs.get("tokenizer") is not None:
+            kwargs["tokenizer"] = augment.CachedTokenizer(kwargs["tokenizer"])
+            log.info("tokenizer: %r", kwargs["tokenizer"])
         return original(args, (fast, preprocess_val), *rest, **kwargs)
 
     get_data._clipscale_fast = True
@@ -643,7 +647,7 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
         install_guards(guard)
         resume.install(run_dir(run), OPENCLIP_NAME, rank(), until=until)
         install_skip_counting()
-        install_fast_augmentation()
+        install_fast_data_path()
         skip_dir.mkdir(parents=True, exist_ok=True)
         os.environ[SKIP_DIR_ENV] = str(skip_dir.absolute())  # data workers inherit it
         t0 = time.time()
