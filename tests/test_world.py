@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from clipscale import world
@@ -30,6 +31,22 @@ def test_generation_is_deterministic(small_world, tmp_path):
     other = tmp_path / "other"
     world.generate(world.WorldSpec(**{**SMALL_WORLD.__dict__, "seed": 4}), other, progress=False)
     assert digest(small_world / "pool") != digest(other / "pool")
+
+
+def test_a_failing_pool_shard_stops_generation_and_leaves_nothing_for_forked_writers(tmp_path, monkeypatch):
+    """The error reaches the caller; the pool job handed to forked shard writers is dropped
+    (a later generation in the process starts clean)."""
+    real = world.pool_sample
+
+    def failing(spec, index, *args):
+        if index == 3:
+            raise ValueError("bad sample 3")
+        return real(spec, index, *args)
+
+    monkeypatch.setattr(world, "pool_sample", failing)
+    with pytest.raises(ValueError, match="bad sample 3"):
+        world.generate(SMALL_WORLD, tmp_path / "failing", progress=False)
+    assert world._POOL_JOB is None
 
 
 def test_pool_is_img2dataset_like(small_world):

@@ -13,9 +13,14 @@ import os
 from pathlib import Path
 
 
+def temporary(path: Path) -> Path:
+    """The temporary file that a write of ``path`` goes to before it is renamed over it."""
+    return path.with_name(path.name + ".tmp")
+
+
 def _temporary(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(path.name + ".tmp")
+    return temporary(path)
 
 
 def write_json(path: str | Path, data) -> None:

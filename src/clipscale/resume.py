@@ -406,5 +406,5 @@ def finished(run_dir: str | Path) -> None:
     """A newer epoch checkpoint exists: the partial checkpoint (and a half-written one) is
     obsolete. Files moved aside (``.rejected``, ``.corrupt``) are kept."""
     path = partial_path(run_dir)
-    for obsolete in (path, path.with_name(path.name + ".tmp")):
+    for obsolete in (path, files.temporary(path)):
         obsolete.unlink(missing_ok=True)

@@ -482,6 +482,7 @@ def generate(spec: WorldSpec, out: str | Path, progress: bool = True, workers: i
     kinds: dict[str, int] = {}
     shards = range(spec.n_shards)
     with contextlib.ExitStack() as stack:
+        stack.callback(globals().__setitem__, "_POOL_JOB", None)  # also when a shard fails
         if workers > 1 and spec.n_shards > 1:  # forked workers inherit _POOL_JOB: nothing pickled but results
             import concurrent.futures
             import multiprocessing
@@ -497,7 +498,6 @@ def generate(spec: WorldSpec, out: str | Path, progress: bool = True, workers: i
                 kinds[kind] = kinds.get(kind, 0) + count
             if progress:
                 log.info("pool shard %d/%d written (%d samples)", shard + 1, spec.n_shards, n)
-    _POOL_JOB = None
     pd.DataFrame(truth, columns=["pool_key", "pool_shard", "dataset", "test_key", "transform"]).to_csv(
         out / "planted_duplicates.csv", index=False)
     summary["pool"] = {"samples": spec.pool_size, "shards": spec.n_shards, "kinds": kinds,
