@@ -82,7 +82,8 @@ def bench_config(a, samples: int) -> dict:
     cfg["grid"] = {"models": [a.model], "scales": ["bench"], "samples_seen": [samples]}
     cfg["train"].update(device=a.device, precision=a.precision, batch_size=a.batch_size,
                         checkpoints=a.epochs, warmup=10, workers=a.workers, threads=a.threads,
-                        nproc=1, lr=5e-4)
+                        nproc=1, lr=5e-4,
+                        shuffle_buffer=5000)  # open_clip's own: the run by hand has it
     return config_mod.validate(cfg, "benchmark config")
 
 

@@ -1037,6 +1037,44 @@ def test_each_virtual_epoch_draws_other_shards_also_without_data_workers():
     assert [[s["url"] for s, _ in zip(iter(again), range(10))] for _ in range(3)] == epochs  # deterministic
 
 
+def test_the_shuffle_buffer_reaches_open_clips_pipeline_and_shapes_the_run(monkeypatch):
+    """train.shuffle_buffer sizes the sample shuffle of open_clip's training pipeline (a virtual
+    epoch reads about that many samples more than it trains on): it is in the run's params (a
+    change trains the run again), and a const-cooldown branch takes its trunk's."""
+    import argparse
+
+    import open_clip_train.data as oct_data
+    import webdataset
+
+    from clipscale import shaping
+
+    for name in ("_SAMPLE_SHUFFLE_SIZE", "_SAMPLE_SHUFFLE_INITIAL"):
+        monkeypatch.setattr(oct_data, name, getattr(oct_data, name))
+    train.install_shuffle_buffer(300)
+    built, real = [], webdataset.shuffle
+
+    def recording(bufsize=1000, initial=100, **kwargs):
+        built.append((bufsize, initial))
+        return real(bufsize, initial, **kwargs)
+
+    monkeypatch.setattr(webdataset, "shuffle", recording)  # open_clip_train.data calls wds.shuffle
+    args = argparse.Namespace(train_data="s-{0..1}.tar", train_data_upsampling_factors=None,
+                              dataset_resampled=True, train_num_samples=256, batch_size=32, workers=0,
+                              world_size=1, seed=0, distributed=False)
+    oct_data.get_wds_dataset(args, lambda img: img, is_train=True, tokenizer=lambda text: [text])
+    assert built == [(300, 60)]  # a fifth read before the first draw, upstream's ratio (5,000/1,000)
+
+    cfg = tiny_config()
+    run = grid.runs(cfg)[0]
+    other = config_mod.validate({**cfg, "train": {**cfg["train"], "shuffle_buffer": 300}}, "changed")
+    assert grid.hparams(other, run)["shuffle_buffer"] == 300
+    assert shaping.train(cfg, run) != shaping.train(other, run)
+    cd = cooldown_config(shuffle_buffer=200)
+    cd["train"]["overrides"] = [{"samples_seen": CD_SAMPLES, "shuffle_buffer": 50}]
+    cd = config_mod.validate(cd, "branch override")
+    assert grid.hparams(cd, cd_run(cd, CD_SAMPLES))["shuffle_buffer"] == 200
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. const-cooldown: one constant-LR trunk per (model, scale), the smaller cells branched from it
 # ---------------------------------------------------------------------------------------------

@@ -197,7 +197,8 @@ def hparams(config: dict, run: Run) -> dict:
         settings["save_every"] = plan["save_every"] if member["branch_epoch"] is None else 1
         # what the run's prefix shares with the trunk must be the trunk's (workers: open_clip
         # rounds each epoch to a multiple of them, so the steps per epoch too)
-        for key in ("lr", "wd", "beta2", "warmup", "batch_size", "nproc", "nodes", "precision", "workers"):
+        for key in ("lr", "wd", "beta2", "warmup", "batch_size", "nproc", "nodes", "precision", "workers",
+                    "shuffle_buffer"):
             settings[key] = trunk_settings[key]
     else:
         settings.pop("cooldown", None)

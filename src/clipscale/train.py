@@ -396,6 +396,18 @@ def install_fast_data_path() -> None:
     oct_main.get_data = get_data
 
 
+def install_shuffle_buffer(size: int) -> None:
+    """open_clip_train's training-sample shuffle buffer (module constants that get_wds_dataset
+    reads; 5,000 and 1,000 upstream): ``size`` samples, a fifth of them read before the first
+    draw, as upstream's ratio."""
+    import open_clip_train.data as oct_data
+
+    if not hasattr(oct_data, "_SAMPLE_SHUFFLE_SIZE") or not hasattr(oct_data, "_SAMPLE_SHUFFLE_INITIAL"):
+        raise TrainingError("open_clip_train.data has no _SAMPLE_SHUFFLE_SIZE/_INITIAL: open_clip "
+                            "changed; update clipscale.train.install_shuffle_buffer")
+    oct_data._SAMPLE_SHUFFLE_SIZE, oct_data._SAMPLE_SHUFFLE_INITIAL = size, max(1, size // 5)
+
+
 def skipped_summary(run: grid.Run) -> dict:
     """All skips of the run (every attempt, rank and worker): total, by reason, a few examples.
     A resampled sample counts each time it is drawn."""
@@ -641,13 +653,14 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
             log.info("run %s: epochs %d x %d samples = %d samples seen, %s; resuming after %s",
                      run.name, hp["epochs"], hp["train_num_samples"], hp["samples_seen_exact"],
                      device, resume.describe(partial) if partial else f"epoch {start}")
-            log.info("open_clip_train %s", " ".join(args))
+            log.info("open_clip_train %s (sample shuffle buffer %d)", " ".join(args), hp["shuffle_buffer"])
             loss_log = open(run_dir(run) / LOSSES_NAME, "a", buffering=1)  # a line per step
             guard.loss_log = loss_log
         install_guards(guard)
         resume.install(run_dir(run), OPENCLIP_NAME, rank(), until=until)
         install_skip_counting()
         install_fast_data_path()
+        install_shuffle_buffer(hp["shuffle_buffer"])
         skip_dir.mkdir(parents=True, exist_ok=True)
         os.environ[SKIP_DIR_ENV] = str(skip_dir.absolute())  # data workers inherit it
         t0 = time.time()
