@@ -149,3 +149,103 @@ def test_const_cooldown_trunk_segments_and_branches_are_training_jobs_on_gpus(tm
     for rule in ("train_segment", "train"):
         call = sbatch_command(jobs[rule])
         assert "--gpus=1" in call and "--signal=USR1@300 --requeue" in call, (rule, call)
+
+
+# scheduling priorities (clipscale.resources.priority) -----------------------------------------
+
+
+def _wildcards(**values):
+    """A job's wildcards as Snakemake passes them to a priority function."""
+    class Wildcards(SimpleNamespace):
+        def keys(self):
+            return vars(self).keys()
+
+    return Wildcards(**values)
+
+
+def _training_jobs(cfg: dict) -> dict[str, float]:
+    """'<run> until <epoch|end>' -> priority, for every training job of the grid."""
+    from clipscale import grid
+
+    out = {}
+    for run in grid.runs(cfg):
+        w = run.wildcards
+        for end in grid.segment_ends(cfg, run):
+            out[f"{run.name} until {end}"] = resources.priority(cfg, "train_segment")(_wildcards(**w, epoch=str(end)))
+        out[f"{run.name} until end"] = resources.priority(cfg, "train")(_wildcards(**w))
+    return out
+
+
+def test_the_longest_training_chains_start_first_and_data_before_any():
+    """On the embedded default: the ViT-M trunk segments that carry the most work come first, a
+    trunk's first segment before its later ones, every training job after the data it reads and
+    the work that needs no training, and before the evaluations."""
+    from clipscale import config as cs_config
+
+    cfg = cs_config.load(REPO / "config" / "config.yaml")
+    jobs = _training_jobs(cfg)
+    assert len(jobs) == 45  # 9 trunks in 3 jobs each, 18 branches
+    first = max(jobs, key=jobs.get)
+    assert first.startswith("vit-m/") and first.endswith("90k-cooldown until 4"), first
+    for model in ("vit-xs", "vit-s", "vit-m"):
+        trunk = [jobs[f"{model}/48k/90k-cooldown until {e}"] for e in ("4", "12", "end")]
+        assert trunk == sorted(trunk, reverse=True), (model, trunk)
+    assert jobs["vit-m/48k/90k-cooldown until 4"] > jobs["vit-s/48k/90k-cooldown until 4"] > \
+        jobs["vit-xs/48k/90k-cooldown until 4"]
+    data = [resources.priority(cfg, r) for r in ("make_world", "index_pool", "subset", "model_profile")]
+    independent = [resources.priority(cfg, "published_table"), resources.priority(cfg, "dedup_hash_pool"),
+                   resources.priority(cfg, "fit_input")(_wildcards(input="published"))]
+    assert min(data) > max(independent) > max(jobs.values())
+    assert min(jobs.values()) > resources.priority(cfg, "evaluate")
+    # from our checkpoints to our figures: evaluation, the table, the fit, the figures
+    ours = _wildcards(input="ours")
+    assert resources.priority(cfg, "aggregate_results") > resources.priority(cfg, "fit_input")(ours) >= \
+        resources.priority(cfg, "fit_comparison")(ours)
+
+
+def test_figures_of_our_runs_wait_and_the_papers_go_early():
+    from clipscale import config as cs_config
+    from clipscale import figures
+
+    cfg = cs_config.load(REPO / "config" / "config.yaml")
+    specs = {s.name: s for s in figures.figure_specs(cfg)}
+    prio = {name: resources.priority(cfg, f"figure_{s.kind}", figures=specs)(_wildcards(figure=name))
+            for name, s in specs.items()}
+    assert prio["zeroshot_ours"] < prio["imagenet_zeroshot_published"] == resources.INDEPENDENT
+    assert prio["overlap_ours"] == prio["overlap_published"] == resources.INDEPENDENT  # no training read
+    assert prio["zeroshot_ours"] < resources.priority(cfg, "fit_input")(_wildcards(input="ours"))
+
+
+def test_deduplicated_training_waits_for_the_dedup_chain_first():
+    from clipscale import config as cs_config
+
+    cfg = cs_config.load(REPO / "config" / "config.yaml")
+    cfg["dedup"]["remove_duplicates"] = True
+    for rule in ("dedup_hash_pool", "dedup_match", "dedup_filter_subset"):
+        assert resources.priority(cfg, rule) == resources.DATA, rule
+
+
+def test_every_rule_takes_its_priority_from_one_place():
+    """Each rule of the workflow declares clipscale.resources.priority (read from the rules
+    Snakemake parsed): a rule added without one would run in no chosen order."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        workflow = api.workflow(resource_settings=ResourceSettings(cores=2),
+                                config_settings=ConfigSettings(configfiles=[CI_CONFIG]),
+                                snakefile=REPO / "Snakefile", workdir=REPO)
+        rules = {r.name: r.priority for r in workflow._workflow.rules}
+    cfg = yaml.safe_load(CI_CONFIG.read_text())
+    from clipscale import config as cs_config
+
+    cs_config.validate(cfg)
+    targets = {"all", "published"}  # rules without jobs of their own
+    for name, declared in rules.items():
+        if name in targets:
+            continue
+        expected = resources.priority(cfg, name)
+        if callable(expected):
+            assert callable(declared) and declared.__qualname__ == expected.__qualname__, name
+        else:
+            assert declared == expected, (name, declared, expected)

@@ -84,6 +84,35 @@ def test_captions_describe_the_images(small_world):
     assert full > 50
 
 
+def test_every_text_the_world_makes_fits_the_default_models_context(small_world):
+    """The default's text towers read 16 tokens (the world's longest caption is 15 with its start
+    and end tokens): no pool caption, class prompt or retrieval caption is cut. A longer caption
+    template or class name fails here instead of being truncated silently."""
+    import open_clip
+    import yaml
+
+    from conftest import REPO
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    context = min(m["open_clip"]["text_cfg"]["context_length"] for m in cfg["models"].values())
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=77)
+    texts = [files["txt"].decode() for shard in sorted((small_world / "pool").glob("*.tar"))
+             for _key, files in iter_samples(shard)]
+    rng = np.random.default_rng(0)  # every template with every kind of description, beyond 6 shards
+    texts += [world.caption(world.random_attrs(rng), rng, 0.2, 0.25)[0] for _ in range(5000)]
+    texts += [u.format(n=9999) for u in world.UNRELATED]
+    for name, (kind, classes, templates, _group) in world.DOWNSTREAM_SETS.items():
+        if kind == "classification":
+            texts += [t.replace("{c}", c) for t in templates for c in classes]
+        else:
+            d = small_world / "downstream" / name / "test"
+            for i in range(int((d / "nshards.txt").read_text())):
+                texts += [line for _k, f in iter_samples(d / f"{i}.tar") for line in f["txt"].decode().splitlines()]
+    lengths = (tokenizer(texts) != 0).sum(dim=1)
+    longest = int(lengths.argmax())
+    assert int(lengths.max()) <= context, (texts[longest], int(lengths.max()), context)
+
+
 def test_downstream_sets_in_clip_benchmark_layout(small_world):
     root = small_world / "downstream"
     assert sorted(p.name for p in root.iterdir()) == sorted(world.DOWNSTREAM_SETS)

@@ -89,6 +89,26 @@ def measure_gmac(model_name: str) -> dict:
             "gmac_per_sample": counts["image"] + counts["text"], "params": params}
 
 
+def estimated_gmac(config, name: str) -> float:
+    """GMAC per sample without measuring (no torch): the config's value, Table 25's, else an
+    estimate from a custom model's open_clip definition, (4 + 2 x mlp_ratio) x width^2 MACs
+    per token and layer in each tower (attention projections and MLP). For ordering work
+    (clipscale.resources.priority), not for the results: 1.0 where nothing is known."""
+    spec = config.get("models", {}).get(name, {})
+    if spec.get("gmac_per_sample"):
+        return float(spec["gmac_per_sample"])
+    cfg = spec.get("open_clip")
+    if cfg is None:
+        return paper_gmac(name) or 1.0
+    vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    size = vision.get("image_size", 224)
+    size = size[0] * size[1] if isinstance(size, (list, tuple)) else size * size
+    towers = ((vision, size // vision.get("patch_size", 16) ** 2 + 1), (text, text.get("context_length", 77)))
+    macs = sum(t.get("layers", 12) * (4 + 2 * t.get("mlp_ratio", 4)) * t.get("width", 512) ** 2 * tokens
+               for t, tokens in towers)
+    return macs / 1e9
+
+
 def gmac_per_sample(config: dict, name: str, profile: dict | None = None) -> float:
     """GMAC per sample of model `name`: explicit config value, Table 25, or the measured profile."""
     spec = config["models"][name]

@@ -187,3 +187,86 @@ def threads(config: Mapping, rule: str, **sizes):
 def resources(config: Mapping, rule: str, **sizes) -> dict[str, Any]:
     """A rule's ``resources:`` (everything but threads)."""
     return {k: v for k, v in of(config, rule, **sizes).items() if k != "threads"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scheduling: each rule's ``priority:``. Snakemake starts, among the jobs whose inputs are
+# ready, those of the highest priority first (ilp and greedy schedulers alike); it does not pass
+# a priority on to a job's inputs, so each rule has its own. Measured on the embedded default
+# with none (every job 0, 2026-12-02): the scheduler then prefers jobs with large inputs, and a
+# one-second subset job that three training runs waited for ran 10 minutes after its index.
+#
+# The tiers follow the longest chains of work first, so that what is left at the end is short
+# jobs that keep every core busy and the short chain from the last checkpoint to the figures:
+#   DATA     the world, the pool index, the subsets, the models' profiles (and, when training
+#            reads deduplicated subsets, the dedup chain): every training run waits for them;
+#   INDEPENDENT  what needs no training (the paper's numbers: their table, fits, analyses and
+#            figures; dedup): done early, filling the cores while the first runs train, instead
+#            of piling up at the end;
+#   TRAIN    training jobs, the one that starts the longest remaining chain first (a
+#            const-cooldown trunk's segment carries the rest of its trunk): TRAIN + log10 of
+#            that chain's compute (GMAC, estimated from the model's definition);
+#   then fine-tuning, evaluations, the results table, our fits and our figures, in the order of
+#   the chain from a checkpoint to a figure.
+DATA, INDEPENDENT, TRAIN = 1000, 500, 100
+FINETUNE, AGGREGATE, FIT_OURS_TABLE, FIT_OURS, EVALUATE, FIGURE_OURS = 95, 60, 45, 40, 50, 30
+_DATA_RULES = ("make_world", "index_pool", "subset", "model_profile")
+_FIT_RULES = ("fit_input", "fit_extrapolation", "fit_comparison", "fit_frontier")
+_FIGURE_RULES = ("figure_compute", "figure_data_bottleneck", "figure_samples_bottleneck", "figure_overlap")
+_ENCODER_RULES = ("dedup_embed_pool", "dedup_embed_downstream", "dedup_match_embedding")
+
+
+def train_chain_gmac(config: Mapping, run: grid.Run, start_epoch: int) -> float:
+    """GMAC of the training that waits on a job of ``run`` starting at ``start_epoch``: the rest
+    of the run (a trunk's later segments included), at the model's estimated GMAC per sample."""
+    from clipscale import models
+
+    hp = grid.hparams(dict(config), run)
+    per_epoch = grid.samples_per_epoch(hp["train_num_samples"], hp["global_batch_size"], hp["workers"])
+    return (hp["epochs"] - start_epoch) * per_epoch * models.estimated_gmac(config, run.model)
+
+
+def _job_start(config: Mapping, run: grid.Run, until: int | None) -> int:
+    """The epoch a training job starts at: the end of the run's segment before it, else a
+    branch's trunk checkpoint, else 0."""
+    ends = [e for e in grid.segment_ends(dict(config), run) if until is None or e < until]
+    if ends:
+        return ends[-1]
+    return grid.hparams(dict(config), run).get("branch_epoch") or 0
+
+
+def priority(config: Mapping, rule: str, figures: Mapping | None = None):
+    """A rule's ``priority:``: a number, or a function of the job's wildcards. ``figures``
+    (name -> a spec with ``kind`` and ``inputs``) tells a figure that reads our runs' results
+    from one that does not (the paper's numbers, the dedup overlap)."""
+    import math
+
+    removing = bool(config.get("dedup", {}).get("remove_duplicates"))
+    if rule in _DATA_RULES or (removing and rule.startswith("dedup_")):
+        return DATA
+    if rule in ("train", "train_segment"):
+        def train_priority(wildcards, **_):
+            run = grid.Run.from_wildcards(wildcards.model, wildcards.scale, wildcards.samples)
+            until = int(wildcards.epoch) if "epoch" in wildcards.keys() else None
+            chain = train_chain_gmac(config, run, _job_start(config, run, until))
+            return TRAIN + math.log10(1 + chain)
+        return train_priority
+    if rule == "finetune":
+        return FINETUNE
+    if rule == "evaluate":
+        return EVALUATE
+    if rule in ("aggregate_results", "fit_collect"):
+        return AGGREGATE if rule == "aggregate_results" else FIT_OURS
+    if rule in _FIT_RULES:
+        mine = FIT_OURS_TABLE if rule == "fit_input" else FIT_OURS
+        return lambda wildcards, **_: mine if wildcards.input == "ours" else INDEPENDENT
+    if rule in _FIGURE_RULES:
+        def figure_priority(wildcards, **_):
+            spec = (figures or {}).get(wildcards.figure)
+            if spec is None or (spec.kind != "overlap" and "ours" in spec.inputs):
+                return FIGURE_OURS
+            return INDEPENDENT
+        return figure_priority
+    if rule in _ENCODER_RULES:  # the encoder may be one of the grid's runs
+        return 0
+    return INDEPENDENT  # published_table, dedup

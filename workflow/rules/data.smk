@@ -16,6 +16,7 @@ rule make_world:
         log_path("make_world", "world"),
     benchmark:
         bench_path("make_world", "world")
+    priority: cs_resources.priority(config, "make_world")
     threads: cs_resources.threads(config, "make_world")
     resources:
         **cs_resources.resources(config, "make_world"),
@@ -34,6 +35,7 @@ rule index_pool:
         log_path("index_pool", "pool"),
     benchmark:
         bench_path("index_pool", "pool")
+    priority: cs_resources.priority(config, "index_pool")
     threads: cs_resources.threads(config, "index_pool", pool_shards=len(pool_shards()))
     resources:
         **cs_resources.resources(config, "index_pool", pool_shards=len(pool_shards())),
@@ -54,6 +56,7 @@ rule subset:
         log_path("subset", "{scale}"),
     benchmark:
         bench_path("subset", "{scale}")
+    priority: cs_resources.priority(config, "subset")
     threads: cs_resources.threads(config, "subset")
     resources:
         **cs_resources.resources(config, "subset"),

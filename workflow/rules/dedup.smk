@@ -20,6 +20,7 @@ rule dedup_hash_pool:
         log_path("dedup_hash_pool", "{group}"),
     benchmark:
         bench_path("dedup_hash_pool", "{group}")
+    priority: cs_resources.priority(config, "dedup_hash_pool")
     threads: cs_resources.threads(config, "dedup_hash_pool", **DEDUP_SIZES)
     resources:
         **cs_resources.resources(config, "dedup_hash_pool", **DEDUP_SIZES),
@@ -42,6 +43,7 @@ rule dedup_hash_downstream:
         log_path("dedup_hash_downstream", "{dataset}"),
     benchmark:
         bench_path("dedup_hash_downstream", "{dataset}")
+    priority: cs_resources.priority(config, "dedup_hash_downstream")
     threads: cs_resources.threads(config, "dedup_hash_downstream")
     resources:
         **cs_resources.resources(config, "dedup_hash_downstream"),
@@ -64,6 +66,7 @@ rule dedup_gather:
         log_path("dedup_gather", "pool"),
     benchmark:
         bench_path("dedup_gather", "pool")
+    priority: cs_resources.priority(config, "dedup_gather")
     threads: cs_resources.threads(config, "dedup_gather", pool_shards=DEDUP_POOL_SHARDS)
     resources:
         **cs_resources.resources(config, "dedup_gather", pool_shards=DEDUP_POOL_SHARDS),
@@ -81,6 +84,7 @@ rule dedup_embed_pool:
         log_path("dedup_embed_pool", "{group}"),
     benchmark:
         bench_path("dedup_embed_pool", "{group}")
+    priority: cs_resources.priority(config, "dedup_embed_pool")
     threads: cs_resources.threads(config, "dedup_embed_pool", **DEDUP_SIZES)
     resources:
         **cs_resources.resources(config, "dedup_embed_pool", **DEDUP_SIZES),
@@ -102,6 +106,7 @@ rule dedup_embed_downstream:
         log_path("dedup_embed_downstream", "{dataset}"),
     benchmark:
         bench_path("dedup_embed_downstream", "{dataset}")
+    priority: cs_resources.priority(config, "dedup_embed_downstream")
     threads: cs_resources.threads(config, "dedup_embed_downstream")
     resources:
         **cs_resources.resources(config, "dedup_embed_downstream"),
@@ -122,6 +127,7 @@ rule dedup_match_embedding:
         log_path("dedup_match_embedding", "matches"),
     benchmark:
         bench_path("dedup_match_embedding", "matches")
+    priority: cs_resources.priority(config, "dedup_match_embedding")
     threads: cs_resources.threads(config, "dedup_match_embedding", pool_shards=DEDUP_POOL_SHARDS)
     resources:
         **cs_resources.resources(
@@ -144,6 +150,7 @@ rule dedup_match:
         log_path("dedup_match", "matches"),
     benchmark:
         bench_path("dedup_match", "matches")
+    priority: cs_resources.priority(config, "dedup_match")
     threads: cs_resources.threads(config, "dedup_match", pool_shards=DEDUP_POOL_SHARDS)
     resources:
         **cs_resources.resources(config, "dedup_match", pool_shards=DEDUP_POOL_SHARDS),
@@ -165,6 +172,7 @@ rule dedup_overlap:
         log_path("dedup_overlap", "overlap"),
     benchmark:
         bench_path("dedup_overlap", "overlap")
+    priority: cs_resources.priority(config, "dedup_overlap")
     threads: cs_resources.threads(config, "dedup_overlap")
     resources:
         **cs_resources.resources(config, "dedup_overlap"),
@@ -185,6 +193,7 @@ rule dedup_contact_sheet:
         log_path("dedup_contact_sheet", "contact_sheet"),
     benchmark:
         bench_path("dedup_contact_sheet", "contact_sheet")
+    priority: cs_resources.priority(config, "dedup_contact_sheet")
     threads: cs_resources.threads(config, "dedup_contact_sheet")
     resources:
         **cs_resources.resources(config, "dedup_contact_sheet"),
@@ -207,6 +216,7 @@ rule dedup_planted_recall:
         log_path("dedup_planted_recall", "planted_recall"),
     benchmark:
         bench_path("dedup_planted_recall", "planted_recall")
+    priority: cs_resources.priority(config, "dedup_planted_recall")
     threads: cs_resources.threads(config, "dedup_planted_recall")
     resources:
         **cs_resources.resources(config, "dedup_planted_recall"),
@@ -227,6 +237,7 @@ rule dedup_filter_subset:
         log_path("dedup_filter_subset", "{scale}"),
     benchmark:
         bench_path("dedup_filter_subset", "{scale}")
+    priority: cs_resources.priority(config, "dedup_filter_subset")
     threads: cs_resources.threads(config, "dedup_filter_subset", pool_shards=DEDUP_POOL_SHARDS)
     resources:
         **cs_resources.resources(

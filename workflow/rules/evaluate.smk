@@ -24,6 +24,7 @@ rule evaluate:
     wildcard_constraints:
         source="ours|released",
         epoch="[0-9]+|final",
+    priority: cs_resources.priority(config, "evaluate")
     threads: cs_resources.threads(config, "evaluate")
     resources:
         # evaluate.gpus as the resource "gpu" (the slurm plugin's --gpus)
@@ -50,6 +51,7 @@ rule aggregate_results:
         log_path("aggregate_results", "results"),
     benchmark:
         bench_path("aggregate_results", "results")
+    priority: cs_resources.priority(config, "aggregate_results")
     threads: cs_resources.threads(config, "aggregate_results")
     resources:
         **cs_resources.resources(config, "aggregate_results"),

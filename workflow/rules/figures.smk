@@ -33,6 +33,7 @@ rule figure_compute:
         f"{paths.BENCHMARKS}/figures/{{figure}}.tsv"
     wildcard_constraints:
         figure=figure_names_of("compute"),
+    priority: cs_resources.priority(config, "figure_compute", figures=FIGURES)
     threads: cs_resources.threads(config, "figure_compute")
     resources:
         **cs_resources.resources(config, "figure_compute"),
@@ -61,6 +62,7 @@ rule figure_data_bottleneck:
         f"{paths.BENCHMARKS}/figures/{{figure}}.tsv"
     wildcard_constraints:
         figure=figure_names_of("data_bottleneck"),
+    priority: cs_resources.priority(config, "figure_data_bottleneck", figures=FIGURES)
     threads: cs_resources.threads(config, "figure_data_bottleneck")
     resources:
         **cs_resources.resources(config, "figure_data_bottleneck"),
@@ -89,6 +91,7 @@ rule figure_samples_bottleneck:
         f"{paths.BENCHMARKS}/figures/{{figure}}.tsv"
     wildcard_constraints:
         figure=figure_names_of("samples_bottleneck"),
+    priority: cs_resources.priority(config, "figure_samples_bottleneck", figures=FIGURES)
     threads: cs_resources.threads(config, "figure_samples_bottleneck")
     resources:
         **cs_resources.resources(config, "figure_samples_bottleneck"),
@@ -117,6 +120,7 @@ rule figure_overlap:
         f"{paths.BENCHMARKS}/figures/{{figure}}.tsv"
     wildcard_constraints:
         figure=figure_names_of("overlap"),
+    priority: cs_resources.priority(config, "figure_overlap", figures=FIGURES)
     threads: cs_resources.threads(config, "figure_overlap")
     resources:
         **cs_resources.resources(config, "figure_overlap"),

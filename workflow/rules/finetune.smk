@@ -19,6 +19,7 @@ rule finetune:
         bench_path("finetune", "{model}", "{scale}", "{samples}", "{protocol}")
     wildcard_constraints:
         protocol="classification|patching",
+    priority: cs_resources.priority(config, "finetune")
     threads: cs_resources.threads(config, "finetune")
     resources:
         **cs_resources.resources(config, "finetune"),

@@ -27,6 +27,7 @@ rule published_table:
         f"{paths.LOGS}/fit/published_table.log",
     benchmark:
         f"{paths.BENCHMARKS}/fit/published_table.tsv"
+    priority: cs_resources.priority(config, "published_table")
     threads: cs_resources.threads(config, "published_table")
     resources:
         **cs_resources.resources(config, "published_table"),
@@ -60,6 +61,7 @@ rule fit_input:
         f"{paths.BENCHMARKS}/fit/{{input}}.tsv"
     wildcard_constraints:
         input="published|ours",
+    priority: cs_resources.priority(config, "fit_input")
     threads: cs_resources.threads(config, "fit_input")
     resources:
         **cs_resources.resources(config, "fit_input"),
@@ -92,6 +94,7 @@ rule fit_collect:
         f"{paths.LOGS}/fit/collect.log",
     benchmark:
         f"{paths.BENCHMARKS}/fit/collect.tsv"
+    priority: cs_resources.priority(config, "fit_collect")
     threads: cs_resources.threads(config, "fit_collect")
     resources:
         **cs_resources.resources(config, "fit_collect"),
@@ -125,6 +128,7 @@ rule fit_extrapolation:
         f"{paths.BENCHMARKS}/fit/extrapolation_{{input}}.tsv"
     wildcard_constraints:
         input="published|ours",
+    priority: cs_resources.priority(config, "fit_extrapolation")
     threads: cs_resources.threads(config, "fit_extrapolation")
     resources:
         **cs_resources.resources(config, "fit_extrapolation"),
@@ -159,6 +163,7 @@ rule fit_comparison:
         f"{paths.BENCHMARKS}/fit/comparison_{{input}}.tsv"
     wildcard_constraints:
         input="published|ours",
+    priority: cs_resources.priority(config, "fit_comparison")
     threads: cs_resources.threads(config, "fit_comparison")
     resources:
         **cs_resources.resources(config, "fit_comparison"),
@@ -186,6 +191,7 @@ rule fit_frontier:
         f"{paths.BENCHMARKS}/fit/frontier_{{input}}.tsv"
     wildcard_constraints:
         input="published|ours",
+    priority: cs_resources.priority(config, "fit_frontier")
     threads: cs_resources.threads(config, "fit_frontier")
     resources:
         **cs_resources.resources(config, "fit_frontier"),

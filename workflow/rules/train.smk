@@ -17,6 +17,7 @@ rule model_profile:
         log_path("model_profile", "{model}"),
     benchmark:
         bench_path("model_profile", "{model}")
+    priority: cs_resources.priority(config, "model_profile")
     threads: cs_resources.threads(config, "model_profile")
     resources:
         **cs_resources.resources(config, "model_profile"),
@@ -41,6 +42,7 @@ rule train_segment:
         bench_path("train", "{model}", "{scale}", "{samples}", "epoch_{epoch}")
     wildcard_constraints:
         epoch="[0-9]+",
+    priority: cs_resources.priority(config, "train_segment")
     threads: cs_resources.threads(config, "train_segment")
     resources:
         **cs_resources.resources(config, "train_segment"),
@@ -63,6 +65,7 @@ rule train:
         log_path("train", "{model}", "{scale}", "{samples}"),
     benchmark:
         bench_path("train", "{model}", "{scale}", "{samples}")
+    priority: cs_resources.priority(config, "train")
     threads: cs_resources.threads(config, "train")
     resources:
         # nodes, tasks (= train.nproc x nodes), cpus_per_task, gpu (the plugin reads "gpu",
