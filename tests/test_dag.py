@@ -202,6 +202,25 @@ def test_const_cooldown_branches_are_jobs_that_wait_for_their_trunk_checkpoint(t
     assert any(f.startswith("results/eval/ours/vit-xs/1k/2k-cooldown/epoch_2/") for f in jobs)
 
 
+def test_without_branch_jobs_a_trunk_is_one_job_and_its_branches_wait_for_its_end(tmp_path):
+    """train.branch_jobs: false (the embedded default's: fewer job start-ups on 2 cores): the
+    trunk trains in one job (no train_segment), each branch's job waits for it, and the runs,
+    their checkpoints and evaluations are the same files as with branch jobs."""
+    (tmp_path / "cooldown.yaml").write_text(
+        "grid: {models: [vit-xs], scales: [1k], samples_seen: [2k, 6k], schedules: [const-cooldown]}\n"
+        "train: {cooldown: {fraction: 0.5}, branch_jobs: false}\n")
+    args = ("results/results/results.parquet", "--configfile", str(REPO / "tests" / "data" / "ci.yaml"),
+            str(tmp_path / "cooldown.yaml"))
+    jobs = _dry_run_jobs(tmp_path, *args)
+    trunk, branch = "results/train/vit-xs/1k/6k-cooldown", "results/train/vit-xs/1k/2k-cooldown"
+    assert not any("/segments/" in f for f in jobs)
+    assert jobs[f"{trunk}/run.json"][0] == jobs[f"{branch}/run.json"][0] == "train"
+    assert {f for f in jobs[f"{branch}/run.json"][1] if f.startswith("results/train/")} == {f"{trunk}/run.json"}
+    (tmp_path / "cooldown.yaml").write_text((tmp_path / "cooldown.yaml").read_text().replace("false", "true"))
+    with_branch_jobs = _dry_run_jobs(tmp_path, *args)
+    assert set(with_branch_jobs) - set(jobs) == {f"{trunk}/segments/epoch_1.json"}
+
+
 def test_a_run_in_segments_is_a_chain_of_jobs_whose_checkpoints_are_evaluated_on_the_way(tmp_path):
     """train.segments: 3 with 4 checkpoints: jobs end at epochs 1 and 3 (train_segment) and 4
     (train), each after the one before; with evaluate.all_checkpoints, checkpoints 1 and 2-3

@@ -183,6 +183,7 @@ def test_the_longest_training_chains_start_first_and_data_before_any():
     from clipscale import config as cs_config
 
     cfg = cs_config.load(REPO / "config" / "config.yaml")
+    cfg["train"]["branch_jobs"] = True  # a cluster's: trunks end a job at each branch point
     jobs = _training_jobs(cfg)
     assert len(jobs) == 45  # 9 trunks in 3 jobs each, 18 branches
     first = max(jobs, key=jobs.get)
@@ -197,6 +198,10 @@ def test_the_longest_training_chains_start_first_and_data_before_any():
                    resources.priority(cfg, "fit_input")(_wildcards(input="published"))]
     assert min(data) > max(independent) > max(jobs.values())
     assert min(jobs.values()) > resources.priority(cfg, "evaluate")
+    one_job = _training_jobs(cs_config.load(REPO / "config" / "config.yaml"))  # the default's
+    assert len(one_job) == 27 and max(one_job, key=one_job.get).startswith("vit-m/")
+    assert all(one_job[f"{m}/48k/90k-cooldown until end"] > one_job[f"{m}/48k/30k-cooldown until end"]
+               for m in ("vit-xs", "vit-s", "vit-m"))
     # from our checkpoints to our figures: evaluation, the table, the fit, the figures
     ours = _wildcards(input="ours")
     assert resources.priority(cfg, "aggregate_results") > resources.priority(cfg, "fit_input")(ours) >= \

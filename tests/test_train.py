@@ -1114,6 +1114,9 @@ def test_cooldown_branches_start_at_the_trunk_checkpoint_and_count_exactly():
                                                         for r in grid.runs(cosine))}
     # the trunk's job ends at the branch point, so the branch can start from its checkpoint
     assert grid.segment_ends(cfg, trunk) == [3] and grid.segment_ends(cfg, branch) == []
+    # train.branch_jobs false: the trunk in one job, whose end the branch waits for
+    one_job = config_mod.validate({**cfg, "train": {**cfg["train"], "branch_jobs": False}}, "cfg")
+    assert grid.segment_ends(one_job, trunk) == [] and grid.segment_of(one_job, trunk, 3) is None
     # open_clip's own schedule: the branch's learning rate is the trunk's up to the branch point,
     # then falls linearly to 0 over its cooldown (the trunk's is still constant there)
     from open_clip_train.scheduler import const_lr_cooldown

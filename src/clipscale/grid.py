@@ -220,15 +220,17 @@ def hparams(config: dict, run: Run) -> dict:
 def segment_ends(config: dict, run: Run) -> list[int]:
     """Epochs at which a run's jobs end before its last (``train.segments`` jobs per run in the
     DAG, cut at epochs E x k / S, at most one per epoch): [] for a run in one job. A
-    const-cooldown trunk also ends a job at every branch point (its branches start from that
-    checkpoint as soon as it exists), and its cuts fall on the checkpoints it saves; a branch's
-    cuts fall after its start."""
+    const-cooldown trunk also ends a job at every branch point with ``train.branch_jobs`` (its
+    branches start from that checkpoint as soon as it exists), and its cuts fall on the
+    checkpoints it saves; a branch's cuts fall after its start."""
     hp = hparams(config, run)
     epochs, segments = hp["epochs"], hp["segments"]
     cuts = {round(epochs * k / segments) for k in range(1, segments)}
     if run.schedule == CONST_COOLDOWN:
         every = hp["save_every"]
-        cuts = {c - c % every for c in cuts} | set(branches_of(config, run))
+        cuts = {c - c % every for c in cuts}
+        if hp["branch_jobs"]:
+            cuts |= set(branches_of(config, run))
         cuts = {c for c in cuts if c > (hp["branch_epoch"] or 0)}
     return sorted(cuts - {0, epochs})
 

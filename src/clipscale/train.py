@@ -161,8 +161,7 @@ def trunk_checkpoint(config: dict, run: grid.Run) -> tuple[grid.Run, int, Path] 
     path = checkpoint_dir(trunk) / f"epoch_{epoch}.pt"
     if not path.is_file():
         raise TrainingError(f"run {run.name} branches from {trunk.name} at epoch {epoch}, but "
-                            f"{path} does not exist: train the trunk first (its job "
-                            f"{paths.fill(paths.RUN_SEGMENT, **trunk.wildcards, epoch=epoch)})")
+                            f"{path} does not exist: train the trunk first")
     return trunk, epoch, path
 
 

@@ -36,7 +36,10 @@ def previous_segment(wildcards):
     if ends:
         return [paths.fill(paths.RUN_SEGMENT, **run.wildcards, epoch=ends[-1])]
     branch = grid.trunk_of(config, run)
-    if branch is not None:
+    if branch is not None:  # the trunk's job that writes the checkpoint it starts from
         trunk, epoch = branch
-        return [paths.fill(paths.RUN_SEGMENT, **trunk.wildcards, epoch=epoch)]
+        end = grid.segment_of(config, trunk, epoch)
+        if end is None:  # train.branch_jobs false: the trunk's one job
+            return [paths.fill(paths.RUN_DONE, **trunk.wildcards)]
+        return [paths.fill(paths.RUN_SEGMENT, **trunk.wildcards, epoch=end)]
     return []
