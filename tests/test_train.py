@@ -1112,9 +1112,12 @@ def test_cooldown_branches_start_at_the_trunk_checkpoint_and_count_exactly():
     cosine = tiny_config(samples=(CD_SAMPLES, CD_TRUNK))
     assert grid.study_samples(cosine) == {"cosine": sum(grid.hparams(cosine, r)["samples_seen_exact"]
                                                         for r in grid.runs(cosine))}
-    # the trunk's job ends at the branch point, so the branch can start from its checkpoint
-    assert grid.segment_ends(cfg, trunk) == [3] and grid.segment_ends(cfg, branch) == []
-    # train.branch_jobs false: the trunk in one job, whose end the branch waits for
+    # with train.branch_jobs (the schema's default) the trunk's job ends at the branch point, so
+    # the branch can start from its checkpoint while the trunk goes on
+    jobs = config_mod.validate({**cfg, "train": {**cfg["train"], "branch_jobs": True}}, "cfg")
+    assert grid.segment_ends(jobs, trunk) == [3] and grid.segment_ends(jobs, branch) == []
+    assert grid.segment_of(jobs, trunk, 3) == 3
+    # without (the embedded default's): the trunk in one job, whose end the branch waits for
     one_job = config_mod.validate({**cfg, "train": {**cfg["train"], "branch_jobs": False}}, "cfg")
     assert grid.segment_ends(one_job, trunk) == [] and grid.segment_of(one_job, trunk, 3) is None
     # open_clip's own schedule: the branch's learning rate is the trunk's up to the branch point,
