@@ -669,6 +669,10 @@ def test_expand_nodelist_agrees_with_scontrol(slurm_cluster):
 # ---------------------------------------------------------------------------------------------
 
 WINDOW_RUN = "results/train/vit-xs/1k/{samples}/run.json"
+# the windows tests' run: about 3 minutes of training on this machine on a fast day (2026-12-02,
+# 16-token text towers), so at least three 2-minute windows from the time limit alone (60k
+# samples, enough before, gave only two that day)
+WINDOW_SAMPLES = "90k"
 
 
 def _window_config(tmp_path: Path, samples: str, **train) -> Path:
@@ -736,9 +740,9 @@ def _local_snakemake(workdir: Path, config: Path, *targets: str) -> subprocess.P
 @pytest.fixture(scope="module")
 def windows_workdir(request, tmp_path_factory) -> tuple[Path, Path]:
     """A workdir with the world, the subset and the model profile made (locally: what the Slurm
-    tests of a training run do not need to wait for), and the config of its 60k-sample run."""
+    tests of a training run do not need to wait for), and the config of its WINDOW_SAMPLES run."""
     with scratch(request, tmp_path_factory, "windows") as folder:
-        config = _window_config(folder, "60k", runtime=2, signal_lead_s=30)
+        config = _window_config(folder, WINDOW_SAMPLES, runtime=2, signal_lead_s=30)
         work = folder / "prepared"
         proc = _local_snakemake(work, config, "results/data/subsets/1k/manifest.json",
                                 "results/models/vit-xs.profile.json")
@@ -757,7 +761,7 @@ def test_a_run_longer_than_its_walltime_finishes_over_several_windows(slurm_clus
     import torch
 
     prepared, config = windows_workdir
-    target = WINDOW_RUN.format(samples="60k")  # ~120 s of training; a window trains ~50 s
+    target = WINDOW_RUN.format(samples=WINDOW_SAMPLES)  # a window trains ~50 s
     ref, wd = tmp_path / "uninterrupted", tmp_path / "windows"
     shutil.copytree(prepared, ref, symlinks=True)
     shutil.copytree(prepared, wd, symlinks=True)
@@ -812,13 +816,13 @@ def test_a_run_that_fails_at_start_stops_after_one_retry(slurm_cluster, windows_
     failing_config.write_text(yaml.safe_dump(cfg))
     wd = tmp_path / "failing"
     shutil.copytree(prepared, wd, symlinks=True)
-    target = WINDOW_RUN.format(samples="60k")
+    target = WINDOW_RUN.format(samples=WINDOW_SAMPLES)
     run = run_profile(wd, [target], failing_config, timeout_s=900)
     assert run.returncode != 0 and not run.timed_out, _explain(run)
     jobs = run.jobs_of("train")
     assert len(jobs) == 2 and len(run.jobs) == 2, _explain(run)  # the first attempt and one retry, nothing else
     recs = slurm_cluster.wait_jobcomp(jobs)
     assert all(recs[j]["JobState"] == "FAILED" for j in jobs), [recs[j] for j in jobs]
-    text = (wd / "results" / "logs" / "train" / "vit-xs" / "1k" / "60k.log").read_text()
-    assert "run vit-xs/1k/60k" in text and "no-such-open-clip-flag" in text, text[-3000:]
+    text = (wd / "results" / "logs" / "train" / "vit-xs" / "1k" / f"{WINDOW_SAMPLES}.log").read_text()
+    assert f"run vit-xs/1k/{WINDOW_SAMPLES}" in text and "no-such-open-clip-flag" in text, text[-3000:]
     assert "requeue" not in text.lower(), text[-3000:]
