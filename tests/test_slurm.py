@@ -669,10 +669,11 @@ def test_expand_nodelist_agrees_with_scontrol(slurm_cluster):
 # ---------------------------------------------------------------------------------------------
 
 WINDOW_RUN = "results/train/vit-xs/1k/{samples}/run.json"
-# the windows tests' run: about 3 minutes of training on this machine on a fast day (2026-12-02,
-# 16-token text towers), so at least three 2-minute windows from the time limit alone (60k
-# samples, enough before, gave only two that day)
-WINDOW_SAMPLES = "90k"
+# the windows tests' run: 2,344 steps of 64. On a fast day of this machine (2026-12-02) a window
+# trains 640 steps beside the uninterrupted reference run and 1,200 alone, so the run still needs
+# at least three 2-minute windows from the time limit alone (60k and 90k samples, enough on slower
+# days, finished in the window after the requeue that day); on a day 2.5x slower, about 9 windows
+WINDOW_SAMPLES = "150k"
 
 
 def _window_config(tmp_path: Path, samples: str, **train) -> Path:
@@ -771,7 +772,7 @@ def test_a_run_longer_than_its_walltime_finishes_over_several_windows(slurm_clus
     watcher = threading.Thread(target=_watch_windows, args=(run_folder, 2, stop, requeued), daemon=True)
     watcher.start()
     try:
-        run = run_profile(wd, [target], config, timeout_s=1500)
+        run = run_profile(wd, [target], config, timeout_s=2700)  # up to ~9 windows on a slow day
     finally:
         stop.set()
         out, _ = reference_run.communicate(timeout=900)
