@@ -209,7 +209,7 @@ def resources(config: Mapping, rule: str, **sizes) -> dict[str, Any]:
 #   then fine-tuning, evaluations, the results table, our fits and our figures, in the order of
 #   the chain from a checkpoint to a figure.
 DATA, INDEPENDENT, TRAIN = 1000, 500, 100
-FINETUNE, AGGREGATE, FIT_OURS_TABLE, FIT_OURS, EVALUATE, FIGURE_OURS = 95, 60, 45, 40, 50, 30
+FINETUNE, AGGREGATE, EVALUATE, FIT_OURS_TABLE, FIT_OURS, FIGURE_OURS = 95, 60, 50, 45, 40, 30
 _DATA_RULES = ("make_world", "index_pool", "subset", "model_profile")
 _FIT_RULES = ("fit_input", "fit_extrapolation", "fit_comparison", "fit_frontier")
 _FIGURE_RULES = ("figure_compute", "figure_data_bottleneck", "figure_samples_bottleneck", "figure_overlap")
@@ -222,7 +222,7 @@ def train_chain_gmac(config: Mapping, run: grid.Run, start_epoch: int) -> float:
     from clipscale import models
 
     hp = grid.hparams(dict(config), run)
-    per_epoch = grid.samples_per_epoch(hp["train_num_samples"], hp["global_batch_size"], hp["workers"])
+    per_epoch = hp["samples_seen_exact"] // hp["epochs"]  # grid's exact samples per virtual epoch
     return (hp["epochs"] - start_epoch) * per_epoch * models.estimated_gmac(config, run.model)
 
 
