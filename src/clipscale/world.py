@@ -147,7 +147,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
             draw.ellipse(box, fill=fill)
         return
     if shape == "cross":
-        t = r * 0.38
+        t = r * 0.22  # thin arms: a plus sign, not a blob like a square
         pts = [(-t, -r), (t, -r), (t, -t), (r, -t), (r, t), (t, t), (t, r), (-t, r), (-t, t),
                (-r, t), (-r, -t), (-t, -t)]
     elif shape == "square":
@@ -156,7 +156,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
     elif shape == "triangle":
         pts = [(0, -r), (r * 0.95, r * 0.75), (-r * 0.95, r * 0.75)]
     elif shape == "diamond":
-        pts = [(0, -r), (r * 0.75, 0), (0, r), (-r * 0.75, 0)]
+        pts = [(0, -r), (r * 0.55, 0), (0, r), (-r * 0.55, 0)]  # slim: not a triangle
     else:
         raise ValueError(f"unknown shape {shape!r}")
     c, s_ = math.cos(angle), math.sin(angle)
@@ -178,10 +178,10 @@ def render(attrs: dict, rng: np.random.Generator, size: int, photo: np.ndarray |
     jitter = rng.uniform(-18, 18, size=3)
     fill = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(COLOURS[attrs["colour"]], jitter))
     if count == 1:
-        r = big * (rng.uniform(0.19, 0.22) if large else rng.uniform(0.13, 0.15))
+        r = big * (rng.uniform(0.21, 0.23) if large else rng.uniform(0.16, 0.18))
         cells = [POSITIONS.index(attrs["position"])]
     else:
-        r = big * (rng.uniform(0.15, 0.17) if large else rng.uniform(0.11, 0.12))
+        r = big * (rng.uniform(0.19, 0.21) if large else rng.uniform(0.14, 0.16))
         cells = rng.permutation(4)[:count]  # one object per quadrant: countable, no overlap
     margin = big * 0.02
     lo, hi = r + margin, big / 2 - r - margin  # the object stays inside its quadrant
