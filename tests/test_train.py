@@ -53,7 +53,8 @@ HOOKS = textwrap.dedent('''
         kill_at = int(os.environ.get("CLIPSCALE_TEST_KILL_AT_STEP", "0"))
         pause_at = int(os.environ.get("CLIPSCALE_TEST_PAUSE_AT_STEP", "0"))
         signal_at = int(os.environ.get("CLIPSCALE_TEST_SIGNAL_AT_STEP", "0"))  # send SIGUSR1 there
-        if kill_at or pause_at or signal_at:
+        term_at = int(os.environ.get("CLIPSCALE_TEST_TERM_AT_STEP", "0"))  # SIGTERM, workers first
+        if kill_at or pause_at or signal_at or term_at:
             import time
 
             import open_clip_train.train as oct_train
@@ -67,13 +68,31 @@ HOOKS = textwrap.dedent('''
                     os.kill(os.getpid(), signal.SIGKILL)
                 if calls[0] == signal_at:  # as Slurm's walltime warning would
                     os.kill(os.getpid(), signal.SIGUSR1)
+                if calls[0] == term_at:  # the group's SIGTERM reaching the data workers first
+                    import subprocess
+                    me = str(os.getpid())
+                    kids = [d for d in os.listdir("/proc") if d.isdigit() and _ppid(d) == me]
+                    subprocess.run(["kill", "-TERM", *kids])  # from another process, as the launcher
+                    time.sleep(2)
+                    os.kill(os.getpid(), signal.SIGTERM)
                 if calls[0] == pause_at:  # training is underway: say so (pid), then wait
                     with open(os.environ["CLIPSCALE_TEST_PAUSED_FILE"], "w") as fh:
                         fh.write(str(os.getpid()))
-                    time.sleep(300)
+                    from clipscale import stopping
+
+                    t_end = time.time() + 300  # a long step: it ends when a stop asks to save
+                    while time.time() < t_end and not getattr(stopping.current(), "save_requested", 0):
+                        time.sleep(0.1)
                 return original(total_loss, scaler)
 
             oct_train.backward = backward
+
+            def _ppid(pid):
+                try:
+                    with open(f"/proc/{pid}/stat") as fh:
+                        return fh.read().rsplit(")", 1)[1].split()[1]
+                except OSError:
+                    return None
 ''')
 
 
@@ -141,7 +160,8 @@ def hooks_env(tmp_path_factory) -> dict:
     (folder / "sitecustomize.py").write_text(HOOKS)
     path = os.pathsep.join([str(folder)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     return {"PYTHONPATH": path, "CLIPSCALE_TEST_HOOKS": "1", "CLIPSCALE_TEST_KILL_AT_STEP": None,
-            "CLIPSCALE_TEST_PAUSE_AT_STEP": None, "CLIPSCALE_TEST_SIGNAL_AT_STEP": None}
+            "CLIPSCALE_TEST_PAUSE_AT_STEP": None, "CLIPSCALE_TEST_SIGNAL_AT_STEP": None,
+            "CLIPSCALE_TEST_TERM_AT_STEP": None}
 
 
 def launch(cfg, samples, manifest, folder: Path, env=None) -> dict:
@@ -382,6 +402,36 @@ def test_walltime_warning_saves_the_place_and_the_next_window_resumes_exactly(ba
     assert losses(folder, SAMPLES) == losses(baseline["folder"], SAMPLES)
     assert same_weights(final["state_dict"], baseline["final"]["state_dict"])
     assert not list(run_folder.glob("partial.pt*"))  # the final checkpoint holds all it had
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("baseline_workers", [2], indirect=True, ids=["2-workers"])
+def test_a_sigterm_reaching_the_data_workers_first_still_saves_the_place(baseline_workers, pool_index,
+                                                                       hooks_env, tmp_path):
+    """A SIGTERM to the training's process group (the launcher stopping it for snakemake, a
+    scancel) can reach the data workers before the training process handles it: on a loaded CI
+    machine torch's worker handler exited and the attempt ended "error: DataLoader worker exited
+    unexpectedly", its place lost. The workers keep serving batches: the step is finished, the
+    partial checkpoint written, the attempt ends "signal SIGTERM" and the rerun resumes exactly."""
+    baseline = baseline_workers
+    folder = tmp_path / "term"
+    folder.mkdir()
+    manifest = subset_in(pool_index, folder)
+    done = 2 * STEPS_PER_EPOCH + 2  # the signal in the 1st step of epoch 3; 2 workers: an even step
+    with pytest.raises(train.TrainingError, match=r"stopped \(SIGTERM; .* at epoch 2 \+ 2 of 4 steps"):
+        launch(baseline["cfg"], SAMPLES, manifest, folder,
+               {**hooks_env, "CLIPSCALE_TEST_TERM_AT_STEP": str(2 * STEPS_PER_EPOCH + 1)})
+    partial = load(folder / "results" / "train" / MODEL / SCALE / str(SAMPLES) / "partial.pt")
+    assert (partial["epoch"], partial["step_in_epoch"], partial["global_step"]) == (2, 2, done)
+
+    rec = launch(baseline["cfg"], SAMPLES, MANIFEST, folder, hooks_env)
+
+    first, second = rec["attempts"]
+    assert first["ended"].startswith("signal SIGTERM") and first["steps"] == done, first
+    assert (second["resumed_from_step"], second["steps"]) == (done, 16 - done)
+    assert losses(folder, SAMPLES) == losses(baseline["folder"], SAMPLES)
+    final = load(ckpt_dir(folder, SAMPLES) / f"epoch_{EPOCHS}.pt")
+    assert same_weights(final["state_dict"], baseline["final"]["state_dict"])
 
 
 def test_a_window_without_a_step_is_requeued_once_after_progress(in_tmp, monkeypatch):
@@ -749,7 +799,9 @@ def _wait_until(what, timeout: float) -> bool:
 def test_interrupted_launcher_stops_training_and_attempts_add_up(in_tmp, manifest, hooks_env):
     """The rule's script (train.launch) loses its parent, then gets SIGINT: both times every
     training process is gone within 15 s, no run.json is written, and the attempt (steps,
-    resumed_from, how it ended) is kept; the third attempt completes and run.json lists all."""
+    resumed_from, how it ended) is kept; the third attempt completes and run.json lists all.
+    The first stop (SIGTERM from the launcher) finishes its step and saves its place there; the
+    SIGINT stops at once, and the third attempt resumes from the newer epoch checkpoint."""
     cfg = tiny_config()
     Path("cfg.json").write_text(json.dumps(cfg))
     argv = [sys.executable, "-c", LAUNCHER, "cfg.json", MODEL, SCALE, str(SAMPLES), str(manifest)]
@@ -778,10 +830,13 @@ def test_interrupted_launcher_stops_training_and_attempts_add_up(in_tmp, manifes
     attempts = rec["attempts"]
     assert [a["ended"] for a in attempts] == ["signal SIGTERM", "signal SIGINT", "completed"]
     assert [a["resumed_from"] for a in attempts] == [0, 1, 2]
-    partial = STEPS_PER_EPOCH + 1  # stopped in the 2nd step of its 2nd epoch: 5 steps done
-    assert [a["steps"] for a in attempts] == [partial, partial, 2 * STEPS_PER_EPOCH]
+    # 1st: paused in the 2nd step of epoch 2, which it finished and saved: 6 steps; 2nd: resumed
+    # there, paused in its 6th step (the last of epoch 3), stopped at once: 5 steps, epoch 2 saved
+    saved_at = STEPS_PER_EPOCH + 2
+    assert attempts[0]["stopped_at"]["global_step"] == attempts[1]["resumed_from_step"] == saved_at
+    assert [a["steps"] for a in attempts] == [saved_at, 5, 2 * STEPS_PER_EPOCH]
     assert rec["steps_this_attempt"] == 2 * STEPS_PER_EPOCH
-    assert rec["steps_total"] == 2 * partial + 2 * STEPS_PER_EPOCH
+    assert rec["steps_total"] == saved_at + 5 + 2 * STEPS_PER_EPOCH
     assert rec["seconds_total"] == pytest.approx(sum(a["seconds"] for a in attempts), abs=0.05)
     assert all(a["started"] < a["finished"] for a in attempts)
     log = Path("train.log").read_text()

@@ -87,8 +87,8 @@ class StopSignals:
     partial checkpoint and raises TrainingStopped (``clipscale.resume.step_boundary``), with
     ``place`` saying where (a SIGTERM may arrive twice: from Slurm and from the launcher).
 
-    Data worker processes forked from it inherit this handler and ignore these signals (torch's
-    own SIGTERM handler there exits): the training process shuts them down as it exits."""
+    Data worker processes ignore these signals (``keep_data_workers_through_stops``): the
+    training process shuts them down as it exits."""
 
     def __init__(self):
         self.owner = os.getpid()
@@ -172,6 +172,34 @@ def stop_on_signals(watch_parent: bool = True):
             # not kill it by SIGUSR1's default action while it exits (a finished run would fail)
             signal.signal(s, signal.SIG_IGN if s == WALLTIME_SIGNAL and handler == signal.SIG_DFL else handler)
         _stop = None
+
+
+def keep_data_workers_through_stops() -> None:
+    """Make torch's data worker processes ignore SIGINT, SIGTERM and SIGUSR1.
+
+    A stop reaches the whole process group of the training (the launcher's ``killpg``, Slurm's
+    scancel and walltime warning), the data workers too. torch's worker handler for SIGTERM
+    exits unless its parent sent it; if a worker died before the training process had handled
+    its own SIGTERM (seen on a loaded CI machine), the batch it owed never came and the attempt
+    ended "DataLoader worker exited unexpectedly", its place lost. With the workers serving on,
+    the training process finishes its step and saves its place; it then shuts them down (torch
+    sends them a sentinel; a worker whose parent died exits by torch's watchdog, and the
+    launcher kills what is left of the group). Patches the name torch's ``_worker_loop`` calls
+    first in a worker (``torch.utils.data._utils.signal_handling._set_worker_signal_handlers``,
+    torch 2.14; workers are forked, so the patch is inherited)."""
+    from torch.utils.data._utils import signal_handling
+
+    original = signal_handling._set_worker_signal_handlers
+    if getattr(original, "_clipscale", False):
+        return
+
+    def set_worker_signal_handlers(*args):
+        original(*args)  # SIGSEGV, SIGBUS, SIGFPE still report and kill the worker
+        for s in (*STOP_SIGNALS, WALLTIME_SIGNAL):
+            signal.signal(s, signal.SIG_IGN)
+
+    set_worker_signal_handlers._clipscale = True
+    signal_handling._set_worker_signal_handlers = set_worker_signal_handlers
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -660,6 +660,7 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
         install_skip_counting()
         install_fast_data_path()
         install_shuffle_buffer(hp["shuffle_buffer"])
+        stopping.keep_data_workers_through_stops()
         skip_dir.mkdir(parents=True, exist_ok=True)
         os.environ[SKIP_DIR_ENV] = str(skip_dir.absolute())  # data workers inherit it
         t0 = time.time()
