@@ -15,11 +15,12 @@ from conftest import REPO, run_snakemake, scratch
 
 LEARN_CONFIG = REPO / "tests" / "data" / "learn.yaml"
 
-# chance top-1 (%) and the margin a small run must clear. Measured 2026-12-01 on this config
-# (2 cores, 178 s): shapes 39.4 (22.7 points over chance), colours 95.1 (82.6 over); the margins
-# leave about 10 points (shapes: 8 standard errors) for the spread of another data order or seed.
+# chance top-1 (%) and the margin a small run must clear. Measured 2026-12-03 on this config
+# (2 cores, 103 s; the world with its shapes redrawn, issue 11): shapes 59.2 (42.5 points over
+# chance; 22.7 on the world before), colours 95.1 (82.6 over); the margins leave 12-18 points
+# (shapes: 9 standard errors) for the spread of another data order or seed.
 CHANCE = {"shapes": 100 / 6, "colours": 100 / 8}
-MARGIN = {"shapes": 12.0, "colours": 50.0}
+MARGIN = {"shapes": 30.0, "colours": 65.0}
 
 
 @pytest.fixture(scope="module")
