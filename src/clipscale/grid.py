@@ -95,6 +95,38 @@ def runs(config: dict) -> list[Run]:
     return out
 
 
+def exclude_problems(config: dict) -> list[str]:
+    """grid.exclude entries that leave out no run of the grid (a samples seen, model, scale or
+    schedule the grid does not run: a typo would exclude nothing, silently). Names not defined
+    at all and counts that do not parse are config.cross_check's."""
+    grid = config["grid"]
+    schedules = grid.get("schedules", [COSINE])
+    counts = [parse_count(n) for n in grid["samples_seen"]]
+    full = [Run(m, s, n, sch) for sch in schedules for m in grid["models"] for s in grid["scales"] for n in counts]
+    out = []
+    for i, entry in enumerate(grid.get("exclude", [])):
+        try:
+            if any(_matches(entry, run) for run in full):
+                continue
+            count = parse_count(entry["samples_seen"]) if "samples_seen" in entry else None
+        except ConfigError:
+            continue
+        where = f"grid.exclude[{i}]"
+        if count is not None and count not in counts:
+            out.append(f"{where}.samples_seen: {entry['samples_seen']!r} is not in grid.samples_seen "
+                       f"{list(grid['samples_seen'])}: the entry leaves out no run")
+        elif "model" in entry and entry["model"] not in grid["models"]:
+            out.append(f"{where}.model: {entry['model']!r} is not in grid.models {list(grid['models'])}: "
+                       f"the entry leaves out no run")
+        elif "scale" in entry and entry["scale"] not in grid["scales"]:
+            out.append(f"{where}.scale: {entry['scale']!r} is not in grid.scales {list(grid['scales'])}: "
+                       f"the entry leaves out no run")
+        elif "schedule" in entry and entry["schedule"] not in schedules:
+            out.append(f"{where}.schedule: {entry['schedule']!r} is not in grid.schedules {list(schedules)}: "
+                       f"the entry leaves out no run")
+    return out
+
+
 def source_of(run: Run) -> str:
     """The results table's source of a run's rows: "ours" (cosine, the paper's schedule) or
     "ours-cooldown" (const-cooldown): fits, analyses and figures tell them apart by it."""
@@ -197,8 +229,8 @@ def hparams(config: dict, run: Run) -> dict:
         settings["save_every"] = plan["save_every"] if member["branch_epoch"] is None else 1
         # what the run's prefix shares with the trunk must be the trunk's (workers: open_clip
         # rounds each epoch to a multiple of them, so the steps per epoch too)
-        for key in ("lr", "wd", "beta2", "warmup", "batch_size", "nproc", "nodes", "precision", "workers",
-                    "shuffle_buffer"):
+        for key in ("lr", "wd", "beta2", "warmup", "batch_size", "accum_freq", "nproc", "nodes", "precision",
+                    "workers", "shuffle_buffer"):
             settings[key] = trunk_settings[key]
     else:
         settings.pop("cooldown", None)
@@ -207,8 +239,10 @@ def hparams(config: dict, run: Run) -> dict:
     settings["epochs"] = epochs
     settings["train_num_samples"] = per_epoch
     settings["world_size"] = settings["nproc"] * settings["nodes"]
-    settings["global_batch_size"] = settings["batch_size"] * settings["world_size"]
-    per_epoch_exact = samples_per_epoch(per_epoch, settings["global_batch_size"], settings["workers"])
+    # a step's batch: per process x processes x accumulated batches (open_clip's --accum-freq)
+    settings["global_batch_size"] = settings["batch_size"] * settings["world_size"] * settings["accum_freq"]
+    per_epoch_exact = samples_per_epoch(per_epoch, settings["global_batch_size"], settings["workers"],
+                                        settings["accum_freq"])
     settings["samples_seen_exact"] = epochs * per_epoch_exact
     # what this run's own jobs train: a branch starts at its trunk's checkpoint (the samples
     # before it are the trunk's, counted once in the study's compute)
@@ -249,13 +283,18 @@ def segment_of(config: dict, run: Run, epoch: int) -> int | None:
     return next((end for end in segment_ends(config, run) if end >= epoch), None)
 
 
-def samples_per_epoch(train_num_samples: int, global_batch_size: int, workers: int) -> int:
-    """Samples open_clip_train really draws per (virtual) epoch with --dataset-resampled: it
-    rounds up to whole global batches, then to a multiple of the dataloader workers
-    (open_clip_train/data.py, get_wds_dataset). This is the paper's exact samples seen."""
-    batches = math.ceil(train_num_samples / global_batch_size)
+def samples_per_epoch(train_num_samples: int, global_batch_size: int, workers: int, accum_freq: int = 1) -> int:
+    """Samples open_clip_train really trains on per (virtual) epoch with --dataset-resampled: it
+    rounds up to whole batches of all processes (global_batch_size / accum_freq each), then to
+    a multiple of the dataloader workers (open_clip_train/data.py, get_wds_dataset); with
+    gradient accumulation a step is accum_freq of those batches, and an epoch's batches beyond
+    its last whole step are not trained on (open_clip_train/train.py). This is the paper's
+    exact samples seen."""
+    per_batch = global_batch_size // accum_freq
+    batches = math.ceil(train_num_samples / per_batch)
     workers = max(1, workers)
-    return math.ceil(batches / workers) * workers * global_batch_size
+    batches = math.ceil(batches / workers) * workers
+    return batches // accum_freq * global_batch_size
 
 
 def find_run(config: dict, model: str, scale: str, samples: str) -> Run:

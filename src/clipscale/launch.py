@@ -333,6 +333,7 @@ def launch_command(
     *,
     cpus_per_task: int | None = None,
     overlap: bool = True,
+    gpus: bool = False,
     python: str | None = None,
 ) -> list[str]:
     """Command prefix that starts ``nproc`` processes per node on ``nodes`` nodes.
@@ -341,7 +342,10 @@ def launch_command(
     ``["script.py", *args]``); use ``build_command`` to get torchrun's ``--`` right.
 
     * Slurm (``under_slurm`` true; None = detect): ``srun --ntasks=nproc*nodes --nodes=nodes
-      --ntasks-per-node=nproc --kill-on-bad-exit=1 [--overlap] [--cpus-per-task=C] python``.
+      --ntasks-per-node=nproc --kill-on-bad-exit=1 [--overlap] [--cpus-per-task=C] [--cpu-bind=v
+      --accel-bind=gn] python``; with ``gpus``, open_clip's documented binding: each task on the
+      CPUs and the GPU closest to each other (``--accel-bind=gn``), the binding printed
+      (``--cpu-bind=v``).
       ``--kill-on-bad-exit`` stops the other ranks when one dies instead of leaving them
       blocked in a collective. srun in a 22.05+ job step does not inherit the job's
       --cpus-per-task: pass it here.
@@ -365,6 +369,8 @@ def launch_command(
             cmd.append("--overlap")
         if cpus_per_task:
             cmd.append(f"--cpus-per-task={cpus_per_task}")
+        if gpus:
+            cmd += ["--cpu-bind=v", "--accel-bind=gn"]
         return cmd + [python]
     if nodes != 1:
         raise ValueError(
@@ -374,6 +380,27 @@ def launch_command(
     if nproc == 1:
         return [python]
     return [python, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={nproc}"]
+
+
+# allocation-level settings that sbatch exports and an srun inside the job would inherit as its
+# own: SLURM_NTASKS_PER_GPU (from --ntasks-per-gpu) makes `srun --ntasks-per-node` fail ("srun:
+# fatal: --ntasks-per-node is mutually exclusive with --ntasks-per-gpu"); the others would
+# override the step's explicit shape. The job step plugin 0.6.1 drops every SLURM_* but the job's
+# identity; 0.6.0 drops none: the launcher does not rely on it.
+STEP_CONFLICTS = ("SLURM_NTASKS_PER_GPU", "SLURM_NTASKS_PER_NODE", "SLURM_NTASKS_PER_SOCKET",
+                  "SLURM_NTASKS_PER_CORE", "SLURM_TRES_PER_TASK", "SLURM_CPUS_PER_GPU",
+                  "SLURM_GPUS_PER_TASK", "SLURM_MEM_PER_GPU", "SLURM_GPUS", "SLURM_GPUS_PER_NODE",
+                  "SLURM_NTASKS", "SLURM_NPROCS", "SLURM_DISTRIBUTION", "SLURM_CPU_BIND",
+                  "SRUN_CPUS_PER_TASK")
+
+
+def step_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for the launch command: as this process's, without the allocation-level
+    task and GPU settings (STEP_CONFLICTS) an srun would take for its own."""
+    env = dict(os.environ if environ is None else environ)
+    for name in STEP_CONFLICTS:
+        env.pop(name, None)
+    return env
 
 
 def is_torchrun(prefix: Sequence[str]) -> bool:

@@ -136,11 +136,18 @@ class _Epoch:
     optimizer: Any
     scaler: Any
     args: Any
+    micro: int = 0  # backward passes in this epoch (accum_freq of them per step)
+
+    @property
+    def accum(self) -> int:
+        return max(1, getattr(self.args, "accum_freq", 1))
 
     @property
     def done(self) -> int:
-        """Steps done in this epoch (the batch being trained is not applied yet)."""
-        return self.loader.position - 1
+        """Steps done in this epoch (the step being trained is not applied yet). With gradient
+        accumulation (open_clip's --accum-freq K) a step is K batches, all read before its first
+        backward pass."""
+        return self.loader.position // self.accum - 1
 
     @property
     def global_step(self) -> int:
@@ -222,10 +229,13 @@ def _train_one_epoch(original):
             if _state.rank == 0:
                 log.info("resuming from %s (%s): the data stream drops its first %d batches, undecoded",
                          path, describe(state), skip)
-        # read by seeded_shuffle, in this process or in the data workers (forked at the first epoch)
-        _state.drop_batches, _state.batch_size = skip, args.batch_size
+        # read by seeded_shuffle, in this process or in the data workers (forked at the first epoch);
+        # a step is accum_freq batches (the loader stops after the epoch's last whole step: open_clip
+        # reads the rest of an epoch's batches and trains none of them)
+        accum = max(1, args.accum_freq)
+        _state.drop_batches, _state.batch_size = skip * accum, args.batch_size
         _state.seed, _state.shared_epoch = args.seed + _state.rank, data["train"].shared_epoch
-        loader = _ResumedLoader(data["train"].dataloader, skip, num_batches)
+        loader = _ResumedLoader(data["train"].dataloader, skip * accum, num_batches * accum)
         data = {**data, "train": dataclasses.replace(data["train"], dataloader=loader)}
         if skip and not args.skip_scheduler:
             shifted = scheduler
@@ -254,6 +264,12 @@ def _agree(want: bool, args) -> bool:
     return bool(flag.item())
 
 
+def last_micro_batch() -> bool:
+    """Whether the backward pass just done completes a step (always, without accumulation)."""
+    cur = _state.current
+    return cur is None or cur.micro % cur.accum == 0
+
+
 def step_boundary() -> None:
     """Called before every backward pass: if this process (or any rank) was asked to stop and
     keep its place, save the partial checkpoint (rank 0) and stop every rank here."""
@@ -262,13 +278,16 @@ def step_boundary() -> None:
     want = bool(stop is not None and stop.save_requested)
     if cur is None:
         return
+    micro, cur.micro = cur.micro, cur.micro + 1
+    if micro % cur.accum:  # a step's later backward passes (gradient accumulation): not a boundary
+        return
     if not _agree(want, cur.args):
         _state.steps += 1
         return
     import torch
 
     step = cur.done
-    if _state.steps and step % max(1, cur.args.workers):
+    if _state.steps and (step * cur.accum) % max(1, cur.args.workers):
         # the loader takes batches from the W data workers in turn: stopping at a multiple of W
         # lets the resumed epoch take them in the same order (at most W - 1 more steps)
         _state.steps += 1
@@ -278,7 +297,7 @@ def step_boundary() -> None:
         saved = "before this process trained a step: the place is the one it resumed from"
     elif step == 0:
         saved = f"at the start of epoch {cur.epoch}: nothing to save"
-    elif cur.args.accum_freq == 1 and _state.rank == 0:
+    elif _state.rank == 0:
         state = {"epoch": cur.epoch, "step_in_epoch": step, "num_batches": cur.num_batches,
                  "global_step": cur.global_step, "name": _state.name,
                  "state_dict": _unwrapped(cur.model).state_dict(),

@@ -209,7 +209,8 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def run_until_stopped(cmd: list[str], stdout=None, grace_s: float = STOP_GRACE_S) -> tuple[int, str | None]:
+def run_until_stopped(cmd: list[str], stdout=None, grace_s: float = STOP_GRACE_S,
+                      environ: dict | None = None) -> tuple[int, str | None]:
     """Run the training command and wait; return (exit status, why it was stopped or None).
 
     Why not ``subprocess.call``: Snakemake's local executor never signals a job's processes (on
@@ -229,7 +230,7 @@ def run_until_stopped(cmd: list[str], stdout=None, grace_s: float = STOP_GRACE_S
     previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
                 for s in (*STOP_SIGNALS, WALLTIME_SIGNAL)} if in_main else {}
     parent = os.getppid()
-    env = {**os.environ, LAUNCHER_ENV: f"{socket.gethostname()}:{os.getpid()}"}
+    env = {**(os.environ if environ is None else environ), LAUNCHER_ENV: f"{socket.gethostname()}:{os.getpid()}"}
     proc = None
     try:
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT if stdout else None,

@@ -9,4 +9,4 @@ with job_logging(snakemake.log[0]):  # noqa: F821
     until = int(sm.wildcards.epoch) if "epoch" in sm.wildcards.keys() else None  # train_segment
     profile = sm.input.profile or None  # [] when the model's GMAC is given (config, Table 25)
     launch(sm.config, run, sm.input.manifest, sm.output[0], log_file=sm.log[0], until=until,
-           profile=profile)
+           profile=profile, attempt=sm.resources.get("attempt", 1))
