@@ -254,3 +254,113 @@ def test_every_rule_takes_its_priority_from_one_place():
             assert callable(declared) and declared.__qualname__ == expected.__qualname__, name
         else:
             assert declared == expected, (name, declared, expected)
+
+
+# evaluation sized for its work (clipscale.resources.evaluate, clipscale.evaluate.work) -------
+
+
+def _eval_job(cfg: dict, model: str, attempt: int = 1) -> dict:
+    """An evaluation job's resources for one checkpoint of ``model``, as Snakemake evaluates them."""
+    from clipscale import config as cs_config
+
+    cfg = cs_config.validate(copy.deepcopy(cfg))
+    wildcards = _wildcards(source="ours", model=model, scale="12k", samples="30k", epoch="final")
+    got = resources.of(cfg, "evaluate")
+    return {k: v(wildcards, attempt=attempt) if callable(v) else v for k, v in got.items()}
+
+
+def test_an_evaluation_job_is_sized_by_its_sets_and_its_model_and_a_retry_asks_for_more():
+    """Walltime and memory grow with the images of the configured sets and with the model; the
+    second attempt (after a TIMEOUT) asks for more time than the first; the sbatch line asks for
+    the GPU per node (--gres), the workers' CPUs, and that time and memory."""
+    cfg = yaml.safe_load(CI_CONFIG.read_text())
+    cfg["evaluate"].update({"gpus": 1, "workers": 3, "threads": 2})
+    small = _eval_job(cfg, "vit-xs")
+    call = sbatch_command(small)
+    assert "--gres=gpu:1" in call and "--cpus-per-task=5" in call, call
+    assert "--gpus" not in call and "--ntasks-per-gpu" not in call, call
+    assert f"-t {small['runtime']}" in call and f"--mem {small['mem_mb']}" in call, call
+
+    # the paper's ImageNet with its full linear probe: 1.3M images more
+    more = copy.deepcopy(cfg)
+    more["downstream"]["imagenet1k"] = {"path": "data/wds/imagenet1k", "tasks": ["zeroshot_classification",
+                                                                                 "linear_probe"]}
+    big_sets = _eval_job(more, "vit-xs")
+    assert big_sets["runtime"] > small["runtime"] and big_sets["mem_mb"] > small["mem_mb"], (small, big_sets)
+    more["models"]["ViT-L-14"] = {"label": "ViT-L/14"}
+    big_model = _eval_job(more, "ViT-L-14")
+    assert big_model["runtime"] > big_sets["runtime"] and big_model["mem_mb"] > big_sets["mem_mb"]
+    again = _eval_job(more, "ViT-L-14", attempt=2)
+    assert again["runtime"] >= 2 * big_model["runtime"] and again["mem_mb"] > big_model["mem_mb"]
+    # a user's own set: its size from the config, else ImageNet's (the fallback, never too short)
+    own = copy.deepcopy(cfg)
+    own["downstream"]["mine"] = {"path": "data/wds/mine", "tasks": ["zeroshot_classification"], "size": 200_000}
+    assert _eval_job(own, "ViT-B-32")["runtime"] > _eval_job(cfg, "ViT-B-32")["runtime"]
+    from clipscale.evaluate import work
+
+    assert work.set_size(own, "mine").test == 200_000
+    own["downstream"]["mine"].pop("size")
+    assert work.set_size(own, "mine") == work.FALLBACK
+
+
+def test_the_sizes_of_the_worlds_sets_are_those_it_writes(small_world):
+    """clipscale.evaluate.work counts the embedded world's splits from its spec: the counts
+    equal the samples the world generator writes."""
+    import tarfile
+
+    from conftest import SMALL_WORLD
+
+    from clipscale import world
+    from clipscale.evaluate import work
+
+    cfg = {"seed": SMALL_WORLD.seed, "world": {k: getattr(SMALL_WORLD, k) for k in (
+        "pool_size", "shard_size", "image_size", "test_per_class", "train_per_class", "retrieval_size")},
+        "downstream": {name: {"tasks": ["zeroshot_classification"]} for name in world.DOWNSTREAM_SETS}}
+    for name in world.DOWNSTREAM_SETS:
+        size = work.set_size(cfg, name)
+        for split, expected in (("test", size.test), ("train", size.train)):
+            tars = sorted((small_world / "downstream" / name / split).glob("*.tar"))
+            keys = {m.name.split(".")[0] for t in tars for m in tarfile.open(t).getmembers()}
+            assert len(keys) == expected, (name, split, len(keys), expected)
+
+
+def test_the_evaluation_reads_images_with_the_configured_workers():
+    """evaluate.workers reaches every DataLoader the evaluation builds for clip_benchmark."""
+    import torch
+
+    from clipscale.evaluate import benchmark, job
+
+    cfg = yaml.safe_load(CI_CONFIG.read_text())
+    cfg["evaluate"]["workers"] = 3
+    settings = job.set_settings(cfg, "shapes")
+    assert settings.workers == 3
+    loader = benchmark._loader(torch.utils.data.TensorDataset(torch.zeros(4, 1)), 2, settings.workers, wds=False)
+    assert loader.num_workers == 3
+
+
+def test_the_papers_evaluation_jobs_ask_for_a_gpu_and_time_by_their_model(tmp_path):
+    """A dry run of config/paper.yaml through the Slurm profile: every evaluation job asks for
+    one GPU per node, 12 CPUs (4 threads, 8 data-loading workers), and a walltime and memory
+    that grow with the model (ViT-B/32 < ViT-L/14 < ViT-g/14), hours for a ViT-L/14 where the
+    schema's default gave 30 minutes."""
+    from clipscale import config as cs_config
+    from clipscale import standin
+
+    cfg = cs_config.validate(yaml.safe_load((REPO / "config" / "paper.yaml").read_text()))
+    overrides = standin.write(cfg, tmp_path)
+    out = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "-n", "--forceall", "--profile",
+                          str(PROFILE), "--configfile", "config/paper.yaml", str(overrides)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    by_model: dict[str, dict] = {}
+    for m in re.finditer(r"^(?:local)?rule evaluate:\n((?:[ \t]+.*\n?)*)", out.stdout, re.M):
+        items = dict(i.split("=", 1) for i in re.search(r"^\s+resources: (.*)$", m.group(1), re.M).group(1)
+                     .split(", ") if "=" in i)
+        model = re.search(r"^\s+wildcards: .*model=([^,\s]+)", m.group(1), re.M).group(1)
+        by_model[model] = {k: _value(v) for k, v in items.items()}
+    assert {"ViT-B-32", "ViT-L-14", "ViT-g-14"} <= set(by_model), sorted(by_model)
+    for model, job in by_model.items():
+        assert job["gres"] == "gpu:1" and job["cpus_per_task"] == 12 and "gpu" not in job, (model, job)
+    b, l, g = (by_model[m] for m in ("ViT-B-32", "ViT-L-14", "ViT-g-14"))
+    assert b["runtime"] < l["runtime"] < g["runtime"] and b["mem_mb"] < l["mem_mb"] < g["mem_mb"]
+    assert l["runtime"] >= 120 and l["mem_mb"] >= 16000, l

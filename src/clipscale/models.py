@@ -8,9 +8,11 @@ architectures, else measured on the model itself with torch's FLOP counter.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -107,6 +109,58 @@ def estimated_gmac(config, name: str) -> float:
     macs = sum(t.get("layers", 12) * (4 + 2 * t.get("mlp_ratio", 4)) * t.get("width", 512) ** 2 * tokens
                for t, tokens in towers)
     return macs / 1e9
+
+
+def open_clip_definition(config, name: str) -> dict | None:
+    """A model's open_clip definition without importing open_clip (torch): the config's own
+    (models.<name>.open_clip), else the JSON open_clip ships for its architecture, else None."""
+    spec = config.get("models", {}).get(name, {})
+    if spec.get("open_clip"):
+        return spec["open_clip"]
+    found = importlib.util.find_spec("open_clip")
+    folder = next(iter(found.submodule_search_locations or []), None) if found else None
+    path = Path(folder) / "model_configs" / f"{name}.json" if folder else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+@dataclass(frozen=True)
+class Towers:
+    """A model's size for sizing jobs (clipscale.resources), estimated from its definition:
+    forward GMAC of one image and of one text, parameters, feature width, image side (px)."""
+
+    image_gmac: float
+    text_gmac: float
+    params: float
+    embed_dim: int
+    image_size: int
+
+
+def towers(config, name: str) -> Towers:
+    """The image and text towers' forward GMAC (as estimated_gmac counts, plus attention's
+    2 x tokens^2 x width per layer), parameters and feature width, from the model's open_clip
+    definition. Without one (a model known only by its gmac_per_sample): both towers at the
+    whole sample's GMAC, ViT-L/14's other sizes (an over-estimate rather than a job cut short)."""
+    cfg = open_clip_definition(config, name)
+    if cfg is None:
+        gmac = estimated_gmac(config, name)
+        return Towers(gmac, gmac, 4.3e8, 768, 224)
+    vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    side = vision.get("image_size", 224)
+    side = max(side) if isinstance(side, (list, tuple)) else side
+    patch = vision.get("patch_size", 16)
+    image_tokens = (side // patch) ** 2 + 1
+    text_tokens = text.get("context_length", 77)
+
+    def tower(t, tokens, default_width):
+        width, layers = t.get("width", default_width), t.get("layers", 12)
+        per_layer = (4 + 2 * t.get("mlp_ratio", 4)) * width ** 2
+        return layers * (per_layer * tokens + 2 * tokens ** 2 * width) / 1e9, layers * per_layer
+
+    image_gmac, image_params = tower(vision, image_tokens, 768)
+    text_gmac, text_params = tower(text, text_tokens, 512)
+    params = image_params + text_params + text.get("vocab_size", 49408) * text.get("width", 512) \
+        + 3 * patch ** 2 * vision.get("width", 768)
+    return Towers(image_gmac, text_gmac, float(params), int(cfg.get("embed_dim", 512)), int(side))
 
 
 def gmac_per_sample(config: dict, name: str, profile: dict | None = None) -> float:

@@ -18,6 +18,7 @@ evaluation job, with and without GPUs.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 from clipscale import grid
@@ -48,6 +49,14 @@ FIXED: dict[str, tuple[int, int, int]] = {
 def _fixed(rule: str) -> dict:
     threads, mem_mb, runtime = FIXED[rule]
     return {"threads": threads, "mem_mb": mem_mb, "runtime": runtime}
+
+
+def gres(gpus_per_node: int) -> dict:
+    """GPUs per node (sbatch --gres=gpu:G): --gpus is a total that Slurm may spread unevenly
+    across the nodes, and the plugin pairs it with --ntasks-per-gpu, which an srun
+    --ntasks-per-node inside the job refuses ("mutually exclusive"). tasks_per_gpu 0 keeps the
+    plugin from adding --ntasks-per-gpu."""
+    return {"gres": f"gpu:{gpus_per_node}", "tasks_per_gpu": 0} if gpus_per_node else {}
 
 
 def train(config: Mapping, run: grid.Run) -> dict:
@@ -82,11 +91,99 @@ def finetune(config: Mapping) -> dict:
             "cpus_per_task": ft["threads"], "gpu": ft["gpus"]}
 
 
+# Encoding images for evaluation (benchmarks/bench_eval_rate.py, on the 2-core dev machine shared
+# with other work, 2026-12-03): ViT-B-32's image tower ran at 17 GMAC/s on one thread (fp32);
+# a 500x375 JPEG decoded and transformed to 224 px in 5.6 ms in one process (1.0 ms for the
+# world's 32 px images); the world's vit-s took 0.34 ms per image whatever its GMAC.
+CPU_EVAL_GMAC_PER_S_PER_THREAD = 17
+DECODE_S_PER_IMAGE = 0.0056
+DECODE_S_PER_TINY_IMAGE = 0.001
+PER_IMAGE_S = 0.0004
+# GPUs: an ASSUMPTION, not a measurement (no GPU was lent to the session that wrote this):
+# 50,000 GMAC/s in bf16 on one A100/H100-class GPU (about a third of an A100's 156 TMAC/s
+# peak: ViT-L/14 at ~620 images/s), a fifth of it in fp32 (evaluate.amp false). Replace both by
+# a device measurement (bench_eval_rate.py's encoding on the GPU).
+GPU_EVAL_GMAC_PER_S = 50_000
+GPU_EVAL_GMAC_PER_S_FP32 = 10_000
+# a job's start (python, torch, clip_benchmark, the model built), per set (its shards opened,
+# its classifier built), the checkpoint read at 200 MB/s; a margin of 2 over the estimate
+EVAL_START_S = 120
+EVAL_SET_S = 15
+CHECKPOINT_READ_MB_S = 200
+EVAL_MARGIN = 2
+EVAL_MIN_RUNTIME = 10  # minutes
+
+
+def _eval_device(config: Mapping, setting: str) -> tuple[int, bool]:
+    """(GPUs, amp) of an encoding job: a GPU where ``setting`` is cuda, or auto with
+    evaluate.gpus > 0 (evaluate.gpus GPUs for an evaluation job, one for an encoding job)."""
+    gpus = config["evaluate"].get("gpus") or 0
+    on_gpu = setting == "cuda" or (setting == "auto" and gpus > 0)
+    return (max(1, gpus) if on_gpu else 0), on_gpu and bool(config["evaluate"].get("amp", True))
+
+
+def encoding_seconds(images: int, tiny_images: int, image_gmac: float, texts: int, text_gmac: float,
+                     gpu: bool, amp: bool, threads: int, workers: int) -> float:
+    """Seconds to encode ``images`` (``tiny_images`` of them the world's 32 px) and ``texts``:
+    decoding in ``workers`` processes (or in the job's process with 0), the towers' GMAC on one
+    GPU or on ``threads`` CPU threads. Decoding and encoding are added, not overlapped."""
+    rate = (GPU_EVAL_GMAC_PER_S if amp else GPU_EVAL_GMAC_PER_S_FP32) if gpu \
+        else CPU_EVAL_GMAC_PER_S_PER_THREAD * threads
+    decode = (images - tiny_images) * DECODE_S_PER_IMAGE + tiny_images * DECODE_S_PER_TINY_IMAGE
+    overhead = 0 if gpu else PER_IMAGE_S  # a tiny model's floor on a CPU
+    return decode / max(1, workers) + images * (overhead + image_gmac / rate) + texts * text_gmac / rate
+
+
+def _eval_mem_mb(towers, batch_size: int, workers: int, features: int, gpu: bool) -> int:
+    """Host memory (MB) of an encoding job, x 1.5 in steps of 500 MB: the libraries (torch,
+    clip_benchmark: 1.5 GB, 3 GB with CUDA; the world's evaluation peaked at 0.9 GB), the
+    checkpoint and the model (2 x params, fp32), the features held at once (and their copy
+    when they are concatenated), the batches in flight (2 prefetched per worker) and 500 MB
+    per worker process."""
+    batch_mb = batch_size * 3 * towers.image_size ** 2 * 4 / 1e6
+    mb = ((3000 if gpu else 1500) + 2 * towers.params * 4 / 1e6 + 2 * features * towers.embed_dim * 4 / 1e6
+          + batch_mb * (2 + 2 * workers) + 500 * workers)
+    return int(math.ceil(1.5 * mb / 500) * 500)
+
+
+def _minutes(seconds: float, attempt: int) -> int:
+    return max(EVAL_MIN_RUNTIME, math.ceil(EVAL_MARGIN * seconds / 60)) * attempt
+
+
 def evaluate(config: Mapping) -> dict:
-    """One checkpoint's evaluation job: ``evaluate.threads`` CPUs, ``evaluate.gpus`` GPUs."""
+    """One checkpoint's evaluation job: ``evaluate.threads`` CPU threads plus one CPU per
+    data-loading worker (``evaluate.workers``), ``evaluate.gpus`` GPUs on one node (--gres);
+    walltime and memory from the job's work (clipscale.evaluate.work: the images and texts of
+    every configured set, x the model's GMAC per image and per text, estimated from its
+    definition, clipscale.models.towers), at the rates above, plus start-up, x EVAL_MARGIN;
+    each retry (Snakemake's ``attempt``, after a TIMEOUT or an out-of-memory kill) asks for
+    attempt x the walltime and half as much memory again per attempt. ``evaluate.runtime`` /
+    ``evaluate.mem_mb``, where set, replace the estimates of the first attempt."""
+    from clipscale import models
+    from clipscale.evaluate.work import evaluation_work
+
     ev = config["evaluate"]
-    return {"threads": ev["threads"], "mem_mb": ev["mem_mb"], "runtime": ev["runtime"],
-            "cpus_per_task": ev["threads"], "gpu": ev["gpus"]}
+    gpus, amp = _eval_device(config, ev.get("device", "auto"))
+    workers = ev.get("workers", 0)
+
+    def runtime(wildcards, attempt=1, **_):
+        if ev.get("runtime"):
+            return ev["runtime"] * attempt
+        t, work = models.towers(config, wildcards.model), evaluation_work(dict(config))
+        seconds = (EVAL_START_S + EVAL_SET_S * work.sets + 4 * t.params / 1e6 / CHECKPOINT_READ_MB_S
+                   + encoding_seconds(work.images, work.tiny_images, t.image_gmac, work.texts, t.text_gmac,
+                                      gpus > 0, amp, ev["threads"], workers)
+                   + work.probe_macs * t.embed_dim / (CPU_EVAL_GMAC_PER_S_PER_THREAD * ev["threads"]
+                                                      if not gpus else GPU_EVAL_GMAC_PER_S_FP32))
+        return _minutes(seconds, attempt)
+
+    def mem_mb(wildcards, attempt=1, **_):
+        base = ev.get("mem_mb") or _eval_mem_mb(models.towers(config, wildcards.model), ev["batch_size"],
+                                                workers, evaluation_work(dict(config)).largest_features, gpus > 0)
+        return base + base * (attempt - 1) // 2
+
+    return {"threads": ev["threads"], "mem_mb": mem_mb, "runtime": runtime,
+            "cpus_per_task": ev["threads"] + workers, **gres(gpus)}
 
 
 # the pool's work: a LAION shard holds ~10,000 samples; the index scans tar headers at ~45,000
@@ -148,22 +245,58 @@ def of(config: Mapping, rule: str, pool_shards: int = 0, group_sizes: Mapping[st
     if rule == "dedup_filter_subset":
         return _pool_stream(pool_shards, 2000, 10)
     if rule in ("dedup_embed_pool", "dedup_embed_downstream"):
-        return dedup_embed(config, rule, pool_shards)
+        return dedup_embed(config, rule, group_sizes)
     if rule == "dedup_match_embedding":
         return _pool_stream(pool_shards, 4000, 1000)
     return _fixed(rule)
 
 
-def dedup_embed(config: Mapping, rule: str, pool_shards: int = 0) -> dict:
+def dedup_embed(config: Mapping, rule: str, group_sizes: Mapping[str, int] | None = None) -> dict:
     """A job encoding images for mode embedding: a GPU when dedup.embedding.device is cuda (or
-    auto, with evaluate.gpus > 0: where the evaluations get one), the evaluation's threads; a
-    pool job's walltime from its group's size at ~200 images/s on CPU."""
+    auto, with evaluate.gpus > 0: where the evaluations get one), the evaluation's threads;
+    walltime and memory from its images (a pool group's shards x samples per shard, or a test
+    set's test split) x the encoder's GMAC per image, as an evaluation's (decoding in the job's
+    process), x ``attempt`` for the walltime of a retry."""
     emb = config["dedup"]["embedding"]
-    gpu = 1 if emb["device"] == "cuda" or (emb["device"] == "auto" and config["evaluate"]["gpus"]) else 0
+    gpus, _ = _eval_device(config, emb["device"])
+    gpus = min(gpus, 1)
     threads = config["evaluate"]["threads"]
-    shards = min(config["dedup"]["shards_per_job"], pool_shards) if rule == "dedup_embed_pool" else 1
-    minutes = max(30, 2 * shards * SAMPLES_PER_SHARD // (200 * 60 * (10 if gpu else 1)))
-    return {"threads": threads, "mem_mb": 4000, "runtime": minutes, "cpus_per_task": threads, "gpu": gpu}
+    pool = config.get("pool", {})
+    per_shard = (config.get("world", {}).get("shard_size", 2000) if pool.get("source") == "world"
+                 else SAMPLES_PER_SHARD)
+
+    def images(wildcards) -> tuple[int, int]:
+        """(images, of which the world's 32 px) of the job."""
+        if rule == "dedup_embed_pool":
+            shards = (group_sizes or {}).get(wildcards.group, config["dedup"]["shards_per_job"])
+            n = shards * per_shard
+            return n, n if pool.get("source") == "world" else 0
+        from clipscale.evaluate.work import set_size
+
+        size = set_size(dict(config), wildcards.dataset)
+        return size.test, size.test if size.source == "world" else 0
+
+    def encoder_towers():
+        from clipscale import models
+        from clipscale.dedup.embedding import encoder
+
+        try:
+            return models.towers(config, encoder(config)["model"])
+        except Exception:  # no encoder to name (the DAG reports it): the grid's last model
+            return models.towers(config, config["grid"]["models"][-1])
+
+    def runtime(wildcards, attempt=1, **_):
+        n, tiny = images(wildcards)
+        t = encoder_towers()
+        seconds = EVAL_START_S + 4 * t.params / 1e6 / CHECKPOINT_READ_MB_S + encoding_seconds(
+            n, tiny, t.image_gmac, 0, 0.0, gpus > 0, False, threads, 0)
+        return _minutes(seconds, attempt)
+
+    def mem_mb(wildcards, attempt=1, **_):
+        base = _eval_mem_mb(encoder_towers(), emb["batch_size"], 0, images(wildcards)[0] // 2, gpus > 0)  # float16
+        return base + base * (attempt - 1) // 2
+
+    return {"threads": threads, "mem_mb": mem_mb, "runtime": runtime, "cpus_per_task": threads, **gres(gpus)}
 
 
 def per_run(config: Mapping) -> dict[str, Callable]:
