@@ -760,3 +760,80 @@ def test_load_test_hashes_rejects_two_sets_of_one_name(tmp_path):
     D.hash_shards([], tmp_path / "b.parquet", name="same")
     with pytest.raises(D.DedupError, match="same dataset name"):
         D.load_test_hashes([tmp_path / "a.parquet", tmp_path / "b.parquet"])
+
+
+# 7. duplicate keys in the pool are counted once (issue 29) ---------------------------------------
+
+
+def test_dedup_counts_distinct_pool_samples(photos, in_tmp):
+    """00001 is 00000 copied under another name; 00002 holds other images under 00000's first 5
+    keys. The pool index keeps each key's first occurrence (what subsets draw); matching drops
+    the other occurrences, so the overlap counts distinct samples."""
+    import pyarrow as pa
+
+    from clipscale.subsets import build_index
+
+    pool = Path("pool")
+    with ShardWriter(pool / "00000.tar") as w:
+        for i in range(10):
+            w.write(f"p{i:02d}", {"jpg": _jpeg(photos[i]), "txt": "c"})
+    shutil.copy(pool / "00000.tar", pool / "00001.tar")
+    with ShardWriter(pool / "00002.tar") as w:
+        for i in range(10):
+            w.write(f"p{i:02d}" if i < 5 else f"q{i:02d}", {"jpg": _jpeg(photos[10 + i]), "txt": "c"})
+    ds = Path("myset")
+    with ShardWriter(ds / "test" / "0.tar") as w:
+        for j in list(range(5)) + list(range(10, 16)):
+            w.write(f"t{j:03d}", {"jpg": _jpeg(photos[j]), "cls": "0"})
+    D.hash_shards([pool / "00000.tar", pool / "00001.tar"], "g0.parquet")
+    D.hash_shards([pool / "00002.tar"], "g1.parquet")
+    D.hash_shards(D.downstream_test_shards(ds), "myset.parquet", name="myset")
+    D.gather(["g0.parquet", "g1.parquet"], "pool.parquet")
+    build_index(pool).to_parquet("index.parquet", index=False)
+    assert cli.main(["dedup-match", "--pool", "pool.parquet", "--tests", "myset.parquet",
+                     "--radius", "4", "--out", "m.parquet", "--pool-index", "index.parquet"]) == 0
+    m = D.read_matches("m.parquet")
+    report = D.read_report("m.parquet")
+    assert report["n_pool"] == 15 and report["n_pool_duplicates"] == 15  # 30 hashed
+    # each matched pool sample is its key's first occurrence: 00000's p00..p04 and 00002's q05
+    assert sorted({(Path(s).name, k) for s, k in zip(m["pool_shard"], m["pool_key"])}) == (
+        [("00000.tar", f"p{i:02d}") for i in range(5)] + [("00002.tar", "q05")])
+    table = D.overlap_table(m, ["myset.parquet"], radius=4).iloc[0]
+    assert table["n_pool_matched"] == 6 and table["n_matched"] == 6
+    # pairs of another mode (embedding) on a left-out occurrence are dropped too
+    extra = pa.table({"dataset": ["myset"] * 3, "test_key": ["t010", "t000", "t000"],
+                      "test_shard": ["x"] * 3,
+                      "pool_key": ["p00", "p00", "p00"],
+                      "pool_shard": [str(pool / "00002.tar"), str(pool / "00001.tar"),
+                                     str(Path.cwd() / pool / "00000.tar")],
+                      "distance": pa.array([0] * 3, pa.uint8()), "test_phash": pa.array([0] * 3, pa.uint64()),
+                      "pool_phash": pa.array([0] * 3, pa.uint64()), "mode": ["embedding"] * 3,
+                      "similarity": pa.array([0.99] * 3, pa.float32())}, schema=D.PAIR_SCHEMA)
+    import pyarrow.parquet as pq
+
+    pq.write_table(extra, "embedding.parquet")
+    D.match_files("pool.parquet", ["myset.parquet"], 4, "m2.parquet", modes=["phash", "embedding"],
+                  embedding_pairs="embedding.parquet", pool_index=pd.read_parquet("index.parquet"))
+    m2 = D.read_matches("m2.parquet")
+    kept = m2[m2["mode"] == "embedding"]
+    assert len(kept) == 1 and Path(kept["pool_shard"].iloc[0]).parent.name == "pool"
+    assert Path(kept["pool_shard"].iloc[0]).name == "00000.tar"
+
+
+def test_filtered_subset_of_a_pool_with_duplicates_keeps_them_out(in_tmp):
+    """A shard re-written without its duplicates is never swapped back for the pool's shard."""
+    import braceexpand
+
+    from clipscale.shards import iter_samples
+    from clipscale.subsets import build_index, subset_keys, write_subset
+
+    pool = Path("pool")
+    for s, keys in enumerate([["a", "b", "c"], ["c", "d", "d", "e"]]):
+        with ShardWriter(pool / f"{s:05d}.tar") as w:
+            for k in keys:
+                w.write(k, {"jpg": b"x" * 10, "txt": "c"})
+    write_subset(build_index(pool), "s", 5, 0, "subset")
+    matches = pd.DataFrame({"pool_key": ["zzz"], "pool_shard": [str(pool / "00001.tar")]})
+    out = D.filter_subset("subset/manifest.json", matches, "dedup")
+    keys = [k for url in braceexpand.braceexpand(out["url"]) for k, _f in iter_samples(url)]
+    assert out["n_samples"] == 5 and sorted(keys) == ["a", "b", "c", "d", "e"] == sorted(subset_keys(out))

@@ -301,3 +301,99 @@ def test_manifest_pointing_outside_is_rejected(index, in_tmp, field, value):
     with pytest.raises(subsets.PoolError) as e:
         subsets.read_manifest(path)
     assert str(path) in str(e.value) and value in str(e.value)
+
+
+# duplicate keys and parquets that name other keys (issue 29) --------------------------------
+
+
+def _shard(path, keys, tag):
+    with ShardWriter(path) as w:
+        for key in keys:
+            w.write(key, {"jpg": b"x" * 100, "txt": f"{tag} {key}"})
+
+
+@pytest.fixture
+def pool_with_duplicates(in_tmp):
+    """00000: a00..a19; 00001: b00..b19 and b05 again (its second copy); 00002: a copy of 00000
+    under another name; 00003: b00..b09 again (other samples under the same keys) and c00..c09."""
+    pool = in_tmp / "pool"
+    a = [f"a{i:02d}" for i in range(20)]
+    b = [f"b{i:02d}" for i in range(20)]
+    _shard(pool / "00000.tar", a, "first")
+    _shard(pool / "00001.tar", b + ["b05"], "first")
+    shutil.copy(pool / "00000.tar", pool / "00002.tar")
+    _shard(pool / "00003.tar", b[:10] + [f"c{i:02d}" for i in range(10)], "second")
+    return pool
+
+
+def test_duplicate_keys_are_reported_per_shard_and_counted_once(pool_with_duplicates):
+    index = subsets.build_index(pool_with_duplicates)
+    assert index["n_readable"].tolist() == [20, 21, 20, 20]
+    assert index["n_samples"].tolist() == [20, 20, 0, 10]  # what subsets draw: first occurrences
+    assert index["n_duplicates"].tolist() == [0, 1, 20, 10]
+    pd.testing.assert_frame_equal(subsets.build_index(pool_with_duplicates, workers=2), index)
+    problems = subsets.pool_problems(index)
+    assert len(problems) == 3
+    assert "00001.tar" in problems[0] and "1 sample repeats a key earlier in this shard" in problems[0]
+    assert "00002.tar" in problems[1] and "20 samples repeat keys of 00000.tar" in problems[1]
+    assert "00003.tar" in problems[2] and "10 samples repeat keys of 00001.tar" in problems[2]
+    assert "first occurrence" in problems[1]
+
+
+@pytest.mark.parametrize("size", [13, 37, 50])
+def test_a_subset_of_n_samples_holds_n_unique_samples(pool_with_duplicates, size):
+    index = subsets.build_index(pool_with_duplicates)
+    for seed in range(4):
+        manifest = subsets.write_subset(index, f"s{seed}", size, seed, f"s{size}_{seed}")
+        keys = readable_through_url(manifest)  # what open_clip reads
+        assert manifest["n_samples"] == size == len(keys) == len(set(keys)) == len(keys_of(manifest))
+        # the first occurrence in shard order is the one kept: b00..b09 and b05 from 00001
+        captions = [files["txt"].decode() for url in braceexpand.braceexpand(manifest["url"])
+                    for _k, files in iter_samples(url)]
+        assert not any(c.startswith("second b") for c in captions)
+    whole = subsets.write_subset(index, "all", 50, 0, "all")
+    assert sorted(readable_through_url(whole)) == sorted(
+        [f"a{i:02d}" for i in range(20)] + [f"b{i:02d}" for i in range(20)] + [f"c{i:02d}" for i in range(10)])
+    with pytest.raises(subsets.PoolError, match="pool has only 50"):
+        subsets.write_subset(index, "more", 51, 0, "more")
+
+
+def test_index_pool_script_warns_of_duplicates_naming_the_shards(pool_with_duplicates):
+    sm = SimpleNamespace(input=[], params=SimpleNamespace(pool=str(pool_with_duplicates)),
+                         output=["index.parquet"], log=["index.log"], threads=1)
+    runpy.run_path(str(REPO / "workflow" / "scripts" / "index_pool.py"),
+                   init_globals={"snakemake": sm})
+    log_text = Path("index.log").read_text()
+    assert "50 distinct samples, 31 duplicates left out" in log_text
+    warnings = [line for line in log_text.splitlines() if "WARNING" in line]
+    assert [w for w in warnings if "00002.tar" in w and "repeat keys of 00000.tar" in w]
+    assert [w for w in warnings if "00003.tar" in w and "repeat keys of 00001.tar" in w]
+
+
+def test_a_parquet_naming_keys_the_tar_does_not_hold_is_flagged(small_world, in_tmp):
+    """Same count, other keys: img2dataset's parquet and the tar disagree on 50 keys."""
+    pool = in_tmp / "pool"
+    pool.mkdir()
+    for s in range(2):
+        for ext in (".tar", ".parquet"):
+            shutil.copy(small_world / "pool" / f"{s:05d}{ext}", pool)
+    meta = pd.read_parquet(pool / "00001.parquet")
+    meta.loc[:49, "key"] = [f"9999{i:05d}" for i in range(50)]
+    meta.to_parquet(pool / "00001.parquet", index=False)
+    index = subsets.build_index(pool)
+    assert index["n_parquet"].tolist() == index["n_readable"].tolist() == [100, 100]
+    assert index["problem"].iloc[0] == ""
+    problem = index["problem"].iloc[1]
+    assert "50 keys of the parquet are not in the tar" in problem and "999900000" in problem
+    assert "50 keys of the tar are not in the parquet" in problem
+    assert [p for p in subsets.pool_problems(index) if "00001.tar" in p]
+
+
+def test_a_pool_without_duplicates_indexes_and_subsets_as_before(index, in_tmp):
+    """The embedded world has unique keys: nothing left out, whole shards linked, manifests
+    without duplicate fields."""
+    assert index["n_duplicates"].tolist() == [0] * 6
+    assert index["n_samples"].tolist() == index["n_readable"].tolist()
+    m = subsets.write_subset(index, "M", 250, 0, "M")
+    assert [e["partial"] for e in m["shards"]] == [False, False, True]
+    assert all("duplicates" not in e for e in m["shards"])

@@ -119,6 +119,8 @@ class TarScan:
     n_complete: int = 0  # samples open_clip can train on (is_complete)
     n_incomplete: int = 0  # keys without a non-empty image or caption, the one cut by a truncation too
     problem: str = ""  # what is wrong with the tar itself; "" when nothing
+    # the keys of the complete samples, in tar order (a key twice if the tar holds it twice)
+    keys: list = field(default_factory=list, compare=False, repr=False)
 
 
 def scan_tar(path: str | Path) -> TarScan:
@@ -128,8 +130,9 @@ def scan_tar(path: str | Path) -> TarScan:
     truncated) tar holds, and decoding every image of a pool of 10^5 shards would take days. A
     header gives a member's name (key and extension) and size, enough to tell a complete sample
     (is_complete: a non-empty image and caption); member data is seeked over, never read, and
-    memory is constant. Samples are grouped as iter_samples groups them (consecutive members of
-    one key), so the count is what a reader of the shard gets.
+    memory is the shard's keys (``keys``, those of its complete samples: what the pool index
+    checks for duplicates and against the parquet). Samples are grouped as iter_samples groups
+    them (consecutive members of one key), so the count is what a reader of the shard gets.
 
     A plain, complete tar (what img2dataset and webdataset write) is read by a small header
     reader, 4-5 times faster than tarfile; anything else (pax or GNU long-name headers, a
@@ -153,17 +156,18 @@ def _count_samples(headers: Iterator[tuple[str, int, bool]], scan: TarScan) -> N
         member_key, ext = split_name(name)
         if member_key != key:
             if key is not None:
-                _count_sample(exts, scan)
+                _count_sample(key, exts, scan)
             key, exts = member_key, set()
         if size > 0:
             exts.add(ext)
     if key is not None:
-        _count_sample(exts, scan)
+        _count_sample(key, exts, scan)
 
 
-def _count_sample(exts: set, scan: TarScan) -> None:
+def _count_sample(key: str, exts: set, scan: TarScan) -> None:
     if CAPTION_EXTENSION in exts and exts.intersection(TRAIN_IMAGE_EXTENSIONS):
         scan.n_complete += 1
+        scan.keys.append(key)
     else:
         scan.n_incomplete += 1
 

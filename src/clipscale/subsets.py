@@ -11,8 +11,14 @@ Only the one cut shard is re-written (streamed, one sample in memory at a time).
 not depend on the pool size beyond one row per shard.
 
 Counts are of readable samples: the pool index checks every tar against its img2dataset parquet
-(headers only, see clipscale.shards.scan_tar) and subsets are cut on what the tars hold, so a
-truncated shard cannot make a subset promise samples that are not there.
+(headers only, see clipscale.shards.scan_tar: the count and the keys) and subsets are cut on what
+the tars hold, so a truncated shard cannot make a subset promise samples that are not there.
+
+A sample is its key: a key found twice in the pool (a shard copied under another name, a shard
+whose keys repeat another's, a key twice in one shard) is one sample, its first occurrence in
+shard order (the index's order, sorted by name). The index reports the others per shard and
+leaves them out of n_samples; a shard with such duplicates is re-written without them (as the
+cut shard is), so a subset of n samples holds n distinct keys.
 
 Paths are relative to the working directory (where snakemake runs, the process's cwd): the
 manifest's url and files, and the links to pool shards inside the workdir (the embedded world's
@@ -23,6 +29,7 @@ that is where the data lives.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -32,11 +39,13 @@ import pandas as pd
 
 from clipscale.shards import ShardWriter, is_complete, iter_samples, scan_tar
 
-# n_samples (what subsets use) = n_readable, complete samples in the tar; n_parquet = what
-# img2dataset's parquet says (null without one); skipped = samples in the tar that are not
-# complete; problem = what is wrong with the shard ("" when nothing)
+# n_readable = complete samples in the tar; n_duplicates = those of them whose key came earlier
+# (in this shard or an earlier one: left out); n_samples (what subsets use) = n_readable -
+# n_duplicates; duplicate_keys = this shard's keys first seen in an earlier shard (distinct);
+# n_parquet = what img2dataset's parquet says (null without one); skipped = samples in the tar
+# that are not complete; problem = what is wrong with the shard ("" when nothing)
 INDEX_COLUMNS = ["shard", "path", "n_samples", "skipped", "counted_from", "n_parquet",
-                 "n_readable", "problem"]
+                 "n_readable", "problem", "n_duplicates", "duplicate_keys"]
 
 
 class PoolError(ValueError):
@@ -53,48 +62,144 @@ def pool_shards(pool_dir: str | Path) -> list[Path]:
     return shards
 
 
-def parquet_count(parquet: Path) -> tuple[int | None, str]:
-    """(samples img2dataset wrote: its 'success' rows, problem); (None, "") without a parquet."""
+def parquet_keys(parquet: Path) -> tuple[int | None, list[str] | None, str]:
+    """(samples img2dataset wrote: its 'success' rows, their keys (None without a key column),
+    problem); (None, None, "") without a parquet."""
     if not parquet.exists():
-        return None, ""
+        return None, None, ""
     try:
-        meta = pd.read_parquet(parquet, columns=["status"])
+        import pyarrow.parquet as pq
+
+        has_key = "key" in pq.read_schema(parquet).names
+        meta = pd.read_parquet(parquet, columns=["status", "key"] if has_key else ["status"])
     except Exception as e:  # a broken parquet is reported, the tar is counted all the same
-        return None, f"unreadable parquet {parquet.name} ({type(e).__name__})"
-    return int((meta["status"] == "success").sum()), ""
+        return None, None, f"unreadable parquet {parquet.name} ({type(e).__name__})"
+    success = meta[meta["status"] == "success"]
+    keys = success["key"].astype(str).tolist() if has_key else None
+    return len(success), keys, ""
 
 
-def index_row(shard: Path) -> dict:
-    """One row of the pool index: the shard's readable samples (its tar, verified) and its
-    parquet's count, with what does not add up."""
+def _examples(keys, n: int = 3) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def _key_problems(parquet_keys: list[str], tar_keys: list[str]) -> list[str]:
+    """What the parquet's keys and the tar's readable keys disagree on (even when the counts agree)."""
+    in_tar, in_parquet = set(tar_keys), set(parquet_keys)
+    problems = []
+    missing = [k for k in dict.fromkeys(parquet_keys) if k not in in_tar]
+    if missing:
+        problems.append(f"{len(missing)} keys of the parquet are not in the tar (readable), e.g. "
+                        f"{_examples(missing)}")
+    extra = [k for k in dict.fromkeys(tar_keys) if k not in in_parquet]
+    if extra:
+        problems.append(f"{len(extra)} keys of the tar are not in the parquet, e.g. {_examples(extra)}")
+    return problems
+
+
+def key_hashes(keys: list[str]) -> np.ndarray:
+    """A 64-bit digest of each key (uint64): what the index compares across shards (8 bytes a
+    sample in memory, not the keys; equal digests are checked on the keys themselves)."""
+    return np.frombuffer(b"".join(hashlib.blake2b(k.encode("utf-8", "surrogateescape"), digest_size=8)
+                                  .digest() for k in keys), dtype="<u8").astype(np.uint64)
+
+
+def _scan_shard(shard: Path) -> tuple[dict, np.ndarray]:
+    """One row of the pool index and the digests of the shard's readable keys."""
     scan = scan_tar(shard)
-    n_parquet, parquet_problem = parquet_count(shard.with_suffix(".parquet"))
+    return _row(shard, scan), key_hashes(scan.keys)
+
+
+def _row(shard: Path, scan) -> dict:
+    """The shard's readable samples (its tar, verified) and its parquet's count and keys, with
+    what does not add up; no duplicates yet (build_index counts them over the pool)."""
+    n_parquet, keys, parquet_problem = parquet_keys(shard.with_suffix(".parquet"))
     problems = [scan.problem] if scan.problem else []
     if scan.n_incomplete:
         problems.append(f"{scan.n_incomplete} samples without an image or a caption")
     if n_parquet is not None and n_parquet != scan.n_complete:
         problems.append(f"parquet says {n_parquet} samples, the tar has {scan.n_complete} readable")
+    if keys is not None:
+        problems += _key_problems(keys, scan.keys)
     if parquet_problem:
         problems.append(parquet_problem)
     return {"shard": shard.stem, "path": workdir_path(shard), "n_samples": scan.n_complete,
             "skipped": scan.n_incomplete, "counted_from": "tar", "n_parquet": n_parquet,
-            "n_readable": scan.n_complete, "problem": "; ".join(problems)}
+            "n_readable": scan.n_complete, "problem": "; ".join(problems), "n_duplicates": 0,
+            "duplicate_keys": []}
 
 
 def build_index(pool_dir: str | Path, workers: int = 1) -> pd.DataFrame:
     """The pool index (INDEX_COLUMNS), one row per shard. ``workers`` > 1 scans shards in that
-    many processes (a pool of 10^5 shards is header-scanned in hours on one core)."""
+    many processes (a pool of 10^5 shards is header-scanned in hours on one core).
+
+    Duplicate keys are found over the whole pool from 8-byte digests of the keys, not the keys
+    (memory: about 30 bytes a readable sample at the peak of the sort, 1.5 GB for LAION-50M);
+    only the shards holding a repeated digest are read again, for their keys."""
     shards = pool_shards(pool_dir)
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers) as ex:
-            rows = list(ex.map(index_row, shards, chunksize=16))
+            scanned = list(ex.map(_scan_shard, shards, chunksize=16))
     else:
-        rows = [index_row(shard) for shard in shards]
+        scanned = [_scan_shard(shard) for shard in shards]
+    rows = [row for row, _ in scanned]
+    _mark_duplicates(shards, rows, [h for _, h in scanned])
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     index["n_parquet"] = index["n_parquet"].astype("Int64")
     return index
+
+
+def _mark_duplicates(shards: list[Path], rows: list[dict], hashes: list[np.ndarray]) -> None:
+    """Count into ``rows`` every readable sample whose key came earlier (in shard order, then
+    tar order): n_duplicates, n_samples, duplicate_keys and a problem naming where the key was
+    first. Digests seen once are unique keys; the others are checked on the keys."""
+    if not hashes:
+        return
+    all_hashes = np.concatenate(hashes)
+    _, first = np.unique(all_hashes, return_index=True)
+    repeated = np.ones(len(all_hashes), bool)
+    repeated[first] = False
+    if not repeated.any():
+        return
+    suspects = np.isin(all_hashes, all_hashes[repeated])
+    ends = np.cumsum([len(h) for h in hashes])
+    first_in: dict[str, int] = {}
+    for s in np.unique(np.searchsorted(ends, np.flatnonzero(suspects), side="right")):  # shard order
+        keys = scan_tar(shards[s]).keys
+        positions = np.flatnonzero(suspects[ends[s] - len(hashes[s]) : ends[s]])
+        if len(keys) != len(hashes[s]):
+            raise PoolError(f"{shards[s]} changed while the pool was indexed: index it again")
+        sources: dict[int, list[str]] = {}
+        for i in positions:  # in tar order
+            key = keys[i]
+            if key in first_in:
+                sources.setdefault(first_in[key], []).append(key)
+            else:
+                first_in[key] = int(s)
+        if not sources:
+            continue
+        row = rows[s]
+        n_dup = sum(len(k) for k in sources.values())
+        earlier = [k for src, ks in sources.items() if src != s for k in ks]
+        row["n_duplicates"] = n_dup
+        row["n_samples"] = row["n_readable"] - n_dup
+        row["duplicate_keys"] = list(dict.fromkeys(earlier))
+        said = []
+        for src, ks in sources.items():
+            if src == s:
+                said.append(f"{len(ks)} sample{'s repeat keys' if len(ks) > 1 else ' repeats a key'} "
+                            f"earlier in this shard (e.g. {_examples(dict.fromkeys(ks))})")
+            else:
+                said.append(f"{len(ks)} sample{'s repeat keys' if len(ks) > 1 else ' repeats a key'} "
+                            f"of {shards[src].name} (e.g. {_examples(ks)})")
+        if len(said) > 4:
+            said = said[:3] + [f"and {sum(len(k) for k in list(sources.values())[3:])} more "
+                               f"samples repeat keys of {len(said) - 3} more shards"]
+        row["problem"] = "; ".join(p for p in [row["problem"], ", ".join(said) +
+                                               " (the first occurrence is kept: subsets leave these out)"] if p)
 
 
 def pool_problems(index: pd.DataFrame) -> list[str]:
@@ -125,24 +230,32 @@ def plan(index: pd.DataFrame, size: int, seed: int) -> list[dict]:
         if n == 0:
             continue
         take = min(n, size - have)
-        parts.append({"shard": row["shard"], "path": row["path"], "n_samples": take,
-                      "partial": take < n})
+        n_dup = int(row.get("n_duplicates", 0) or 0)
+        # partial: the subset's file is a re-write of part of the shard (cut, or without duplicates)
+        part = {"shard": row["shard"], "path": row["path"], "n_samples": take,
+                "partial": take < n or n_dup > 0}
+        if n_dup:
+            part["duplicates"] = n_dup  # left out of the shard's file
+        parts.append(part)
         have += take
         if have == size:
             break
     return parts
 
 
-def copy_prefix(src: str | Path, dst: str | Path, n: int) -> int:
+def copy_prefix(src: str | Path, dst: str | Path, n: int, drop=()) -> int:
     """Stream the first n complete samples of a tar shard into a new shard (incomplete ones,
-    which the index does not count and open_clip would drop, are left out)."""
-    written = 0
+    which the index does not count and open_clip would drop, are left out, and so are
+    duplicates: a key in ``drop`` (first seen in an earlier shard) or already written)."""
+    written, seen = 0, set()
+    drop = set(drop)
     with ShardWriter(dst) as w:
         for key, files in iter_samples(src):
             if written == n:
                 break
-            if is_complete(files):
+            if is_complete(files) and key not in drop and key not in seen:
                 w.write(key, files)
+                seen.add(key)
                 written += 1
     if written < n:
         raise PoolError(f"{src}: expected at least {n} samples, found {written}")
@@ -204,11 +317,13 @@ def write_subset(index: pd.DataFrame, name: str, size: int, seed: int, out_dir: 
     out_dir = Path(out_dir)
     shard_dir, shard_dir_name = empty_shard_dir(out_dir, "subset folder")
     parts = plan(index, size, seed)
+    drop = (dict(zip(index["shard"], index["duplicate_keys"])) if "duplicate_keys" in index
+            else {})
     entries = []
     for i, part in enumerate(parts):
         link = shard_dir / f"{i:06d}.tar"
         if part["partial"]:
-            copy_prefix(part["path"], link, part["n_samples"])
+            copy_prefix(part["path"], link, part["n_samples"], drop.get(part["shard"], ()))
         else:
             link_shard(part["path"], link)
         entries.append({**part, "file": workdir_path(link)})

@@ -144,6 +144,8 @@ rule dedup_match:
         pool=paths.ALL_POOL_HASHES,
         tests=DEDUP_TESTS,
         embedding=dedup_embedding_matches(),
+        # its duplicate samples are not matched: each pool sample counts once
+        pool_index=paths.POOL_INDEX,
     output:
         paths.MATCHES,
     log:

@@ -9,7 +9,8 @@ with job_logging(snakemake.log[0]):  # noqa: F821
     # params.pool: the pool directory (a user's pool is no input file: see pool_input)
     index = build_index(sm.params.pool, workers=sm.threads)
     index.to_parquet(sm.output[0], index=False)
-    logging.info("pool: %d shards, %d readable samples (parquets: %d)", len(index),
-                 index["n_readable"].sum(), index["n_parquet"].sum())
+    logging.info("pool: %d shards, %d readable samples, %d distinct samples, %d duplicates left out "
+                 "(parquets: %d)", len(index), index["n_readable"].sum(), index["n_samples"].sum(),
+                 index["n_duplicates"].sum(), index["n_parquet"].sum())
     for line in pool_problems(index):
         logging.warning("shard %s", line)

@@ -59,8 +59,16 @@ def _cmd_gather(args) -> int:
 
 
 def _cmd_match(args) -> int:
+    pool_index = None
+    if args.pool_index:
+        import pandas as pd
+
+        try:
+            pool_index = pd.read_parquet(args.pool_index)
+        except (OSError, ValueError) as e:
+            raise DedupError(f"pool index {args.pool_index}: {e}") from None
     report = match_files(args.pool, args.tests, args.radius, args.out, batch_size=args.batch_size,
-                         modes=args.modes, crops=args.crops)
+                         modes=args.modes, crops=args.crops, pool_index=pool_index)
     print(json.dumps({k: report[k] for k in ("radius", "n_test", "n_pool", "n_pairs", "seconds")}))
     return 0
 
@@ -139,6 +147,8 @@ def add_commands(subparsers) -> None:
     _modes_argument(p)
     p.add_argument("--crops", nargs="+", type=float, default=list(DEFAULT_CROPS),
                    help="centre crops of mode crops (fractions of each side)")
+    p.add_argument("--pool-index", help="the pool index (clipscale index): its duplicate samples "
+                   "are not matched, each pool sample counts once")
     p.set_defaults(func=_guard(_cmd_match))
 
     p = subparsers.add_parser("dedup-overlap", help="overlap table (the paper's Table 3)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -79,6 +80,66 @@ def plan_modes(modes: Sequence[str], test_columns: Sequence[str], pool_columns: 
     return plan
 
 
+def _shard_id(path: str) -> str:
+    """A shard's path as hash files and the pool index both name it (relative or absolute, a
+    linked pool folder): its folder resolved, the file name kept (a shard that is a link to
+    another is another shard)."""
+    return os.path.join(os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path))
+
+
+class LeftOut:
+    """The pool samples the pool index leaves out as duplicates (clipscale.subsets: a key seen
+    earlier in shard order, in another shard or in the same one): their hashes are not matched,
+    so each pool sample counts once, as the one subsets draw."""
+
+    def __init__(self, index: pd.DataFrame):
+        self.earlier: dict[str, set[str]] = {}  # shard -> its keys first seen in an earlier shard
+        if "n_duplicates" not in index:
+            raise DedupError("the pool index has no duplicate counts (n_duplicates): index the pool again")
+        for row in index[index["n_duplicates"] > 0].itertuples():
+            self.earlier[_shard_id(str(row.path))] = set(row.duplicate_keys)
+        self._ids: dict[str, str] = {}
+        self._seen: dict[str, set[str]] = {}
+        self.n_left_out = 0
+
+    def _id(self, shard: str) -> str:
+        if shard not in self._ids:
+            self._ids[shard] = _shard_id(shard)
+        return self._ids[shard]
+
+    def keep(self, shards: np.ndarray, keys: np.ndarray) -> np.ndarray | None:
+        """Which rows of the pool stream (in shard order) are first occurrences; None: all."""
+        if not self.earlier:
+            return None
+        flagged = {s for s in pd.unique(shards) if self._id(s) in self.earlier}
+        if not flagged:
+            return None
+        mask = np.ones(len(keys), bool)
+        for i in np.flatnonzero(pd.Series(shards).isin(flagged).to_numpy()):
+            shard = self._id(shards[i])
+            seen = self._seen.setdefault(shard, set())
+            if keys[i] in self.earlier[shard] or keys[i] in seen:
+                mask[i] = False
+            else:
+                seen.add(keys[i])
+        self.n_left_out += int((~mask).sum())
+        return mask
+
+    def pairs(self, table: pa.Table) -> pa.Table:
+        """Pairs (another mode's) without those of left-out pool samples; a key twice in one
+        shard gives the same pair twice: kept once."""
+        if not self.earlier or not table.num_rows:
+            return table
+        df = table.to_pandas()
+        ids = df["pool_shard"].map(self._id)
+        flagged = ids.isin(list(self.earlier))
+        earlier = np.array([f and k in self.earlier[i] for f, i, k in zip(flagged, ids, df["pool_key"])],
+                           dtype=bool)
+        twice = (flagged & df.assign(pool_shard=ids).duplicated(
+            ["mode", "dataset", "test_key", "pool_shard", "pool_key"])).to_numpy()
+        return table.filter(pa.array(~(earlier | twice)))
+
+
 class _Side:
     """The test-side hashes compared with one pool column: every (mode, variant) of the plan
     stacked, with the test row and the mode of each; an index over them (radius > 0) or a
@@ -105,7 +166,8 @@ class _Side:
 
 def match(test: pd.DataFrame, pool_batches: Iterable[pa.RecordBatch], radius: int,
           out: str | Path, n_chunks: int | None = None, modes: Sequence[str] = ("phash",),
-          crops: Sequence[float] = DEFAULT_CROPS, extra_pairs: pa.Table | None = None) -> dict:
+          crops: Sequence[float] = DEFAULT_CROPS, extra_pairs: pa.Table | None = None,
+          pool_index: pd.DataFrame | None = None) -> dict:
     """Write every (test, pool) pair within ``radius`` to ``out`` (parquet, PAIR_SCHEMA) and
     return a report. ``test`` has dataset, key, shard, phash (and the phash_<variant> columns of
     the modes); the pool comes in record batches (key, shard, phash, ...) so it is never in
@@ -113,8 +175,11 @@ def match(test: pd.DataFrame, pool_batches: Iterable[pa.RecordBatch], radius: in
     over the test hashes. Each mode's pairs are written with its name (column mode), a pair
     once per mode that finds it (at its smallest distance over the mode's variants).
     ``extra_pairs``: pairs another mode found (mode embedding: clipscale.dedup.embedding),
-    written after the hash modes' pairs."""
+    written after the hash modes' pairs. ``pool_index`` (clipscale.subsets.build_index): the
+    pool samples it leaves out as duplicates are not matched (report: n_pool_duplicates), so
+    each pool sample is counted once, as subsets draw it."""
     start = time.perf_counter()
+    left_out = LeftOut(pool_index) if pool_index is not None else None
     test = test.reset_index(drop=True)
     modes = check_modes(modes)
     plan = None
@@ -132,6 +197,11 @@ def match(test: pd.DataFrame, pool_batches: Iterable[pa.RecordBatch], radius: in
                     for pool_column in dict.fromkeys(p for _, _, p in plan):
                         entries = [(modes.index(m), c) for m, c, p in plan if p == pool_column]
                         sides[pool_column] = _Side(test, entries, radius, n_chunks)
+                if left_out is not None:
+                    keep = left_out.keep(batch.column("shard").to_numpy(zero_copy_only=False),
+                                         batch.column("key").to_numpy(zero_copy_only=False))
+                    if keep is not None:
+                        batch = batch.filter(pa.array(keep))
                 n_pool += batch.num_rows
                 table = _pairs(test, sides, modes, batch)
                 if table is None:
@@ -141,6 +211,8 @@ def match(test: pd.DataFrame, pool_batches: Iterable[pa.RecordBatch], radius: in
                 for m, k in pd.Series(table.column("mode").to_numpy(zero_copy_only=False)).value_counts().items():
                     by_mode[m] = by_mode.get(m, 0) + int(k)
                 log.info("%d pool hashes matched, %d pairs so far", n_pool, n_pairs)
+            if extra_pairs is not None and left_out is not None:
+                extra_pairs = left_out.pairs(extra_pairs)
             if extra_pairs is not None and extra_pairs.num_rows:
                 writer.write_table(extra_pairs.cast(PAIR_SCHEMA))
                 n_pairs += extra_pairs.num_rows
@@ -156,6 +228,8 @@ def match(test: pd.DataFrame, pool_batches: Iterable[pa.RecordBatch], radius: in
               "method": "hash join" if radius == 0 else "multi-index hashing",
               "index": first.index.describe() if first is not None and first.index is not None
               else None}
+    if left_out is not None:
+        report["n_pool_duplicates"] = left_out.n_left_out
     if modes != ["phash"]:
         report["modes"] = {m: {"n_pairs": by_mode.get(m, 0),
                                "compares": [[c, p] for mm, c, p in plan or [] if mm == m]}
@@ -202,8 +276,10 @@ def _pairs(test: pd.DataFrame, sides: dict, modes: list[str], batch: pa.RecordBa
 
 def match_files(pool: str | Path, tests: Sequence[str | Path], radius: int, out: str | Path,
                 batch_size: int = 1 << 20, modes: Sequence[str] = ("phash",),
-                crops: Sequence[float] = DEFAULT_CROPS, embedding_pairs: str | Path | None = None) -> dict:
-    """``match`` of hash files; ``embedding_pairs``: the pairs file of mode embedding, joined."""
+                crops: Sequence[float] = DEFAULT_CROPS, embedding_pairs: str | Path | None = None,
+                pool_index: pd.DataFrame | None = None) -> dict:
+    """``match`` of hash files; ``embedding_pairs``: the pairs file of mode embedding, joined;
+    ``pool_index``: the pool index, whose duplicates are not matched."""
     test = load_test_hashes(tests)
     # only the pool columns the modes compare are read
     plan = plan_modes(modes, list(test.columns), pool_columns(pool), crops)
@@ -214,7 +290,7 @@ def match_files(pool: str | Path, tests: Sequence[str | Path], radius: int, out:
 
         extra = read_pairs(embedding_pairs)
     return match(test, iter_pool_batches(pool, batch_size, columns), radius, out, modes=modes,
-                 crops=crops, extra_pairs=extra)
+                 crops=crops, extra_pairs=extra, pool_index=pool_index)
 
 
 def read_matches(path: str | Path) -> pd.DataFrame:
