@@ -166,6 +166,25 @@ def test_reordered_config_keys_rerun_nothing(finished_workdir, tmp_path):
     assert scheduled(finished_workdir, reverse(BASE), tmp_path) == []
 
 
+def test_a_changed_label_retrains_nothing(finished_workdir, tmp_path):
+    """A label is how figures and tables name a model: its results are relabelled (the label is in
+    their rows), nothing is trained, profiled or deduplicated again."""
+    cfg = copy.deepcopy(BASE)
+    cfg["models"]["vit-xs"]["label"] = "ViT-Tiny"
+    jobs = rules(scheduled(finished_workdir, cfg, tmp_path))
+    assert jobs["evaluate"] and not {"train", "model_profile", "subset", "make_world"} & set(jobs)
+    assert not any(rule.startswith("dedup_") for rule in jobs)
+
+
+def test_reordered_downstream_sets_redraw_only_the_panels_they_reorder(finished_workdir, tmp_path):
+    """The sets' order is the panel order of the figures that show several sets (zeroshot_ours):
+    nothing else reruns, and the bottleneck figures keep the main set (group main)."""
+    cfg = copy.deepcopy(BASE)
+    cfg["downstream"] = dict(reversed(BASE["downstream"].items()))
+    jobs = scheduled(finished_workdir, cfg, tmp_path)
+    assert set(rules(jobs)) == {"figure_compute"} and drawn(jobs) == {"zeroshot_ours"}
+
+
 # the finished pipeline itself (tests/data/ci.yaml)
 
 

@@ -1,5 +1,7 @@
 import copy
+import io
 import re
+import tarfile
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +98,57 @@ def test_defaults_are_filled():
          "downstream.colours.group: ['vtab+', 'vtab+'] has non-unique elements"),
         (lambda c: c["downstream"]["colours"].update(group=["vtab+", "shapes"]),
          "downstream.colours.group: 'shapes' is also a downstream set's name"),
+        # names that collide: one label for two models, a name that is no folder of its own,
+        # two scales of one size
+        (lambda c: c["models"]["vit-s"].update(label="ViT-XS"),
+         "models.vit-s.label: 'ViT-XS' is also models.vit-xs's label (or name): figures and the "
+         "results table would merge the two models"),
+        (lambda c: c["scales"].update({"..": 6000}), "scales: '..' cannot name a folder"),
+        (lambda c: c["downstream"].update({"..": {"tasks": ["zeroshot_classification"]}}),
+         "downstream: '..' cannot name a folder"),
+        (lambda c: c["models"].update({".": c["models"]["vit-s"] | {"label": "dot"}}), "models: '.' cannot name a folder"),
+        (lambda c: c["scales"].update({"3000": 3000}), "scales.3000: 3000 samples, as scales.3k: the same subset twice"),
+        # model definitions against open_clip's CLIP, CLIPVisionCfg and CLIPTextCfg
+        (lambda c: c["models"]["vit-xs"]["open_clip"]["vision_cfg"].update(layers="two"),
+         "models.vit-xs.open_clip.vision_cfg.layers: 'two' is not of open_clip's type "
+         "Union[Tuple[int, int, int, int], int] (CLIPVisionCfg.layers)"),
+        (lambda c: c["models"]["vit-xs"]["open_clip"]["vision_cfg"].update(layerz=3),
+         "models.vit-xs.open_clip.vision_cfg: unknown key 'layerz' (open_clip's CLIPVisionCfg has no such "
+         "field; did you mean 'layers'?)"),
+        (lambda c: c["models"]["vit-s"]["open_clip"]["text_cfg"].update(heads=2.5),
+         "models.vit-s.open_clip.text_cfg.heads: 2.5 is not of open_clip's type int (CLIPTextCfg.heads)"),
+        (lambda c: c["models"]["vit-s"]["open_clip"]["vision_cfg"].update(image_size=[32, 32, 3]),
+         "models.vit-s.open_clip.vision_cfg.image_size: [32, 32, 3] is not of open_clip's type"),
+        (lambda c: c["models"]["vit-m"]["open_clip"].update(embed_dims=c["models"]["vit-m"]["open_clip"].pop("embed_dim")),
+         "models.vit-m.open_clip: unknown key 'embed_dims' (open_clip's CLIP has no such argument; did you "
+         "mean 'embed_dim'?)"),
+        (lambda c: c["models"]["vit-m"]["open_clip"].pop("embed_dim"),
+         "models.vit-m.open_clip: embed_dim missing (open_clip's CLIP requires it)"),
+        (lambda c: c["models"]["vit-m"]["open_clip"].update(text_cfg=16),
+         "models.vit-m.open_clip.text_cfg: 16 is not a mapping (open_clip's CLIPTextCfg)"),
+        # selectors that select nothing
+        (lambda c: c["finetune"].update(enabled=True, runs={"models": ["vit-zz"]}),
+         "finetune.runs.models: 'vit-zz' is not in grid.models ['vit-xs', 'vit-s', 'vit-m']: it selects no run"),
+        (lambda c: c["finetune"].update(enabled=True, runs={"samples_seen": ["20k"]}),
+         "finetune.runs.samples_seen: '20k' is not in grid.samples_seen"),
+        (lambda c: (c["finetune"].update(enabled=True, runs={"scales": ["3k"]}),
+                    c["grid"].update(exclude=[{"scale": "3k"}])),
+         "finetune.runs: {'scales': ['3k']} selects none of the grid's runs"),
+        (lambda c: c["grid"].update(exclude=[{"samples_seen": "20k"}]),
+         "grid.exclude[0].samples_seen: '20k' is not in grid.samples_seen ['10k', '30k', '90k']: the entry "
+         "leaves out no run"),
+        (lambda c: (c["grid"].update(models=["vit-xs", "vit-s"], exclude=[{"model": "vit-m"}])),
+         "grid.exclude[0].model: 'vit-m' is not in grid.models ['vit-xs', 'vit-s']"),
+        (lambda c: c["grid"].update(schedules=["cosine"], exclude=[{"schedule": "const-cooldown"}]),
+         "grid.exclude[0].schedule: 'const-cooldown' is not in grid.schedules ['cosine']"),
+        # the main set: named (group main), one, shown zero-shot
+        (lambda c: c["downstream"]["colours"].update(group=["vtab+", "main"]),
+         "downstream: shapes, colours are all in group 'main': the main set"),
+        (lambda c: (c["downstream"]["shapes"].pop("group"), c["downstream"]["world_captions"].update(group="main")),
+         "downstream.world_captions.group: 'main': the main set is shown zero-shot"),
+        (lambda c: c["downstream"]["shapes"].pop("group"),
+         "downstream: no set is in group 'main': the bottleneck figures show the main set; put one of "
+         "['colours', 'counts', 'shapes', 'shapes_shifted'] in it"),
     ],
 )
 def test_bad_config_is_rejected_with_the_key(edit, message):
@@ -119,6 +172,39 @@ def test_unreadable_config_files(tmp_path):
         config.load(bad)
 
 
+def _twice(tmp_path: Path, source: Path, key: str, where: str) -> tuple[Path, str]:
+    """``source`` with the line of ``key`` (its first line starting so) given again just below it
+    with another value (YAML loaders keep the last one): the file, and the problem naming the
+    dotted key ``where`` and both lines."""
+    lines = source.read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith(key)) + 1
+    lines.insert(at, f"{key}7\n")
+    path = tmp_path / "twice.yaml"
+    path.write_text("".join(lines))
+    return path, f"{where}: given twice (lines {at} and {at + 1}; YAML would keep the last silently)"
+
+
+def test_a_key_given_twice_is_refused(tmp_path, capsys):
+    path, message = _twice(tmp_path, REPO / "config" / "config.yaml", "  lr: ", "train.lr")
+    assert cli_main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and message in err
+    assert config.duplicate_keys("a: {b: 1, c: 2, b: 3}\nl:\n  - {x: 1}\n  - {x: 1, x: 2}\n") == [
+        "a.b: given twice (lines 1 and 1; YAML would keep the last silently)",
+        "l[1].x: given twice (lines 4 and 4; YAML would keep the last silently)"]
+
+
+def test_dry_run_refuses_a_key_given_twice(tmp_path):
+    """Snakemake reads --configfile with its own loader (the last key wins): the Snakefile reads
+    each config file again with clipscale's."""
+    path, message = _twice(tmp_path, CI_CONFIG, "seed: ", "seed")
+    work = tmp_path / "work"
+    proc = dry_run(work, path)
+    assert proc.returncode != 0
+    assert message in proc.stdout and str(path) in proc.stdout
+    assert not (work / "results").exists()
+
+
 def test_check_config_command(tmp_path, capsys):
     assert cli_main(["check-config", str(REPO / "config" / "config.yaml")]) == 0
     cfg = base()
@@ -140,13 +226,22 @@ def test_shipped_configs_have_no_samples_below_a_global_batch():
 # configured paths (checked by check-config and the Snakefile, before any job) ------------------
 
 
+def _tar(path: Path, members: int = 1) -> None:
+    """A tar shard of ``members`` samples (their content does not matter to the checks)."""
+    with tarfile.open(path, "w") as tar:
+        for i in range(members):
+            info = tarfile.TarInfo(f"{i:06d}.cls")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"0"))
+
+
 def _wds(root: Path, *, classification: bool = True, train: bool = False, n: int = 1) -> Path:
-    """A downstream set in clip_benchmark's webdataset layout (empty shards: only names count)."""
+    """A downstream set in clip_benchmark's webdataset layout (a sample per shard)."""
     for split in ("test", "train") if train else ("test",):
         (root / split).mkdir(parents=True)
         (root / split / "nshards.txt").write_text(f"{n}\n")
         for i in range(n):
-            (root / split / f"{i}.tar").write_bytes(b"")
+            _tar(root / split / f"{i}.tar")
     if classification:
         (root / "classnames.txt").write_text("cat\ndog\n")
         (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\n")
@@ -207,6 +302,12 @@ def _rm(path: Path) -> None:
     (lambda r: (r / "wds" / "imagenet1k" / "dataset_type.txt").write_text("retrieval\n"),
      "downstream.imagenet1k.path: {r}/wds/imagenet1k is a retrieval set (dataset_type.txt): "
      "no zeroshot_classification"),
+    # an empty split (tar shards without a sample, or of 0 bytes): nothing to evaluate nor to look for
+    (lambda r: _tar(r / "wds" / "imagenet1k" / "test" / "0.tar", members=0),
+     "downstream.imagenet1k.path: {r}/wds/imagenet1k has an empty test/ split (its .tar shards hold no sample)"),
+    (lambda r: (r / "wds" / "imagenet1k" / "train" / "0.tar").write_bytes(b""),
+     "downstream.imagenet1k.path: {r}/wds/imagenet1k has an empty train/ split (its .tar shards hold no "
+     "sample) (linear_probe needs it)"),
     (lambda r: _rm(r / "ckpts" / RELEASED), "evaluate.released.files[0]: {r}/ckpts/" + RELEASED + " does not exist"),
     (lambda r: _rm(r / "ckpts"), "evaluate.released.dir: {r}/ckpts does not exist"),
 ])
@@ -318,6 +419,51 @@ def test_dry_run_stops_on_a_bad_config_before_any_job(tmp_path, edit, key):
     assert key in proc.stdout
     assert "Job stats" not in proc.stdout
     assert not (work / "results").exists()
+
+
+# what reruns: Snakemake's params trigger compares the repr of each job's params ------------------
+
+
+def test_a_label_is_not_what_a_run_trains():
+    """A label names a model in figures and tables: changing it leaves the params of every training
+    job and model profile as they were (no rerun); the model's definition does not."""
+    from clipscale import shaping
+
+    cfg = config.validate(base())
+    relabelled = copy.deepcopy(cfg)
+    relabelled["models"]["vit-xs"]["label"] = "ViT-Tiny"
+    config.validate(relabelled)
+    runs = grid.runs(cfg)
+    assert all(repr(shaping.train(relabelled, r)) == repr(shaping.train(cfg, r)) for r in runs)
+    assert repr(shaping.model(relabelled, "vit-xs")) == repr(shaping.model(cfg, "vit-xs"))
+    wider = copy.deepcopy(cfg)
+    wider["models"]["vit-xs"]["open_clip"]["vision_cfg"]["width"] = 48
+    assert {r.model for r in runs if shaping.train(wider, r) != shaping.train(cfg, r)} == {"vit-xs"}
+    assert shaping.model(wider, "vit-xs") != shaping.model(cfg, "vit-xs")
+
+
+def test_reordered_sets_rerun_no_evaluation_and_keep_the_main_set():
+    """The sets' order is the figures' panel order only: every evaluation's params are the same,
+    and both bottleneck figures show the main set (group main), not the first one."""
+    from clipscale import figures, shaping
+
+    cfg = config.validate(base())
+    reordered = copy.deepcopy(cfg)
+    reordered["downstream"] = dict(reversed(cfg["downstream"].items()))
+    config.validate(reordered)
+    for source in ("ours", "released"):
+        assert (repr(shaping.evaluations(reordered, source, "vit-xs", "3k"))
+                == repr(shaping.evaluations(cfg, source, "vit-xs", "3k")))
+    for c in (cfg, reordered):
+        specs = {s.name: s for s in figures.figure_specs(c)}
+        assert specs["data_bottleneck_ours"].datasets == specs["samples_bottleneck_ours"].datasets == ["shapes"]
+    # one zero-shot classification set needs no group: it is the main one
+    only = copy.deepcopy(cfg)
+    only["downstream"] = {"colours": {"tasks": ["zeroshot_classification"]},
+                          "world_captions": {"tasks": ["zeroshot_retrieval"]}}
+    only["finetune"]["enabled"] = False
+    specs = {s.name: s for s in figures.figure_specs(config.validate(only))}
+    assert specs["data_bottleneck_ours"].datasets == ["colours"]
 
 
 @pytest.mark.parametrize("text, n", [("24k", 24000), ("3B", 3 * 10**9), ("12.8B", 12_800_000_000),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import tarfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -208,6 +209,11 @@ def cross_check(config: dict) -> list[str]:
             problems.append(f"grid.exclude[{i}].scale: {entry['scale']!r} is not defined under scales")
         if "samples_seen" in entry:
             _count(entry["samples_seen"], f"grid.exclude[{i}].samples_seen", problems)
+    if not problems:
+        from clipscale.grid import exclude_problems
+
+        problems += exclude_problems(config)
+    problems += _name_problems(config)
     remove = config["dedup"].get("remove_duplicates")
     if isinstance(remove, list):
         missing = [m for m in remove if m not in config["dedup"]["modes"]]
@@ -236,8 +242,9 @@ def cross_check(config: dict) -> list[str]:
             problem = unmade_set_problem(config, name)
             if problem:
                 problems.append(f"downstream.{name}: no path given: {problem}")
-    from clipscale.table import set_groups
+    from clipscale.table import main_set_problems, set_groups
 
+    problems += main_set_problems(config)
     for name, spec in config["downstream"].items():
         for g in set_groups(spec):
             if g in config["downstream"]:
@@ -265,11 +272,41 @@ def cross_check(config: dict) -> list[str]:
                     f"of the paper's Table 25 (its GMAC per sample is unknown: the fit would skip it)")
     problems += _comparison_problems(config)
     problems += released.problems(config)
-    from clipscale.finetune.plan import problems as finetune_problems
+    from clipscale.models import problems as model_problems
 
-    problems += finetune_problems(config)
+    problems += model_problems(config)
     if not problems:
         problems += _run_problems(config)
+    from clipscale.finetune.plan import problems as finetune_problems
+
+    return problems + finetune_problems(config)
+
+
+def _name_problems(config: dict) -> list[str]:
+    """Names that would collide: a model, scale or set name of dots only ("." or "..": a folder
+    of results/ would be its parent's or another run's), two models with one label (one line
+    and one row in the figures and the results table), two scales of one size (one subset)."""
+    problems = []
+    for kind in ("models", "scales", "downstream"):
+        for name in config[kind]:
+            if not name.strip("."):
+                problems.append(f"{kind}: {name!r} cannot name a folder (results/.../{name}/ is another "
+                                f"folder); give it a name with a letter or digit")
+    shown: dict[str, str] = {}
+    for name, spec in config["models"].items():
+        label = spec.get("label") or name
+        if label in shown:
+            problems.append(f"models.{name}.label: {label!r} is also models.{shown[label]}'s label (or "
+                            f"name): figures and the results table would merge the two models")
+        else:
+            shown[label] = name
+    sizes: dict[int, str] = {}
+    for name, size in config["scales"].items():
+        if size in sizes:
+            problems.append(f"scales.{name}: {size} samples, as scales.{sizes[size]}: the same subset "
+                            f"twice (give each scale its own size)")
+        else:
+            sizes[size] = name
     return problems
 
 
@@ -389,8 +426,10 @@ def downstream_problems(spec: dict) -> list[str]:
         folder = root / split
         if not folder.is_dir() or not _has_tar(folder):
             out.append(f" has no {split}/ split with .tar shards{why}")
-        elif wds:
-            out += _nshards_problems(folder, split)
+        elif wds and (nshards := _nshards_problems(folder, split)):
+            out += nshards
+        elif _empty_split(folder):
+            out.append(f" has an empty {split}/ split (its .tar shards hold no sample){why}")
     if not wds:
         return out
     kind_file = root / "dataset_type.txt"
@@ -405,6 +444,22 @@ def downstream_problems(spec: dict) -> list[str]:
             if not (root / name).is_file():
                 out.append(f" has no {name} (zeroshot_classification needs it)")
     return out
+
+
+def _empty_split(folder: Path) -> bool:
+    """Whether no .tar shard of a split holds a file (each shard read up to its first member: one
+    header when the split is not empty; an unreadable shard counts as not empty, the jobs that
+    read it name it)."""
+    for tar in sorted(folder.glob("*.tar")):
+        if tar.stat().st_size == 0:
+            continue
+        try:
+            with tarfile.open(tar) as t:
+                if t.next() is not None:
+                    return False
+        except (tarfile.TarError, OSError):
+            return False
+    return True
 
 
 def _nshards_problems(folder: Path, split: str) -> list[str]:
@@ -428,17 +483,58 @@ def _nshards_problems(folder: Path, split: str) -> list[str]:
 def load(path: str | Path, overrides: dict | None = None, *, check_paths: bool = False) -> dict:
     """Read a YAML config file, apply overrides (nested dict merge), validate."""
     path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    config = read_yaml(path)
     if not isinstance(config, dict):
         raise ConfigError(f"config file {path} must hold a mapping, found {type(config).__name__}")
     if overrides:
         config = merge(config, overrides)
     return validate(config, source=str(path), check_paths=check_paths)
+
+
+def read_yaml(path: str | Path):
+    """A YAML config file's content; a key given twice in one mapping is refused (YAML loaders
+    keep the last one silently). The Snakefile reads every --configfile through it too: Snakemake
+    loads them with its own loader."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        content = yaml.safe_load(text)
+        twice = duplicate_keys(text)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if twice:
+        raise ConfigError(f"invalid config {path}:\n" + "\n".join(f"  - {d}" for d in twice))
+    return content
+
+
+def duplicate_keys(text: str) -> list[str]:
+    """Each key given twice in one mapping of a YAML text, as its dotted key and lines."""
+    out: list[str] = []
+    seen: set[int] = set()
+
+    def walk(node, where: str) -> None:
+        if id(node) in seen:  # an alias: its anchor was walked
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict = {}
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else None
+                if name is not None and name != "<<":
+                    if name in lines:
+                        out.append(f"{where}{name}: given twice (lines {lines[name]} and "
+                                   f"{key.start_mark.line + 1}; YAML would keep the last silently)")
+                    lines.setdefault(name, key.start_mark.line + 1)
+                walk(value, f"{where}{name}.")
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{where.rstrip('.')}[{i}].")
+
+    for document in yaml.compose_all(text, Loader=yaml.SafeLoader):
+        walk(document, "")
+    return out
 
 
 def merge(base: dict, extra: dict) -> dict:

@@ -43,7 +43,7 @@ from clipscale import fit as fitting  # noqa: E402
 from clipscale import grid  # noqa: E402
 from clipscale.config import section as config_section  # noqa: E402
 from clipscale.released import settings as released_settings  # noqa: E402
-from clipscale.table import add_group_means, data_size, groups_of  # noqa: E402
+from clipscale.table import add_group_means, data_size, groups_of, main_set  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def _safe(name: str) -> str:
 def default_our_specs(config: Mapping) -> list[FigureSpec]:
     """Figures of our runs, derived from config.downstream (which sets, which tasks, groups):
     zero-shot classification of every set, the mean of each group of two or more classification
-    sets, retrieval, linear probing, both bottlenecks on the first classification set, overlap,
+    sets, retrieval, linear probing, both bottlenecks on the main set (table.main_set), overlap,
     and, when published.enabled and the sets are real ones (not the embedded world's), our runs
     beside the paper's on the sets both evaluate."""
     downstream = config.get("downstream", {})
@@ -245,11 +245,12 @@ def default_our_specs(config: Mapping) -> list[FigureSpec]:
     if lp:
         specs.append(FigureSpec("linear_probe_ours", "compute", ours, lp, _lp_metrics(config),
                                 title="Linear probing (our runs)"))
-    if cls:
-        specs.append(FigureSpec("data_bottleneck_ours", "data_bottleneck", ours, [cls[0]], ["acc1"],
-                                title=f"Data scale bottleneck (zero-shot {cls[0]})"))
-        specs.append(FigureSpec("samples_bottleneck_ours", "samples_bottleneck", ours, [cls[0]], ["acc1"],
-                                title=f"Samples seen bottleneck (zero-shot {cls[0]})"))
+    main = main_set(config)
+    if main:
+        specs.append(FigureSpec("data_bottleneck_ours", "data_bottleneck", ours, [main], ["acc1"],
+                                title=f"Data scale bottleneck (zero-shot {main})"))
+        specs.append(FigureSpec("samples_bottleneck_ours", "samples_bottleneck", ours, [main], ["acc1"],
+                                title=f"Samples seen bottleneck (zero-shot {main})"))
     specs += _finetune_specs(config, ours)
     if any(s.get("dedup", True) for s in downstream.values()):
         modes = config_section(config, "dedup")["modes"]

@@ -7,11 +7,14 @@ architectures, else measured on the model itself with torch's FLOP counter.
 
 from __future__ import annotations
 
+import ast
 import atexit
+import difflib
 import importlib.util
 import json
 import shutil
 import tempfile
+import typing
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -20,6 +23,132 @@ from pathlib import Path
 import pandas as pd
 
 _REGISTERED: set[str] = set()
+
+
+# open_clip's model config: the keys of CLIP(...) and of its two towers' dataclasses
+_OPEN_CLIP_PARTS = {"": "CLIP", "vision_cfg": "CLIPVisionCfg", "text_cfg": "CLIPTextCfg"}
+_SET_BY_OPEN_CLIP = {"self", "cast_dtype"}  # CLIP(...)'s arguments that create_model passes itself
+
+
+@dataclass(frozen=True)
+class _Field:
+    type: object  # a typing type, or Any where its annotation names no plain type
+    text: str  # the annotation as open_clip writes it
+    default_none: bool  # its default is None (a None in the config is then open_clip's default)
+    required: bool
+
+
+@lru_cache(maxsize=1)
+def open_clip_fields() -> dict[str, dict[str, _Field]]:
+    """The keys open_clip accepts in a model config, with their types: CLIP's arguments (""),
+    CLIPVisionCfg's and CLIPTextCfg's fields ("vision_cfg", "text_cfg"). Read from open_clip's
+    source, not imported: importing open_clip loads torch (4 s), and the config is checked each
+    time Snakemake builds the DAG."""
+    spec = importlib.util.find_spec("open_clip")
+    source = Path(next(iter(spec.submodule_search_locations or []), "")) / "model.py" if spec else None
+    if source is None or not source.is_file():
+        raise ValueError("open_clip is not installed (its model.py was not found)")
+    classes = {n.name: n for n in ast.parse(source.read_text()).body if isinstance(n, ast.ClassDef)}
+    out = {}
+    for part, name in _OPEN_CLIP_PARTS.items():
+        if name not in classes:
+            raise ValueError(f"open_clip changed: {source} defines no {name}")
+        if part:
+            out[part] = {s.target.id: _field(s.annotation, s.value) for s in classes[name].body
+                         if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+            continue
+        init = next(f for f in classes[name].body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+        args = init.args.args
+        defaults = [None] * (len(args) - len(init.args.defaults)) + list(init.args.defaults)
+        out[part] = {a.arg: _field(a.annotation, d, required=d is None) for a, d in zip(args, defaults)
+                     if a.arg not in _SET_BY_OPEN_CLIP}
+        out[part]["custom_text"] = _field(ast.Name("bool"), ast.Constant(False))  # create_model's
+    return out
+
+
+class _Names(dict):
+    """eval's namespace for an annotation: typing's names; any other name (a class of open_clip's,
+    torch.dtype) stands for Any, but the towers' configs, which are mappings in a config file."""
+
+    def __missing__(self, key):
+        return dict if key in ("CLIPVisionCfg", "CLIPTextCfg") else typing.Any
+
+
+def _field(annotation, default, required: bool = False) -> _Field:
+    text = ast.unparse(annotation) if annotation is not None else "Any"
+    names = _Names({n: getattr(typing, n) for n in ("Any", "Dict", "List", "Optional", "Tuple", "Union")},
+                   int=int, float=float, bool=bool, str=str, dict=dict, list=list, tuple=tuple)
+    try:
+        kind = eval(compile(ast.Expression(annotation), "<annotation>", "eval"), {"__builtins__": {}}, names)
+    except Exception:  # an annotation that is no plain type: not checked
+        kind = typing.Any
+    none = isinstance(default, ast.Constant) and default.value is None
+    return _Field(kind, text, none, required)
+
+
+def _fits(value, kind) -> bool:
+    """Whether a config value (from YAML: int, float, bool, str, list, dict, None) is of ``kind``."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is typing.Any:
+        return True
+    if origin is typing.Union:
+        return any(_fits(value, a) for a in args)
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    if kind is dict or origin is dict:
+        return isinstance(value, dict)
+    if kind in (list, tuple) or origin in (list, tuple):
+        if not isinstance(value, list):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        return all(_fits(v, args[0]) for v in value) if args else True
+    return True
+
+
+def problems(config: dict) -> list[str]:
+    """Custom models (models.<name>.open_clip) that open_clip would refuse: a key that is none of
+    CLIP's arguments or of its towers' fields (CLIPVisionCfg, CLIPTextCfg), a value of another
+    type, a missing required argument. Without it a typo surfaces in the first job that builds
+    the model, or not at all (an unknown key of a tower is ignored)."""
+    custom = {name: spec["open_clip"] for name, spec in config["models"].items() if "open_clip" in spec}
+    if not custom:
+        return []
+    try:
+        fields = open_clip_fields()
+    except ValueError as e:
+        return [f"models: cannot check the open_clip definitions: {e}"]
+    out = []
+    for name, definition in custom.items():
+        for part, cls in _OPEN_CLIP_PARTS.items():
+            where = f"models.{name}.open_clip" + (f".{part}" if part else "")
+            values = definition.get(part) if part else definition
+            if part and values is None:
+                continue  # missing: reported as CLIP's required argument
+            if not isinstance(values, dict):
+                out.append(f"{where}: {values!r} is not a mapping (open_clip's {cls})")
+                continue
+            known = fields[part]
+            for key, value in values.items():
+                if key not in known:
+                    near = difflib.get_close_matches(str(key), known, n=1)
+                    out.append(f"{where}: unknown key {key!r} (open_clip's {cls} has no such "
+                               f"{'argument' if not part else 'field'}" + (f"; did you mean {near[0]!r}?)" if near else ")"))
+                elif not (value is None and known[key].default_none) and not _fits(value, known[key].type):
+                    out.append(f"{where}.{key}: {value!r} is not of open_clip's type {known[key].text} ({cls}.{key})")
+            missing = [k for k, f in known.items() if f.required and k not in values]
+            if missing:
+                out.append(f"{where}: {', '.join(missing)} missing (open_clip's {cls} requires "
+                           f"{'it' if len(missing) == 1 else 'them'})")
+    return out
 
 
 def profile_needed(config: dict, model: str) -> bool:

@@ -65,9 +65,13 @@ def world(config: Mapping) -> dict:
     return canonical(asdict(WorldSpec.from_config(config)))
 
 
+# what a model's name is in figures and tables, not what is built or trained
+_DISPLAY = ("label",)
+
+
 def model(config: Mapping, name: str) -> dict:
-    """model_profile: the model's definition (its open_clip config)."""
-    return canonical({"models": {name: config["models"][name]}})
+    """model_profile: the model's definition (its open_clip config), not its label."""
+    return canonical({"models": {name: _without(config["models"][name], _DISPLAY)}})
 
 
 # derived by grid.hparams from execution settings, but kept: they do shape the run
@@ -76,7 +80,7 @@ _DERIVED_SHAPING = ("global_batch_size", "samples_seen_exact", "train_num_sample
 
 def train(config: Mapping, run: grid.Run) -> dict:
     """train: the run's resolved hyper-parameters (train.* with its overrides, the derived
-    schedule), the model's definition and the seed. Not: threads, workers, nproc, nodes, GPUs,
+    schedule), the model's definition (not its label) and the seed. Not: threads, workers, nproc, nodes, GPUs,
     memory, walltime, device. (The number of processes and the loader workers change what a run
     does only through the global batch size and the samples seen, which are kept.)"""
     hp = grid.hparams(dict(config), run)
@@ -85,7 +89,7 @@ def train(config: Mapping, run: grid.Run) -> dict:
     drop = (execution_keys("train") | {"world_size", "schedule", "samples_trained_exact"}) - set(_DERIVED_SHAPING)
     return canonical({
         "seed": config["seed"],
-        "model": config["models"][run.model],
+        "model": _without(config["models"][run.model], _DISPLAY),
         "hparams": _without(hp, drop),
     })
 
@@ -118,6 +122,15 @@ def evaluate(config: Mapping, source: str, model: str, scale: str, dataset: str,
         "downstream": {dataset: _without(config["downstream"][dataset], ("group", "dedup", "tasks"))},
         "evaluate": ev,
     })
+
+
+def evaluations(config: Mapping, source: str, model: str, scale: str) -> dict:
+    """evaluate (one job, every set and task of a checkpoint): ``evaluate`` of each (set, task),
+    keyed "set/task" in sorted order, so that reordering config.downstream reruns no evaluation."""
+    from clipscale.evaluate import dataset_tasks
+
+    return canonical({f"{dataset}/{task}": evaluate(config, source, model, scale, dataset, task)
+                      for dataset, task in dataset_tasks(config)})
 
 
 def finetune(config: Mapping, protocol: str, model: str, scale: str) -> dict:

@@ -311,6 +311,40 @@ def groups_of(config: Mapping) -> dict[str, list[str]]:
     return groups
 
 
+MAIN_GROUP = "main"
+
+
+def main_set(config: Mapping) -> str | None:
+    """The main downstream set (the paper's ImageNet; both bottleneck figures show it): the set in
+    group "main", else the only zero-shot classification set; None when there is none (or several,
+    none in group main: config.cross_check refuses that unless config.figures is given). Named,
+    not the first key: reordering config.downstream changes no figure's set."""
+    down = config.get("downstream", {})
+    marked = [name for name, spec in down.items() if MAIN_GROUP in set_groups(spec)]
+    if marked:
+        return marked[0] if len(marked) == 1 else None
+    cls = [name for name, spec in down.items() if "zeroshot_classification" in spec["tasks"]]
+    return cls[0] if len(cls) == 1 else None
+
+
+def main_set_problems(config: Mapping) -> list[str]:
+    """Group main holding more than one set, or a set without zero-shot classification; several
+    zero-shot classification sets and none in group main while the default figures are drawn."""
+    down = config.get("downstream", {})
+    marked = [name for name, spec in down.items() if MAIN_GROUP in set_groups(spec)]
+    cls = sorted(name for name, spec in down.items() if "zeroshot_classification" in spec["tasks"])
+    if len(marked) > 1:
+        return [f"downstream: {', '.join(marked)} are all in group {MAIN_GROUP!r}: the main set (the "
+                f"bottleneck figures') is one set"]
+    if marked and marked[0] not in cls:
+        return [f"downstream.{marked[0]}.group: {MAIN_GROUP!r}: the main set is shown zero-shot (the "
+                f"bottleneck figures): its tasks need zeroshot_classification"]
+    if not marked and len(cls) > 1 and config.get("figures") is None:
+        return [f"downstream: no set is in group {MAIN_GROUP!r}: the bottleneck figures show the main set; "
+                f"put one of {cls} in it (e.g. group: {MAIN_GROUP}, or a list of groups with {MAIN_GROUP})"]
+    return []
+
+
 _COUNT_IN_NAME = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKMBG])\b")
 
 

@@ -10,7 +10,9 @@ from clipscale.world import WorldSpec
 # A bad config stops here, before any job is scheduled. One validator, the one `clipscale
 # check-config` calls: the JSON schema (src/clipscale/schemas/config.schema.yaml, defaults filled
 # in), the cross-references a schema cannot express, and every configured path (relative to the
-# working directory); every problem as a dotted key, naming the config files.
+# working directory); every problem as a dotted key, naming the config files. Each config file
+# is read again by clipscale's loader too, which refuses a key given twice (Snakemake's keeps the
+# last one silently).
 _CONFIG_SOURCE = (
     " + ".join(
         [str(f) for f in workflow.configfiles]
@@ -19,6 +21,8 @@ _CONFIG_SOURCE = (
     or "config"
 )
 try:
+    for _file in workflow.configfiles:
+        cs_config.read_yaml(_file)
     cs_config.validate(config, source=_CONFIG_SOURCE, check_paths=True)
 except cs_config.ConfigError as error:
     raise WorkflowError(str(error)) from None

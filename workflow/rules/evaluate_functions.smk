@@ -25,13 +25,8 @@ def evaluate_inputs(wildcards):
 
 
 def evaluation_shaping(wildcards):
-    """clipscale.shaping.evaluate of every (set, task) of the job, keyed "set/task"."""
-    return {
-        f"{dataset}/{task}": shaping.evaluate(
-            config, wildcards.source, wildcards.model, wildcards.scale, dataset, task
-        )
-        for dataset, task in cs_eval.dataset_tasks(config)
-    }
+    """clipscale.shaping.evaluate of every (set, task) of the job, keyed "set/task" (sorted)."""
+    return shaping.evaluations(config, wildcards.source, wildcards.model, wildcards.scale)
 
 
 def evaluate_log(kind):

@@ -157,4 +157,25 @@ def problems(config: Mapping) -> list[str]:
                 out.append(f"finetune.{protocol}: {name!r} is not under downstream and {problem}")
     if ft["patching"]["control"] in ft["patching"]["tasks"]:
         out.append(f"finetune.patching: the control {ft['patching']['control']!r} is also a joint task")
+    return out + _selection_problems(config, ft["runs"])
+
+
+def _selection_problems(config: Mapping, sel: Mapping) -> list[str]:
+    """finetune.runs naming a model, scale or samples seen the grid does not run, or selecting no
+    run at all (after grid.exclude): it would fine-tune nothing, without a word."""
+    g, out = config["grid"], []
+    for key in ("models", "scales"):
+        out += [f"finetune.runs.{key}: {v!r} is not in grid.{key} {list(g[key])}: it selects no run"
+                for v in sel.get(key) or [] if v not in g[key]]
+    try:
+        counts = {parse_count(n) for n in g["samples_seen"]}
+        for v in sel.get("samples_seen") or []:
+            if parse_count(v) not in counts:
+                out.append(f"finetune.runs.samples_seen: {v!r} is not in grid.samples_seen "
+                           f"{list(g['samples_seen'])}: it selects no run")
+        if not out and not runs(config):
+            out.append(f"finetune.runs: {dict(sel)} selects none of the grid's runs (grid.exclude leaves "
+                       f"them out): nothing would be fine-tuned")
+    except ConfigError as e:
+        out.append(f"finetune.runs.samples_seen: {e}")
     return out
