@@ -12,6 +12,7 @@ import copy
 import json
 import re
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -183,6 +184,40 @@ def test_reordered_downstream_sets_redraw_only_the_panels_they_reorder(finished_
     cfg["downstream"] = dict(reversed(BASE["downstream"].items()))
     jobs = scheduled(finished_workdir, cfg, tmp_path)
     assert set(rules(jobs)) == {"figure_compute"} and drawn(jobs) == {"zeroshot_ours"}
+
+
+@contextmanager
+def moved_away(path: Path):
+    """``path`` renamed for the time of a dry run (as deleted), then back as it was."""
+    away = path.with_name(path.name + ".away")
+    path.replace(away)
+    try:
+        yield
+    finally:
+        away.replace(path)
+
+
+def test_a_deleted_result_or_checkpoint_reruns_what_it_feeds(finished_workdir, tmp_path):
+    """Snakemake said "Nothing to be done" for both: a deleted file whose consumers are up to date
+    is not remade (each result file is now a target), and checkpoints are no rule's output (a
+    check before the DAG forces the job that wrote it)."""
+    r = finished_workdir / "results"
+    result = sorted((r / "eval" / "ours").rglob("*.json"))[0]
+    with moved_away(result):
+        jobs = scheduled(finished_workdir, BASE, tmp_path)
+    source, model, scale, samples, epoch = result.relative_to(r / "eval").parts[:5]
+    assert [wc for rule, wc in jobs if rule == "evaluate"] == [
+        {"source": source, "model": model, "scale": scale, "samples": samples, "epoch": epoch[len("epoch_"):]}]
+    assert rules(jobs)["aggregate_results"] == 1 and not {"train", "finetune"} & set(rules(jobs))
+
+    record = json.loads((r / "train" / model / scale / samples / "run.json").read_text())
+    with moved_away(finished_workdir / record["final_checkpoint"]):
+        jobs = scheduled(finished_workdir, BASE, tmp_path)
+    one = {"model": model, "scale": scale, "samples": samples}
+    assert one in [wc for rule, wc in jobs if rule == "train"]
+    assert {**one, "source": "ours", "epoch": str(record["epochs"])} in [wc for rule, wc in jobs if rule == "evaluate"]
+    assert rules(jobs)["aggregate_results"] == 1
+    assert not {"make_world", "subset", "index_pool"} & set(rules(jobs))
 
 
 # the finished pipeline itself (tests/data/ci.yaml)

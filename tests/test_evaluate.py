@@ -309,6 +309,24 @@ def test_unreadable_checkpoint_is_recorded(in_root, tmp_path):
     assert json.loads((tmp_path / "out.json").read_text())["status"] == "failed"
 
 
+def test_a_missing_checkpoint_fails_the_job_and_keeps_the_results(in_root, tmp_path):
+    """A checkpoint deleted after it was evaluated: the job fails naming it, and its result files
+    stay as they were (they were overwritten as failed "checkpoint ... does not exist")."""
+    root, cfg = in_root
+    record = json.loads((root / paths.fill(paths.RUN_DONE, model="vit-xs", scale="3k", samples="2k")).read_text())
+    gone = tmp_path / "deleted" / "epoch_2.pt"
+    record["checkpoints"]["2"] = record["final_checkpoint"] = str(gone)
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    kept = {("shapes", "zeroshot_classification"): tmp_path / "shapes.json",
+            ("colours", "zeroshot_classification"): tmp_path / "colours.json"}
+    for path in kept.values():
+        path.write_text('{"status": "ok"}')
+    cfg = _only(cfg, {"shapes": ["zeroshot_classification"], "colours": ["zeroshot_classification"]})
+    with pytest.raises(E.EvaluationError, match=rf"checkpoint {re.escape(str(gone))} does not exist"):
+        E.evaluate_checkpoint(cfg, OURS, kept, run_record=tmp_path / "run.json")
+    assert all(path.read_text() == '{"status": "ok"}' for path in kept.values())
+
+
 def test_a_broken_downstream_set_is_recorded_and_the_others_go_on(in_root, tmp_path):
     _, cfg = in_root
     cfg = _only(cfg, {"shapes": ["zeroshot_classification"], "colours": ["zeroshot_classification"]})
@@ -586,4 +604,14 @@ def test_snakemake_rules(setup, tmp_path):
     assert all("1 evaluations to run, 2 kept" in p.read_text() for p in logs)
     df = table.read_table(work / paths.RESULTS_TABLE)
     assert set(df["dataset"]) >= {"shapes", "world_captions", "colours"}
+    assert "ok: 6" in (work / paths.RESULTS_LOG).read_text()
+
+    # a deleted result is computed again (Snakemake did nothing: the table was up to date), by
+    # its checkpoint's job, which keeps the others; the table follows
+    deleted = work / E.Target(**OURS, dataset="colours", task="zeroshot_classification").path
+    deleted.unlink()
+    third = run()
+    assert third.stderr.count("rule evaluate:") == 1 and third.stderr.count("rule aggregate_results:") == 1
+    assert json.loads(deleted.read_text())["status"] == "ok"
+    assert "1 evaluations to run, 2 kept" in (work / paths.LOGS / "evaluate" / "ours").rglob("*.log").__next__().read_text()
     assert "ok: 6" in (work / paths.RESULTS_LOG).read_text()

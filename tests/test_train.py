@@ -16,11 +16,13 @@ SIGUSR1 there.
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -93,6 +95,28 @@ HOOKS = textwrap.dedent('''
                         return fh.read().rsplit(")", 1)[1].split()[1]
                 except OSError:
                     return None
+
+        full_at = int(os.environ.get("CLIPSCALE_TEST_DISK_FULL_AT_SAVE", "0"))  # the Nth torch.save
+        if full_at:  # meets a full disk: writes part of the file, then fails as torch does
+            import errno
+            import shutil
+
+            import torch
+
+            real_save, real_usage, saves = torch.save, shutil.disk_usage, [0]
+
+            def save(obj, f, *args, **kwargs):
+                saves[0] += 1
+                if saves[0] != full_at:
+                    return real_save(obj, f, *args, **kwargs)
+                with open(f, "wb") as fh:
+                    fh.write(b"PK" + bytes(700))
+                shutil.disk_usage = lambda path: real_usage(path)._replace(free=0)  # the disk is full now
+                if os.environ.get("CLIPSCALE_TEST_DISK_FULL_ERROR") == "ENOSPC":
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+            torch.save = save
 ''')
 
 
@@ -162,7 +186,7 @@ def hooks_env(tmp_path_factory) -> dict:
     path = os.pathsep.join([str(folder)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     return {"PYTHONPATH": path, "CLIPSCALE_TEST_HOOKS": "1", "CLIPSCALE_TEST_KILL_AT_STEP": None,
             "CLIPSCALE_TEST_PAUSE_AT_STEP": None, "CLIPSCALE_TEST_SIGNAL_AT_STEP": None,
-            "CLIPSCALE_TEST_TERM_AT_STEP": None}
+            "CLIPSCALE_TEST_TERM_AT_STEP": None, "CLIPSCALE_TEST_DISK_FULL_AT_SAVE": None}
 
 
 def launch(cfg, samples, manifest, folder: Path, env=None) -> dict:
@@ -557,6 +581,27 @@ def _fake_checkpoints(run, epochs):
     return folder
 
 
+def test_a_deleted_checkpoint_that_is_evaluated_is_trained_again(in_tmp):
+    """A finished run's checkpoint deleted by hand: the check before the DAG names the record of
+    the job that wrote it (Snakemake then runs that job again), and that job resumes before it,
+    the later checkpoints moved aside (resuming from the newest would never write it again)."""
+    from clipscale import evaluate, paths
+
+    cfg = tiny_config()
+    run = run_of(cfg, SAMPLES)
+    record = paths.fill(paths.RUN_DONE, **run.wildcards)
+    folder = _fake_checkpoints(run, [1, 3, 4])  # epoch 2 deleted: only the last is evaluated
+    Path(record).write_text("{}")
+    assert evaluate.missing_checkpoints(cfg) == {} and train.resume_before_missing(cfg, run, EPOCHS) is None
+    (folder / "epoch_4.pt").unlink()
+    assert evaluate.missing_checkpoints(cfg) == {record: [str(folder / "epoch_4.pt")]}
+
+    cfg["evaluate"]["all_checkpoints"] = True
+    assert evaluate.missing_checkpoints(cfg) == {record: [str(folder / f"epoch_{e}.pt") for e in (2, 4)]}
+    moved = train.resume_before_missing(cfg, run, EPOCHS)
+    assert sorted(train.checkpoints(run)) == [1] and [p.name for p in moved.iterdir()] == ["epoch_3.pt"]
+
+
 def test_drop_corrupt_latest_keeps_the_newest_readable(in_tmp):
     run = grid.Run(MODEL, SCALE, SAMPLES)
     folder = _fake_checkpoints(run, [1, 2, 9, 10])
@@ -843,6 +888,72 @@ def test_interrupted_launcher_stops_training_and_attempts_add_up(in_tmp, manifes
     log = Path("train.log").read_text()
     assert "parent process" in log and "SIGINT" in log
     assert optimizer_steps(load(ckpt_dir(in_tmp, SAMPLES) / f"epoch_{EPOCHS}.pt")) == EPOCHS * STEPS_PER_EPOCH
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("error", ["unexpected pos", "ENOSPC"])
+def test_a_full_disk_while_saving_a_checkpoint_stops_the_job_saying_so(in_tmp, manifest, hooks_env, error):
+    """epoch_2.pt meets a full disk (torch's RuntimeError "unexpected pos", or an OSError ENOSPC):
+    the job fails within seconds saying "no space left on device" and naming the file, its data
+    workers gone (the training process waited on them forever); no half-written epoch_2.pt is
+    left, epoch_1.pt is where the job says the run resumes, and the rerun resumes there."""
+    cfg = tiny_config(workers=2)
+    Path("cfg.json").write_text(json.dumps(cfg))
+    argv = [sys.executable, "-c", LAUNCHER, "cfg.json", MODEL, SCALE, str(SAMPLES), str(manifest)]
+    env = {**os.environ, **{k: v for k, v in hooks_env.items() if v is not None},
+           "CLIPSCALE_TEST_DISK_FULL_AT_SAVE": "2", "CLIPSCALE_TEST_DISK_FULL_ERROR": error}
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the job hangs: {Path('train.log').read_text()[-3000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever it left
+    assert proc.returncode != 0
+    log = Path("train.log").read_text()
+    ckpts = ckpt_dir(in_tmp, SAMPLES)
+    written = ckpts.relative_to(in_tmp) / "epoch_2.pt"
+    assert re.search(rf"ERROR run {MODEL}/{SCALE}/{SAMPLES}: no space left on device writing {re.escape(str(written))} "
+                     r"\(0 bytes free there; ", log), log[-3000:]
+    assert "resumes from epoch 1 (" in stderr + log
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch_1.pt"]  # nothing half-written
+    attempt = train.read_attempts(run_of(cfg, SAMPLES))[-1]
+    assert "no space left on device" in attempt["ended"] and attempt["steps"] == 2 * STEPS_PER_EPOCH
+    if error != "ENOSPC":
+        return  # the rerun once
+
+    subprocess.run(argv, env={**env, "CLIPSCALE_TEST_DISK_FULL_AT_SAVE": "0"}, check=True, timeout=300)
+    rec = json.loads(Path("run.json").read_text())
+    assert rec["attempts"][-1]["resumed_from"] == 1 and rec["steps_this_attempt"] == 3 * STEPS_PER_EPOCH
+
+
+def test_a_save_that_fails_for_space_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    """files.torch_save (every checkpoint of a training process goes through it): torch's zip
+    writer on a full disk says only "unexpected pos"; the error names the file and the cause, and
+    neither a half-written file nor its temporary one is left."""
+    import shutil as shutil_mod
+
+    from clipscale import files
+
+    target = tmp_path / "epoch_2.pt"
+    target.write_bytes(b"the previous, good one")
+
+    def full_disk(obj, f):
+        Path(f).write_bytes(b"PK" + bytes(700))
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    usage = shutil_mod.disk_usage
+    monkeypatch.setattr(shutil_mod, "disk_usage", lambda path: usage(path)._replace(free=0))
+    with pytest.raises(files.WriteError, match=rf"^no space left on device writing {re.escape(str(target))} "
+                                               r"\(0 bytes free there; RuntimeError: .*unexpected pos"):
+        files.torch_save({"w": torch.zeros(3)}, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch_2.pt"]
+    assert target.read_bytes() == b"the previous, good one"
+    monkeypatch.setattr(shutil_mod, "disk_usage", usage)  # space left: another failure, said as such
+    with pytest.raises(files.WriteError, match=rf"^writing {re.escape(str(target))} failed \(RuntimeError"):
+        files.torch_save({"w": torch.zeros(3)}, target)
 
 
 def _interrupt_twice_then_complete(argv, env, pausing, underway, seen):

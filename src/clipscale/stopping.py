@@ -202,6 +202,18 @@ def keep_data_workers_through_stops() -> None:
     signal_handling._set_worker_signal_handlers = set_worker_signal_handlers
 
 
+def end_data_workers() -> None:
+    """Kill this process's data workers that still run as it exits after an error: they ignore
+    SIGTERM (``keep_data_workers_through_stops``), and Python's exit (multiprocessing's handler)
+    sends them SIGTERM, then waits for them: forever (a failed checkpoint save hung a job so)."""
+    import multiprocessing
+
+    for worker in multiprocessing.active_children():
+        if worker.daemon:
+            worker.kill()
+            worker.join(timeout=10)
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)

@@ -407,6 +407,32 @@ def install_shuffle_buffer(size: int) -> None:
     oct_data._SAMPLE_SHUFFLE_SIZE, oct_data._SAMPLE_SHUFFLE_INITIAL = size, max(1, size // 5)
 
 
+def install_safe_saving() -> None:
+    """open_clip_train saves each epoch checkpoint with ``torch.save(obj, path)`` straight to its
+    name: on a full disk that left a half-written epoch_N.pt as the newest, and torch's error
+    ("unexpected pos") named neither the file nor the cause. In this process ``torch.save`` to a
+    path goes through ``files.torch_save``: a temporary file renamed once whole; a failed write
+    removes it and raises ``files.WriteError`` naming the file ("no space left on device")."""
+    import open_clip_train.main as oct_main
+    import torch
+
+    main = getattr(oct_main, "main", None)
+    if getattr(main, "__module__", None) == oct_main.__name__ and "save" not in main.__code__.co_names:
+        raise TrainingError("open_clip_train.main.main no longer calls torch.save: open_clip changed; "
+                            "update clipscale.train.install_safe_saving")
+    if getattr(torch.save, "_clipscale_original", None) is not None:
+        return
+    original = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if args or kwargs or not isinstance(f, (str, os.PathLike)):
+            return original(obj, f, *args, **kwargs)
+        files.torch_save(obj, f, save=original)
+
+    save._clipscale_original = original
+    torch.save = save
+
+
 def skipped_summary(run: grid.Run) -> dict:
     """All skips of the run (every attempt, rank and worker): total, by reason, a few examples.
     A resampled sample counts each time it is drawn."""
@@ -480,6 +506,28 @@ def supersede_other_settings(run: grid.Run, settings: dict) -> Path | None:
         log.warning("run %s: its folder holds a run of %s; moved it to %s: this run starts afresh",
                     run.name, why, target)
     stamp.write_text(text)
+    return target
+
+
+def resume_before_missing(config: dict, run: grid.Run, last: int) -> Path | None:
+    """A checkpoint up to epoch ``last`` that the run's evaluations read
+    (``clipscale.evaluate.plan.our_epochs``) is gone (deleted by hand) while later ones are
+    there: resuming from the newest would never write it again. The later ones move to
+    ``superseded/<time>/`` and the run resumes before it: its training is deterministic, so it
+    computes the same weights again. Returns that folder, if any."""
+    from clipscale.evaluate.plan import our_epochs
+
+    done = checkpoints(run)
+    gone = [e for e in our_epochs(config, run) if e <= last and e not in done and any(d > e for d in done)]
+    if not gone:
+        return None
+    target = run_dir(run) / SUPERSEDED_NAME / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    target.mkdir(parents=True)
+    for epoch, path in done.items():
+        if epoch > gone[0]:
+            path.replace(target / path.name)
+    log.warning("run %s: checkpoint %s is gone and later ones are there: moved them to %s; the run "
+                "resumes before it", run.name, checkpoint_dir(run) / f"epoch_{gone[0]}.pt", target)
     return target
 
 
@@ -644,6 +692,7 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
             supersede_other_settings(run, settings)
             if branch is not None:
                 seed_branch(run, branch[1], branch[2])
+            resume_before_missing(config, run, until or hp["epochs"])
             rejected = check_resume_checkpoints(run, hp["epochs"])
             done = checkpoints(run)
             start = max(done) if done else 0
@@ -661,6 +710,7 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
         install_fast_data_path()
         install_shuffle_buffer(hp["shuffle_buffer"])
         stopping.keep_data_workers_through_stops()
+        install_safe_saving()
         skip_dir.mkdir(parents=True, exist_ok=True)
         os.environ[SKIP_DIR_ENV] = str(skip_dir.absolute())  # data workers inherit it
         t0 = time.time()
@@ -682,7 +732,13 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
             resume.finished(run_dir(run))
     except BaseException as e:
         if attempt is not None:
-            end_attempt(run, attempt, _how_it_ended(e), guard.done, time.time() - t0)
+            try:
+                end_attempt(run, attempt, _how_it_ended(e), guard.done, time.time() - t0)
+            except OSError as err:  # e.g. the disk that is full
+                log.warning("run %s: could not record the attempt's end: %s", run.name, err)
+        if isinstance(e, files.WriteError) or (isinstance(e, OSError) and e.errno in files.NO_SPACE_ERRNOS):
+            raise TrainingError(f"run {run.name}: {e}; re-run with space, it resumes from "
+                                f"{_place(run)}") from e
         raise
     finally:
         os.environ.pop(SKIP_DIR_ENV, None)  # counting is for this run's data workers only
@@ -777,7 +833,7 @@ def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
     if status != 0:
         raise TrainingError(f"run {run.name}: training processes exited with status {status}; "
                             f"re-running the workflow resumes from the latest checkpoint in "
-                            f"{checkpoint_dir(run)}")
+                            f"{checkpoint_dir(run)}: {_place(run)}")
     if not Path(out).exists():
         raise TrainingError(f"run {run.name}: training ended without writing {out}")
 
@@ -913,6 +969,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import traceback
+
     from clipscale.logs import exit_now
 
-    exit_now(main())  # what the run wrote is closed: skip tearing down torch (about 2 s)
+    try:
+        status = main()
+    except SystemExit as e:  # argparse's
+        status = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # unforeseen: its traceback, then the same exit (Python's own waited
+        traceback.print_exc()  # forever for the data workers, which ignore SIGTERM)
+        status = 1
+    stopping.end_data_workers()  # any left by an error (none after a run that ended well)
+    exit_now(status)  # what the run wrote is closed: skip tearing down torch (about 2 s)

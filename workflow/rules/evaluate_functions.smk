@@ -1,14 +1,34 @@
 # Functions of workflow/rules/evaluate.smk (kept apart: a rule file holds rules only).
 from clipscale import evaluate as cs_eval
 from clipscale import paths
+from snakemake.logging import logger
 
 EVAL_TARGETS = cs_eval.target_paths(config)
 EVAL_OUTPUTS = cs_eval.output_patterns(config)
 
+# A checkpoint to evaluate deleted after its training job finished: Snakemake cannot see it
+# (checkpoints are not rule outputs), so that job is forced to run again (it writes the
+# checkpoint anew), then what reads it. In the main process only: a cluster job's own snakemake
+# runs just its job.
+_MISSING_CHECKPOINTS = (
+    cs_eval.missing_checkpoints(config) if workflow.is_main_process else {}
+)
+if _MISSING_CHECKPOINTS:
+    for _record, _gone in _MISSING_CHECKPOINTS.items():
+        logger.warning(
+            f"{', '.join(_gone)} does not exist: the job that wrote it ({_record}) runs again"
+        )
+    workflow.dag_settings.forcerun = {
+        *workflow.dag_settings.forcerun,
+        *_MISSING_CHECKPOINTS,
+    }
+
 
 def evaluate_targets():
-    """Final outputs of the evaluation: the results table (parquet, CSV) and its log."""
-    return [paths.RESULTS_TABLE, paths.RESULTS_CSV, paths.RESULTS_LOG]
+    """Final outputs of the evaluation: the results table (parquet, CSV) and its log, and
+    each result file: a deleted one is computed again (Snakemake does not remake a missing file
+    whose consumers are up to date unless it is a target)."""
+    return [paths.RESULTS_TABLE, paths.RESULTS_CSV, paths.RESULTS_LOG, *EVAL_TARGETS]
 
 
 def evaluate_inputs(wildcards):

@@ -6,7 +6,9 @@ the same slice the rule's params carry) and the checkpoint file's stamp (path, s
 rule's outputs are flagged ``update`` (Snakemake does not delete them before the job), so when a
 job reruns because a downstream set was added or one set's settings changed, the results whose
 fingerprint still matches are kept as they are and only the others are computed. A failed
-result is always computed again. To force a result to be recomputed, delete its file.
+result is always computed again. To force a result to be recomputed, delete its file (a result
+file is a target of the workflow: Snakemake reruns its job). A checkpoint that does not exist
+fails the job (EvaluationError) and writes nothing: the results already there are kept.
 
 One set that fails (a broken folder, too few samples) is recorded in its own result files
 (status "failed", with the reason) and the others go on; a change upstream (UpstreamChanged)
@@ -79,6 +81,11 @@ def evaluate_checkpoint(config: dict, checkpoint: Mapping[str, str],
     outputs = dict(outputs or outputs_of(config, dict(checkpoint)))
     info = checkpoint_info(config, checkpoint, run_record, profile)
     t_job = time.time()
+    if not Path(info.path).is_file():  # an error of the job, not a result: the results are kept
+        raise EvaluationError(
+            f"checkpoint {info.path} does not exist; no result is written (those there are kept). "
+            + ("Re-running the workflow first trains its run again (it writes the checkpoint anew)"
+               if checkpoint["source"] == "ours" else "Put the released checkpoint back"))
     problem = None
     try:
         meta = check_checkpoint(info.path)

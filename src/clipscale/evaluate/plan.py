@@ -6,6 +6,7 @@ set, task) (``paths.EVAL``), the tidy artifact the results table is made of.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 from clipscale import grid, models, paths, released, table
@@ -109,6 +110,31 @@ def outputs_of(config: dict, checkpoint: dict) -> dict[tuple[str, str], str]:
     return {(d, t): Target(**checkpoint, dataset=d, task=t).path for d, t in dataset_tasks(config)}
 
 
+def record_of(config: dict, run: grid.Run, epoch: int) -> str:
+    """The record of the training job that writes checkpoint ``epoch`` of a run: the run's
+    (run.json), or, with train.segments, the segment's that ends with or after it (evaluated while
+    the run goes on)."""
+    segment = grid.segment_of(config, run, epoch)
+    return (paths.fill(paths.RUN_SEGMENT, **run.wildcards, epoch=segment) if segment
+            else paths.fill(paths.RUN_DONE, **run.wildcards))
+
+
+def missing_checkpoints(config: dict) -> dict[str, list[str]]:
+    """Checkpoints to evaluate (or fine-tune) that are gone although the record of the job that
+    wrote them is there (deleted by hand, lost): record -> those checkpoint files. Snakemake
+    cannot see them (checkpoints are not rule outputs: a failed job keeps its own), so the
+    Snakefile makes it run those records' jobs again (clipscale.train writes the checkpoints
+    anew) and then what reads them. A stat per checkpoint, only for records that exist."""
+    out: dict[str, list[str]] = {}
+    for run in grid.runs(config):
+        for epoch in our_epochs(config, run):
+            record = record_of(config, run, epoch)
+            checkpoint = f"{paths.fill(paths.RUN_CHECKPOINTS, **run.wildcards)}/epoch_{epoch}.pt"
+            if os.path.isfile(record) and not os.path.isfile(checkpoint):
+                out.setdefault(record, []).append(checkpoint)
+    return out
+
+
 def job_inputs(config: dict, source: str, model: str, scale: str, samples: str, epoch: str) -> dict[str, str]:
     """Files an evaluation job waits for: the record of the training job that wrote the
     checkpoint (ours: run.json, or a segment's record) or the checkpoint file (released), and the world when it generates a downstream set (a user's set, with a path,
@@ -119,11 +145,7 @@ def job_inputs(config: dict, source: str, model: str, scale: str, samples: str, 
         if epoch not in [str(e) for e in our_epochs(config, run)]:
             raise ConfigError(f"{run.name}: epoch {epoch} is not evaluated (epochs: "
                               f"{our_epochs(config, run)}; see evaluate.all_checkpoints)")
-        # the record of the job that writes the checkpoint: the run's (run.json), or, with
-        # train.segments, the segment's that ends with or after it (evaluated while the run goes on)
-        segment = grid.segment_of(config, run, int(epoch))
-        out["run"] = (paths.fill(paths.RUN_SEGMENT, **run.wildcards, epoch=segment) if segment
-                      else paths.fill(paths.RUN_DONE, **run.wildcards))
+        out["run"] = record_of(config, run, int(epoch))
     elif source == "released":
         if epoch != FINAL:
             raise ConfigError(f"released checkpoints are evaluated as epoch_{FINAL}, not {epoch}")
