@@ -64,9 +64,9 @@ def test_defaults_are_filled():
          "['cosine'] makes none (its runs: 'ours')"),
         (lambda c: c["grid"].update(samples_seen=[512], schedules=["cosine", "const-cooldown"]),
          "grid.samples_seen: 512: vit-xs/3k/512 has 128 samples per checkpoint (512 / train.checkpoints 4), "
-         "less than one global batch of 256 (train.batch_size 256 x train.nproc 1 x train.nodes 1)"),
+         "less than one global batch of 256 (train.batch_size 256 x train.nproc 1 x train.nodes 1 x train.accum_freq 1)"),
         (lambda c: (c["train"].update(nproc=4, nodes=3), c["grid"].update(schedules=["cosine", "const-cooldown"])), "one global batch of 3072 (train.batch_size 256 x "
-                                                        "train.nproc 4 x train.nodes 3)"),
+                                                        "train.nproc 4 x train.nodes 3 x train.accum_freq 1)"),
         # ... with the per-run overrides applied
         (lambda c: (c["train"].update(overrides=[{"model": "vit-m", "batch_size": 4096}]),
                     c["grid"].update(schedules=["cosine", "const-cooldown"])),

@@ -21,7 +21,7 @@ import yaml
 
 from conftest import CI_CONFIG, REPO
 
-from clipscale import resources
+from clipscale import launch, resources
 
 PROFILE = REPO / "profiles" / "slurm"
 
@@ -74,7 +74,7 @@ def _gpu_config() -> dict:
     cfg = yaml.safe_load(CI_CONFIG.read_text())
     cfg["train"].update({"gpus_per_node": 1, "nproc": 1, "device": "auto"})
     cfg["evaluate"] = {**cfg["evaluate"], "gpus": 1}
-    cfg["finetune"] = {**cfg["finetune"], "gpus": 1}
+    cfg["finetune"] = {**cfg["finetune"], "gpus_per_node": 1}
     return cfg
 
 
@@ -86,24 +86,64 @@ def test_training_and_evaluation_jobs_ask_for_gpus_only_with_a_gpu_config(tmp_pa
     on_gpus = ("train", "evaluate", "finetune", "dedup_embed_pool", "dedup_embed_downstream")
     for rule in on_gpus:
         call = sbatch_command(jobs[rule])
-        if gpus:
-            assert "--gpus=1" in call and "--ntasks-per-gpu=1" in call, (rule, call)
-        else:
+        if gpus:  # GPUs per node (--gres), never a total (--gpus) nor --ntasks-per-gpu
+            assert "--gres=gpu:1" in call and "--ntasks-per-gpu" not in call, (rule, call)
             assert "--gpus" not in call, (rule, call)
+        else:
+            assert "--gpus" not in call and "--gres" not in call, (rule, call)
         assert re.search(r"-t \S+", call) and "--mem " in call, (rule, call)
     for rule, job in jobs.items():  # only training, evaluation, fine-tuning and encoding use GPUs
         if rule not in on_gpus:
-            assert not job.get("gpu"), rule
+            assert not job.get("gpu") and not job.get("gres"), rule
 
 
 def test_a_multi_gpu_run_asks_for_one_task_per_gpu_on_every_node(tmp_path):
+    """open_clip's documented shape: --nodes=N --ntasks-per-node=G --gres=gpu:G --cpus-per-task=C
+    (not --gpus=N*G, a total Slurm may spread unevenly, nor --ntasks-per-gpu, which makes the
+    srun inside the job fail); the srun the job starts agrees with it."""
     cfg = _gpu_config()
-    cfg["train"].update({"gpus_per_node": 4, "nproc": 4, "nodes": 2})
+    cfg["train"].update({"gpus_per_node": 4, "nproc": 4, "nodes": 2, "threads": 6})
     cfg["grid"]["samples_seen"] = ["8k"]  # one global batch (4 x 2 x 128) per checkpoint at least
+    cfg["finetune"]["enabled"] = False
+    cfg["finetune"].pop("runs", None)
     job = dry_run_resources(tmp_path, cfg)["train"]
     call = sbatch_command(job)
-    assert "--gpus=8" in call and "--ntasks-per-gpu=1" in call and "--nodes=2" in call, call
-    assert job["mpi"] == "srun" and job["tasks"] == 8 and job["cpus_per_task"] == 1
+    for part in ("--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4", "--cpus-per-task=6"):
+        assert part in call, (part, call)
+    assert "--gpus" not in call and "--ntasks-per-gpu" not in call and "--ntasks=" not in call, call
+    assert job["mpi"] == "srun"
+    srun = launch.launch_command(4, 2, under_slurm=True, cpus_per_task=6, gpus=True)
+    for part in ("--nodes=2", "--ntasks-per-node=4", "--ntasks=8", "--cpus-per-task=6", "--accel-bind=gn"):
+        assert part in srun, (part, srun)
+
+
+def test_one_process_per_node_on_several_nodes_asks_for_one_task_per_node(tmp_path):
+    cfg = _gpu_config()
+    cfg["train"].update({"gpus_per_node": 1, "nproc": 1, "nodes": 3})
+    cfg["grid"]["samples_seen"] = ["8k"]
+    cfg["finetune"]["enabled"] = False
+    cfg["finetune"].pop("runs", None)
+    call = sbatch_command(dry_run_resources(tmp_path, cfg)["train"])
+    assert "--nodes=3" in call and "--ntasks=3" in call and "--gres=gpu:1" in call, call
+
+
+def test_a_site_slurm_extra_for_training_is_refused_unless_it_keeps_the_walltime_options(tmp_path):
+    """A profile's set-resources: train: slurm_extra replaces the pipeline's: refused before
+    any job, naming the key and what it lacks; accepted when it keeps them."""
+    cfg = yaml.safe_load(CI_CONFIG.read_text())
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    base = [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+            "--configfile", str(path), "--profile", str(PROFILE), "-n"]
+    out = subprocess.run([*base, "--set-resources", "train:slurm_extra='--exclusive'"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "set-resources: train: slurm_extra ('--exclusive'" in text and "--signal=USR1@" in text, text[-3000:]
+    lead = cfg["train"].get("signal_lead_s", 300)
+    kept = f"train:slurm_extra='--exclusive --signal=USR1@{lead} --requeue --open-mode=append'"
+    out = subprocess.run([*base, "--set-resources", kept], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
 
 
 def test_a_training_job_asks_for_the_walltime_warning_and_may_be_requeued(tmp_path):

@@ -620,6 +620,73 @@ def test_pipeline_jobs_are_submittable(configfile, tmp_path):
     assert not problems, "\n".join(sorted(problems))
 
 
+def _dry_run_jobs_with_wildcards(output: str) -> list[tuple[str, dict[str, str], dict[str, str], int]]:
+    """(rule, wildcards, resources, threads) of every job in a dry run's output."""
+    jobs = []
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:[ \t]+.*\n?)*)", output, re.M):
+        found = {k: re.search(rf"^\s+{k}: (.*)$", m.group(2), re.M) for k in ("resources", "wildcards", "threads")}
+        def items(key):
+            return dict(i.split("=", 1) for i in found[key].group(1).split(", ") if "=" in i) if found[key] else {}
+        jobs.append((m.group(1), items("wildcards"), items("resources"),
+                     int(found["threads"].group(1)) if found["threads"] else 1))
+    return jobs
+
+
+def test_every_job_of_the_papers_grid_has_the_shape_its_processes_need(tmp_path):
+    """The sbatch line of every job of config/paper.yaml, built by the plugin's own functions:
+    GPUs per node (--gres=gpu:G), never a total (--gpus) nor --ntasks-per-gpu; a training job's
+    --nodes and --ntasks-per-node are what it starts (srun: ranks = nodes x processes per node,
+    each on its GPU), with its walltime warning, requeue and appended log."""
+    _pipeline_ready()
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    from clipscale import config as cs_config
+    from clipscale import grid, standin
+
+    class _Res(dict):
+        __getattr__ = dict.get
+
+    paper = cs_config.load(ROOT / "config" / "paper.yaml")
+    overrides = standin.write(paper, tmp_path)
+    res = subprocess.run(
+        [SNAKEMAKE, "-n", "--forceall", "--profile", str(PROFILE), "--configfile", "config/paper.yaml", str(overrides)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
+    jobs = _dry_run_jobs_with_wildcards(res.stdout + res.stderr)
+    seen, problems = set(), []
+    for rule, wildcards, r, threads in jobs:
+        typed = {k: int(v) if re.fullmatch(r"-?\d+", v) else v.strip("'\"") for k, v in r.items()}
+        fake = SimpleNamespace(resources=_Res(typed), threads=threads)
+        params = {"run_uuid": "u", "slurm_logfile": "log", "comment_str": "c", "account": "", "partition": "",
+                  "workdir": "."}
+        call = get_submit_command(fake, params) + set_gres_string(fake)
+        if "--gpus" in call or "--ntasks-per-gpu" in call:
+            problems.append(f"{rule}: a GPU total or tasks per GPU: {call}")
+        if rule not in ("train", "train_segment"):
+            continue
+        validate_slurm_extra(fake)
+        run = grid.Run.from_wildcards(wildcards["model"], wildcards["scale"], wildcards["samples"])
+        hp = grid.hparams(paper, run)
+        nodes, per_node, gpus = hp["nodes"], hp["nproc"], hp["gpus_per_node"]
+        want = [f"--nodes={nodes}", f"--gres=gpu:{gpus}", f"--cpus-per-task={hp['threads']}",
+                f"--signal=USR1@{hp['signal_lead_s']}", "--requeue", "--open-mode=append",
+                f"--ntasks-per-node={per_node}" if per_node > 1 else f"--ntasks={nodes}"]
+        problems += [f"{run.name}: no {w} in {call}" for w in want if w not in call.split()]
+        srun = launch.launch_command(per_node, nodes, under_slurm=True, cpus_per_task=hp["threads"], gpus=True)
+        if f"--ntasks={hp['world_size']}" not in srun or f"--ntasks-per-node={per_node}" not in srun:
+            problems.append(f"{run.name}: srun {srun} starts other ranks than {hp['world_size']}")
+        seen.add(run)
+    assert seen == set(grid.runs(paper)), sorted(r.name for r in set(grid.runs(paper)) - seen)
+    assert not problems, "\n".join(problems[:20])
+    vit_l = next(r for r in grid.runs(paper) if r.name.startswith("ViT-L-14/80M/34B"))
+    assert grid.hparams(paper, vit_l)["world_size"] == 400  # Table 18: 100 nodes x 4 GPUs
+
+
 def test_missing_slurm_skips_locally_but_fails_in_ci(monkeypatch):
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("CLIPSCALE_REQUIRE_SLURM", raising=False)
@@ -830,3 +897,54 @@ def test_a_run_that_fails_at_start_stops_after_one_retry(slurm_cluster, windows_
     text = (wd / "results" / "logs" / "train" / "vit-xs" / "1k" / f"{WINDOW_SAMPLES}.log").read_text()
     assert f"run vit-xs/1k/{WINDOW_SAMPLES}" in text and "no-such-open-clip-flag" in text, text[-3000:]
     assert "requeue" not in text.lower(), text[-3000:]
+
+
+@pytest.mark.slurm
+def test_a_second_job_for_a_run_refuses_while_the_first_owns_it(slurm_cluster, windows_workdir, tmp_path):
+    """Snakemake dies (kill -9) while its training job runs on; a restarted Snakemake submits the
+    same run again: that job refuses to start, naming the owner (the first job, RUNNING), and the
+    run folder's files stay the first job's alone."""
+    prepared, _ = windows_workdir
+    config = _window_config(tmp_path, WINDOW_SAMPLES, runtime=20, signal_lead_s=30)
+    wd = tmp_path / "owned"
+    shutil.copytree(prepared, wd, symlinks=True)
+    target = WINDOW_RUN.format(samples=WINDOW_SAMPLES)
+    run_folder = wd / Path(target).parent
+    first = subprocess.Popen(profile_command(wd, [target], config), cwd=wd, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    owner_job = None
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and first.poll() is None:
+            attempts = run_folder / "attempts.jsonl"
+            lines = [json.loads(x) for x in attempts.read_text().splitlines()] if attempts.exists() else []
+            running = [x for x in lines if x["ended"] == "running" and x.get("slurm_job")]
+            if running and (run_folder / "owner.json").exists():
+                owner_job = running[0]["slurm_job"]
+                break
+            time.sleep(1)
+        assert owner_job, (first.poll(), first.stdout.read() if first.poll() is not None else "")
+        first.kill()  # snakemake dies; its Slurm job goes on
+        first.wait(timeout=60)
+        assert subprocess.run(["squeue", "-h", "-j", owner_job, "-o", "%T"], capture_output=True,
+                              text=True).stdout.strip() == "RUNNING"
+        unlock = subprocess.run(profile_command(wd, [target], config, ["--unlock"]), cwd=wd, capture_output=True,
+                                text=True, timeout=300)
+        assert unlock.returncode == 0, unlock.stdout + unlock.stderr
+        second = run_profile(wd, [target], config, timeout_s=600)
+        assert second.returncode != 0 and not second.timed_out, _explain(second)
+        refused = second.jobs_of("train")
+        assert refused and owner_job not in refused, _explain(second)
+        log = (wd / "results" / "logs" / "train" / "vit-xs" / "1k" / f"{WINDOW_SAMPLES}.log").read_text()
+        assert f"owned by another job (Slurm job {owner_job} is RUNNING" in log, log[-3000:]
+        state = subprocess.run(["squeue", "-h", "-j", owner_job, "-o", "%T"], capture_output=True, text=True)
+        assert state.stdout.strip() == "RUNNING"  # the owner was not disturbed
+        owner = json.loads((run_folder / "owner.json").read_text())
+        assert owner["slurm_job_id"] == owner_job
+        lines = [json.loads(x) for x in (run_folder / "attempts.jsonl").read_text().splitlines()]
+        assert {x.get("slurm_job") for x in lines} == {owner_job}, lines
+    finally:
+        if first.poll() is None:
+            first.kill()
+        if owner_job:
+            subprocess.run(["scancel", owner_job], capture_output=True)

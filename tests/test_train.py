@@ -1396,3 +1396,59 @@ def test_a_branch_of_a_retrained_trunk_starts_afresh(cooldown_family, hooks_env,
     assert os.path.samefile(ckpt_dir(folder, f"{CD_SAMPLES}-cooldown") / "epoch_3.pt", trunk_ckpt)
     rec = json.loads((folder / "branch.json").read_text())
     assert rec["attempts"][-1]["resumed_from"] == 3 and rec["steps_total"] == CD_STEPS
+
+
+# ---------------------------------------------------------------------------------------------
+# gradient accumulation: the global batch kept on fewer processes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def baseline_accum(request, pool_index, hooks_env, tmp_path_factory) -> dict:
+    """The baseline's global batch as 2 accumulated batches of half its size (train.accum_freq 2)."""
+    with scratch(request, tmp_path_factory, "baseline-accum") as folder:
+        cfg = tiny_config(batch_size=BATCH // 2, accum_freq=2)
+        record = launch(cfg, SAMPLES, subset_in(pool_index, folder), folder, hooks_env)
+        yield {"cfg": cfg, "folder": folder, "record": record,
+               "final": load(ckpt_dir(folder, SAMPLES) / f"epoch_{EPOCHS}.pt")}
+
+
+def test_accumulated_batches_keep_the_global_batch_steps_and_samples_seen(baseline_accum, baseline):
+    """accum_freq 2 x batch 16 trains the baseline's run of batch 32: the same global batch, steps
+    (optimizer steps, one loss line each) and samples seen, and the same shaping params (a change
+    of processes and accumulation that keeps the global batch reruns nothing)."""
+    from clipscale import shaping
+
+    rec, ref = baseline_accum["record"], baseline["record"]
+    for key in ("global_batch_size", "steps_total", "samples_seen_exact", "epochs"):
+        assert rec[key] == ref[key], key
+    assert rec["accum_freq"] == 2 and rec["global_batch_size"] == BATCH
+    assert optimizer_steps(baseline_accum["final"]) == EPOCHS * STEPS_PER_EPOCH
+    assert sorted(losses(baseline_accum["folder"], SAMPLES)) == list(range(EPOCHS * STEPS_PER_EPOCH))
+    run = run_of(baseline["cfg"], SAMPLES)
+    assert shaping.train(baseline_accum["cfg"], run) == shaping.train(baseline["cfg"], run)
+    assert shaping.train(tiny_config(batch_size=BATCH // 2), run) != shaping.train(baseline["cfg"], run)
+
+
+def test_a_walltime_warning_with_accumulation_saves_the_place_and_resumes_exactly(baseline_accum, pool_index,
+                                                                                 hooks_env, tmp_path):
+    """With accumulated batches the place is saved at a step boundary (never between a step's
+    batches) and the resumed run ends with the uninterrupted one's losses and weights, bit for bit."""
+    folder = tmp_path / "accum-windows"
+    folder.mkdir()
+    manifest = subset_in(pool_index, folder)
+    signal_at = 2 * (2 * STEPS_PER_EPOCH) + 1  # the 1st batch's backward pass of epoch 3's 1st step
+    done = 2 * STEPS_PER_EPOCH + 1
+    cfg = baseline_accum["cfg"]
+    with pytest.raises(train.TrainingError, match=rf"walltime warning \(SIGUSR1\) after {done} steps, at epoch 2 "
+                                                  rf"\+ 1 of 4 steps"):
+        launch(cfg, SAMPLES, manifest, folder, {**hooks_env, "CLIPSCALE_TEST_SIGNAL_AT_STEP": str(signal_at)})
+    run_folder = folder / "results" / "train" / MODEL / SCALE / str(SAMPLES)
+    partial = load(run_folder / "partial.pt")
+    assert (partial["epoch"], partial["step_in_epoch"], partial["global_step"]) == (2, 1, done)
+    assert optimizer_steps(partial) == done
+    rec = launch(cfg, SAMPLES, MANIFEST, folder, hooks_env)
+    assert rec["steps_total"] == EPOCHS * STEPS_PER_EPOCH
+    assert losses(folder, SAMPLES) == losses(baseline_accum["folder"], SAMPLES)
+    final = load(ckpt_dir(folder, SAMPLES) / f"epoch_{EPOCHS}.pt")
+    assert same_weights(final["state_dict"], baseline_accum["final"]["state_dict"])

@@ -42,7 +42,7 @@ for d in slurmd slurmctld slurmdbd mariadbd munged; do
 done
 
 # put back configs that start_slurm.sh moved aside
-for c in slurm.conf slurmdbd.conf; do
+for c in slurm.conf slurmdbd.conf gres.conf; do
   if [ -L "/etc/slurm/$c" ] && [ "$(readlink "/etc/slurm/$c")" = "$BASE/etc/$c" ]; then
     rm -f "/etc/slurm/$c"
     [ -e "/etc/slurm/$c.orig" ] && mv "/etc/slurm/$c.orig" "/etc/slurm/$c"

@@ -361,13 +361,14 @@ def _run_problems(config: dict) -> list[str]:
                         f"train.runtime {hp['runtime']} min: the job would stop before training")
         if hp["train_num_samples"] >= hp["global_batch_size"]:
             continue
-        keys = ("checkpoints", "batch_size", "nproc", "nodes")
+        keys = ("checkpoints", "batch_size", "nproc", "nodes", "accum_freq")
         overridden = " after train.overrides" if any(hp[k] != train[k] for k in keys) else ""
         problems.append(
             f"grid.samples_seen: {labels[run.samples_seen]}: {run.name} has {hp['train_num_samples']} "
             f"samples per checkpoint ({run.samples_seen} / train.checkpoints {hp['checkpoints']}), less "
             f"than one global batch of {hp['global_batch_size']} (train.batch_size {hp['batch_size']} x "
-            f"train.nproc {hp['nproc']} x train.nodes {hp['nodes']}){overridden}; raise samples_seen or "
+            f"train.nproc {hp['nproc']} x train.nodes {hp['nodes']} x train.accum_freq {hp['accum_freq']}){overridden}; "
+            f"raise samples_seen or "
             f"lower train.checkpoints or the batch")
     return problems + ([walltime] if walltime else [])
 

@@ -51,6 +51,39 @@ def _fixed(rule: str) -> dict:
     return {"threads": threads, "mem_mb": mem_mb, "runtime": runtime}
 
 
+# what a training job needs from sbatch besides its shape: the walltime warning (clipscale.train
+# saves its place and requeues the job: a run spans as many walltime windows as it needs), leave to
+# requeue where a site's default is not to, and one Slurm log across windows (a requeued job
+# truncates its --output file without --open-mode=append)
+TRAIN_SBATCH = ("--signal=USR1@{lead}", "--requeue", "--open-mode=append")
+
+
+def train_sbatch(lead_s: int) -> str:
+    return " ".join(opt.format(lead=lead_s) for opt in TRAIN_SBATCH)
+
+
+def site_slurm_extra_problems(overwrite: Mapping, config: Mapping) -> list[str]:
+    """A profile's ``set-resources: train[_segment]: slurm_extra`` replaces the pipeline's (the
+    plugin has no way to add to it): one problem per rule whose value lacks one of the options a
+    training job needs (TRAIN_SBATCH, with every walltime-warning lead of the grid's runs)."""
+    leads = sorted({grid.hparams(dict(config), run)["signal_lead_s"] for run in grid.runs(dict(config))})
+    problems = []
+    for rule in ("train", "train_segment"):
+        value = (overwrite.get(rule) or {}).get("slurm_extra")
+        value = getattr(value, "raw", value)  # snakemake's Resource: the text as given
+        if value is None:
+            continue
+        text = str(value).strip().strip("'\"")
+        need = [opt for lead in leads for opt in train_sbatch(lead).split() if opt not in text.split()]
+        if need:
+            problems.append(
+                f"set-resources: {rule}: slurm_extra ({text!r}, from the profile or --set-resources) replaces "
+                f"the pipeline's sbatch options for training jobs; add {' '.join(dict.fromkeys(need))} to it "
+                f"(the walltime warning at train.signal_lead_s, requeue and one appended log per run: without "
+                f"them every window ends in TIMEOUT), e.g. slurm_extra: \"'{text} {train_sbatch(leads[0])}'\"")
+    return problems
+
+
 def gres(gpus_per_node: int) -> dict:
     """GPUs per node (sbatch --gres=gpu:G): --gpus is a total that Slurm may spread unevenly
     across the nodes, and the plugin pairs it with --ntasks-per-gpu, which an srun
@@ -60,35 +93,76 @@ def gres(gpus_per_node: int) -> dict:
 
 
 def train(config: Mapping, run: grid.Run) -> dict:
-    """One training run's job: ``train.nproc`` processes (GPUs) per node on ``train.nodes``
-    nodes, ``train.threads`` CPUs each, one rank per GPU; multi-task jobs carry ``mpi="srun"``
-    (clipscale.launch starts the ranks with srun inside the job)."""
+    """One training run's job, in the shape open_clip documents for Slurm: ``--nodes=N
+    --ntasks-per-node=P --gres=gpu:G --cpus-per-task=C`` (P = ``train.nproc`` processes per
+    node, one per GPU; G = ``train.gpus_per_node``; C = ``train.threads``), ``--mem`` per node;
+    multi-task jobs carry ``mpi="srun"`` (clipscale.launch starts the P x N ranks with srun
+    inside the job). The plugin takes ``tasks_per_node`` (> 1) or ``tasks``, not both: one
+    process per node on several nodes is ``--nodes=N --ntasks=N``."""
     hp = grid.hparams(dict(config), run)
-    nodes, world = hp["nodes"], hp["world_size"]
-    gpus_per_node = hp["gpus_per_node"]
+    nodes, world, per_node = hp["nodes"], hp["world_size"], hp["nproc"]
     out = {
-        "threads": hp["threads"] * hp["nproc"],
+        "threads": hp["threads"] * per_node,
         "mem_mb": hp["mem_mb"],
         "runtime": hp["runtime"],
         "nodes": nodes,
-        "tasks": world,
         "cpus_per_task": hp["threads"],
-        "gpu": gpus_per_node * nodes,
-        "tasks_per_gpu": hp["nproc"] // gpus_per_node if gpus_per_node else 0,
         "mpi": "srun" if world > 1 else "",
-        # the walltime warning (clipscale.train saves its place and requeues the job: a run
-        # spans as many walltime windows as it needs); --requeue where a site's default is not to
-        "slurm_extra": f"--signal=USR1@{hp['signal_lead_s']} --requeue",
+        "slurm_extra": train_sbatch(hp["signal_lead_s"]),
+        **gres(hp["gpus_per_node"]),
     }
+    if per_node > 1:
+        out["tasks_per_node"] = per_node
+    else:
+        out["tasks"] = world
     return out
 
 
+# training throughput, in forward GMAC x samples per second per process (the paper's compute
+# axis): on a GPU the paper's own runs (ViT-L/14, 34B samples of LAION-80M in 90,647 A100-hours,
+# Table 18: 9,095 per GPU); on a CPU what the embedded default measured here (3,817 GMAC x samples
+# in 1,740 CPU-s: 2.2 per core). For sizing retries, never for results.
+GPU_TRAIN_GMAC_PER_S = 9_000
+CPU_TRAIN_GMAC_PER_S_PER_THREAD = 2.0
+
+
+def expected_windows(config: Mapping, run: grid.Run) -> int:
+    """Walltime windows a run's job is expected to need (with a margin of 1.5): its training
+    compute at the rate above over ``train.runtime`` minutes less the warning's lead."""
+    from clipscale import models
+
+    hp = grid.hparams(dict(config), run)
+    rate = GPU_TRAIN_GMAC_PER_S if hp["gpus_per_node"] else CPU_TRAIN_GMAC_PER_S_PER_THREAD * hp["threads"]
+    seconds = hp["samples_trained_exact"] * models.estimated_gmac(config, run.model) / (rate * hp["world_size"])
+    window = max(60, hp["runtime"] * 60 - hp["signal_lead_s"])
+    return max(1, math.ceil(1.5 * seconds / window))
+
+
+def train_retries(config: Mapping) -> int:
+    """Snakemake's retries of a training job on a cluster: one, or the most windows a run of the
+    grid is expected to need, whichever is more. A job that can requeue itself spans its windows
+    in one Slurm job; where a site does not allow requeue (clipscale.train checks at the start
+    of every job) each window ends the job cleanly and Snakemake's retry starts the next. A job
+    that fails without training a step twice in a row is not started a third time
+    (clipscale.train.refuse_hopeless), so retries are not spent on a run that cannot start."""
+    return max([1, *(expected_windows(config, run) for run in grid.runs(dict(config)))])
+
+
 def finetune(config: Mapping) -> dict:
-    """One fine-tuning job (a checkpoint, a protocol): ``finetune.threads`` CPUs, ``finetune.gpus``
-    GPUs (the fine-tuning and its evaluations run where the job runs)."""
+    """One fine-tuning job (a checkpoint, a protocol), in training's shape: ``finetune.nproc``
+    processes per node (one per GPU) on ``finetune.nodes`` nodes, ``finetune.gpus_per_node`` GPUs
+    (--gres) and ``finetune.threads`` CPUs per process, ``finetune.mem_mb`` per node; multi-task
+    jobs carry ``mpi="srun"`` (clipscale.finetune.job.run_job starts the ranks inside the job)."""
     ft = config["finetune"]
-    return {"threads": ft["threads"], "mem_mb": ft["mem_mb"], "runtime": ft["runtime"],
-            "cpus_per_task": ft["threads"], "gpu": ft["gpus"]}
+    nodes, per_node = ft["nodes"], ft["nproc"]
+    out = {"threads": ft["threads"] * per_node, "mem_mb": ft["mem_mb"], "runtime": ft["runtime"],
+           "nodes": nodes, "cpus_per_task": ft["threads"], "mpi": "srun" if nodes * per_node > 1 else "",
+           **gres(ft["gpus_per_node"])}
+    if per_node > 1:
+        out["tasks_per_node"] = per_node
+    else:
+        out["tasks"] = nodes
+    return out
 
 
 # Encoding images for evaluation (benchmarks/bench_eval_rate.py, on the 2-core dev machine shared
@@ -202,7 +276,10 @@ def index_pool(n_shards: int) -> dict:
     walltime for that with a margin of 2."""
     threads = max(1, min(8, _ceil_div(n_shards, 1000)))
     minutes = 2 * n_shards * SAMPLES_PER_SHARD // (INDEX_RATE * threads * 60)
-    return {"threads": threads, "mem_mb": 900 + 100 * threads, "runtime": max(60, minutes)}
+    # finding repeated keys across the pool sorts 8-byte digests of every key: about 30 bytes
+    # per sample at the peak (clipscale.subsets), 60 GB for LAION-2B
+    keys_mb = _ceil_div(30 * n_shards * SAMPLES_PER_SHARD, 1_000_000)
+    return {"threads": threads, "mem_mb": 900 + 100 * threads + keys_mb, "runtime": max(60, minutes)}
 
 
 def dedup_hash_pool(shards_per_job: int, n_shards: int) -> dict:
@@ -302,14 +379,15 @@ def dedup_embed(config: Mapping, rule: str, group_sizes: Mapping[str, int] | Non
 def per_run(config: Mapping) -> dict[str, Callable]:
     """The resources of the train and train_segment rules, each a function of the job's
     wildcards (model, scale, samples), plus ``threads``."""
-    keys = ("threads", "mem_mb", "runtime", "nodes", "tasks", "cpus_per_task", "gpu", "tasks_per_gpu", "mpi",
-            "slurm_extra")
+    # every run of the grid has the same keys (a resource cannot be absent for some jobs only)
+    keys = set().union(*(train(config, run) for run in grid.runs(dict(config)))) or {"threads"}
+    default = {"gres": "", "tasks_per_gpu": 0, "tasks": 0, "tasks_per_node": 0}
 
     def getter(key):
         return lambda wildcards, **_: train(config, grid.Run.from_wildcards(
-            wildcards.model, wildcards.scale, wildcards.samples))[key]
+            wildcards.model, wildcards.scale, wildcards.samples)).get(key, default.get(key))
 
-    return {key: getter(key) for key in keys}
+    return {key: getter(key) for key in sorted(keys)}
 
 
 def threads(config: Mapping, rule: str, **sizes):

@@ -50,7 +50,7 @@ from datetime import datetime
 from pathlib import Path
 
 from clipscale import config as config_mod
-from clipscale import files, grid, models, paths, resume, shaping, stopping
+from clipscale import files, grid, models, ownership, paths, resume, shaping, stopping
 from clipscale.stopping import TrainingStopped, run_until_stopped, stop_on_signals
 from clipscale.subsets import read_manifest
 
@@ -68,6 +68,10 @@ MAX_SKIP_EXAMPLES = 3  # examples kept per skip reason
 
 class TrainingError(RuntimeError):
     pass
+
+
+class Requeued(TrainingError):
+    """The job ended its walltime window and requeued itself: its next window goes on."""
 
 
 class DivergenceError(TrainingError):
@@ -120,6 +124,7 @@ def open_clip_args(config: dict, run: grid.Run, manifest: dict, hp: dict) -> lis
         "--dataset-resampled",
         "--epochs", str(hp["epochs"]),
         "--batch-size", str(hp["batch_size"]),
+        "--accum-freq", str(hp["accum_freq"]),
         "--lr", str(hp["lr"]),
         "--wd", str(hp["wd"]),
         "--beta2", str(hp["beta2"]),
@@ -568,9 +573,10 @@ class LossGuard:
         self.done = 0  # backward passes completed (an attempt's steps)
         self.loss_log = None  # an open file: "global step,loss" per step (rank 0)
 
-    def check(self, value: float) -> None:
+    def check(self, value: float, log: bool = True) -> None:
+        """``log``: write the loss to losses.csv (a step's last batch, with accumulation)."""
         self.step += 1
-        if self.loss_log is not None:
+        if self.loss_log is not None and log:
             step = resume.global_step()
             self.loss_log.write(f"{'' if step is None else step},{value!r}\n")
         hint = ("resume from the last good checkpoint with another precision, e.g. "
@@ -613,9 +619,9 @@ def install_guards(guard: LossGuard) -> None:
             if stopping.current() is not None:
                 stopping.current().check()  # a signal that came while the last checkpoint was being saved
             resume.step_boundary()  # asked to stop and keep the place: save it, stop every rank
-            _active_guard.check(float(total_loss.detach()))
+            _active_guard.check(float(total_loss.detach()), log=resume.last_micro_batch())
             out = original_backward(total_loss, scaler)
-            _active_guard.done += 1
+            _active_guard.done += resume.last_micro_batch()  # steps, not accumulated batches
             return out
 
         guarded_backward._clipscale_guard = True
@@ -767,6 +773,7 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
         "train_num_samples": hp["train_num_samples"],
         "global_batch_size": hp["global_batch_size"],
         "world_size": hp["world_size"],
+        "accum_freq": hp["accum_freq"],
         "lr": hp["lr"],
         "warmup": hp["warmup"],
         "precision": hp["precision"],
@@ -787,18 +794,35 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
 
 def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
            log_file: str | Path | None = None, until: int | None = None,
-           profile: str | Path | None = None) -> None:
+           profile: str | Path | None = None, attempt: int = 1) -> None:
     """Start the run's processes (python, torchrun, or srun inside a Slurm job) and wait.
     ``until``: this job is the segment of the run that ends with checkpoint ``until``.
 
     The resolved config travels as JSON beside the run so every process sees the same one.
     SIGINT/SIGTERM to this process, or its parent's exit, stop them (``run_until_stopped``).
     """
-    from clipscale.launch import build_command
-
     hp = grid.hparams(config, run)
     folder = run_dir(run)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:  # before anything in the folder is touched
+        claim = ownership.claim(folder, f"run {run.name}")
+    except ownership.OwnedElsewhere as e:
+        raise TrainingError(str(e)) from None
+    try:
+        refuse_hopeless(run, attempt)
+        hp = {**hp, "requeue": check_requeue(run, hp)}
+        _launch(config, run, hp, manifest, out, log_file, until, profile)
+    except Requeued:
+        raise  # the job's next window (the same Slurm job id) is the same owner
+    except BaseException:
+        ownership.release(folder, claim)
+        raise
+    ownership.release(folder, claim)
+
+
+def _launch(config: dict, run: grid.Run, hp: dict, manifest, out, log_file, until, profile) -> None:
+    from clipscale.launch import build_command, step_environment
+
+    folder = run_dir(run)
     resolved = folder / "config.json"
     resolved.write_text(json.dumps(config, indent=1, default=str))
     args = ["--config-json", str(resolved), "--model", run.model, "--scale", run.scale,
@@ -808,16 +832,16 @@ def launch(config: dict, run: grid.Run, manifest: str | Path, out: str | Path,
     if profile:
         args += ["--profile", str(profile)]
     cmd = build_command(["-m", "clipscale.train"], args, nproc=hp["nproc"], nodes=hp["nodes"],
-                        cpus_per_task=hp["threads"])
+                        cpus_per_task=hp["threads"], gpus=bool(hp["gpus_per_node"]))
     log.info("launching: %s", " ".join(cmd))
     # a stopped run saves its place first: at the walltime warning it has signal_lead_s for that
     grace = max(stopping.STOP_GRACE_S, hp["signal_lead_s"] - 15)
     before = _stamp(out)
     if log_file:
         with open(log_file, "a") as sink:  # the processes' progress goes to the job's log
-            status, stopped = run_until_stopped(cmd, stdout=sink, grace_s=grace)
+            status, stopped = run_until_stopped(cmd, stdout=sink, grace_s=grace, environ=step_environment())
     else:
-        status, stopped = run_until_stopped(cmd, grace_s=grace)
+        status, stopped = run_until_stopped(cmd, grace_s=grace, environ=step_environment())
     if _stamp(out) not in (None, before):  # the run (segment) finished: its record is whole
         if status != 0 or stopped:  # e.g. the walltime warning as python exited: nothing to resume
             log.warning("run %s: finished and wrote %s; the training processes then exited with "
@@ -855,6 +879,53 @@ def _place(run: grid.Run) -> str:
         return f"{resume.describe(partial)} ({resume.partial_path(run_dir(run))})"
     done = checkpoints(run)
     return f"epoch {max(done)} ({done[max(done)]})" if done else "the start (no checkpoint yet)"
+
+
+def refuse_hopeless(run: grid.Run, attempt: int) -> None:
+    """Snakemake's third or later attempt of a job (its retries cover the walltime windows of a
+    site without requeue) is not started when the attempt before it failed without training a
+    step: the cause is not a walltime, and retrying spends a job on it again."""
+    if attempt < 3:
+        return
+    last = (read_attempts(run) or [{}])[-1]
+    ended = str(last.get("ended") or "")
+    if ended.startswith("error") and not last.get("steps"):
+        raise TrainingError(f"run {run.name}: not started again (Snakemake's attempt {attempt}): the attempt "
+                            f"before failed without training a step ({ended}); fix the cause and re-run; see "
+                            f"{run_dir(run) / ATTEMPTS_NAME}")
+
+
+def slurm_job_fields(job_id: str) -> dict[str, str]:
+    """``scontrol show job -o <id>`` as a dict (Requeue, TimeLimit, ...); {} when it cannot say."""
+    try:
+        res = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
+                             timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if res.returncode != 0:
+        return {}
+    return dict(item.split("=", 1) for item in res.stdout.split() if "=" in item)
+
+
+def check_requeue(run: grid.Run, hp: dict, fields: dict | None = None) -> bool | None:
+    """At the start of a training job inside Slurm: whether the job can requeue itself at the
+    walltime warning (``Requeue=1``: sbatch --requeue, which a site may turn off). Says so in the
+    log at once when it cannot: each window then ends the job cleanly and Snakemake's retry (as
+    many as the runs' expected windows: clipscale.resources.train_retries) resumes the run.
+    None outside Slurm."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    fields = slurm_job_fields(job) if fields is None else fields
+    if fields.get("Requeue") == "1":
+        return True
+    why = (f"Requeue={fields['Requeue']}" if "Requeue" in fields
+           else "`scontrol show job` did not answer")
+    log.warning("run %s: Slurm job %s cannot requeue itself (%s: the site or its options turn requeue "
+                "off); at the walltime warning (%d s before the %d-min limit) the run saves its place and "
+                "the job ends; Snakemake's retry resumes it in a new job", run.name, job, why,
+                hp["signal_lead_s"], hp["runtime"])
+    return False
 
 
 def requeue_this_job(job_id: str) -> str | None:
@@ -897,6 +968,9 @@ def end_of_window(run: grid.Run, hp: dict, log_file) -> None:
     if not job:
         raise TrainingError(f"run {run.name}: stopped at the walltime warning (SIGUSR1) after {steps} "
                             f"steps, at {where}; re-running the workflow resumes there")
+    if hp.get("requeue") is False:
+        raise TrainingError(f"run {run.name}: window ended after {steps} steps at {where}; Slurm job {job} "
+                            f"cannot requeue itself: Snakemake's retry resumes there{remaining}")
     error = requeue_this_job(job)
     if error:
         raise TrainingError(f"run {run.name}: window ended at {where} after {steps} steps, but "
@@ -904,7 +978,7 @@ def end_of_window(run: grid.Run, hp: dict, log_file) -> None:
                             f"retry resumes there (does the site allow requeue? sbatch --requeue); {logs}")
     log.warning("run %s: window ended after %d steps at %s; Slurm job %s requeued: the next window "
                 "resumes there%s", run.name, steps, where, job, remaining)
-    raise TrainingError(f"run {run.name}: Slurm job {job} requeued for its next window (resumes at {where})")
+    raise Requeued(f"run {run.name}: Slurm job {job} requeued for its next window (resumes at {where})")
 
 
 def _remaining_windows(run: grid.Run, hp: dict, last: dict) -> str:

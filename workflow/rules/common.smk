@@ -5,6 +5,7 @@ from clipscale import config as cs_config
 from clipscale import dedup as cs_dedup
 from clipscale import models as cs_models
 from clipscale import grid, paths, shaping, stopping
+from clipscale import resources as cs_resources
 from clipscale.world import WorldSpec
 
 # A bad config stops here, before any job is scheduled. One validator, the one `clipscale
@@ -28,6 +29,15 @@ except cs_config.ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 RUNS = grid.runs(config)
+
+# A site's slurm_extra for the training rules (a profile's set-resources) replaces the
+# pipeline's: refused here, naming what it lacks, unless it keeps the walltime warning, the
+# requeue and the appended log (clipscale.resources.site_slurm_extra_problems).
+_site_problems = cs_resources.site_slurm_extra_problems(
+    workflow.resource_settings.overwrite_resources or {}, config
+)
+if _site_problems:
+    raise WorkflowError("\n".join(_site_problems))
 
 # In a Slurm job the walltime warning (SIGUSR1, sbatch --signal) reaches this process too: it
 # is for the training processes, which save their place and stop (clipscale.stopping).
