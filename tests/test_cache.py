@@ -200,7 +200,7 @@ def moved_away(path: Path):
 def test_a_deleted_result_or_checkpoint_reruns_what_it_feeds(finished_workdir, tmp_path):
     """Snakemake said "Nothing to be done" for both: a deleted file whose consumers are up to date
     is not remade (each result file is now a target), and checkpoints are no rule's output (a
-    check before the DAG forces the job that wrote it)."""
+    check before the DAG moves the record of the job that wrote it aside)."""
     r = finished_workdir / "results"
     result = sorted((r / "eval" / "ours").rglob("*.json"))[0]
     with moved_away(result):
@@ -210,9 +210,14 @@ def test_a_deleted_result_or_checkpoint_reruns_what_it_feeds(finished_workdir, t
         {"source": source, "model": model, "scale": scale, "samples": samples, "epoch": epoch[len("epoch_"):]}]
     assert rules(jobs)["aggregate_results"] == 1 and not {"train", "finetune"} & set(rules(jobs))
 
-    record = json.loads((r / "train" / model / scale / samples / "run.json").read_text())
+    run_json = r / "train" / model / scale / samples / "run.json"
+    record = json.loads(run_json.read_text())
     with moved_away(finished_workdir / record["final_checkpoint"]):
-        jobs = scheduled(finished_workdir, BASE, tmp_path)
+        try:
+            jobs = scheduled(finished_workdir, BASE, tmp_path)
+            assert not run_json.exists()  # moved aside (".stale") for Snakemake to see
+        finally:
+            run_json.with_name("run.json.stale").replace(run_json)  # the workdir as it was
     one = {"model": model, "scale": scale, "samples": samples}
     assert one in [wc for rule, wc in jobs if rule == "train"]
     assert {**one, "source": "ours", "epoch": str(record["epochs"])} in [wc for rule, wc in jobs if rule == "evaluate"]

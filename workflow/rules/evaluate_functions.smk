@@ -7,21 +7,12 @@ EVAL_TARGETS = cs_eval.target_paths(config)
 EVAL_OUTPUTS = cs_eval.output_patterns(config)
 
 # A checkpoint to evaluate deleted after its training job finished: Snakemake cannot see it
-# (checkpoints are not rule outputs), so that job is forced to run again (it writes the
-# checkpoint anew), then what reads it. In the main process only: a cluster job's own snakemake
-# runs just its job.
-_MISSING_CHECKPOINTS = (
-    cs_eval.missing_checkpoints(config) if workflow.is_main_process else {}
-)
-if _MISSING_CHECKPOINTS:
-    for _record, _gone in _MISSING_CHECKPOINTS.items():
-        logger.warning(
-            f"{', '.join(_gone)} does not exist: the job that wrote it ({_record}) runs again"
-        )
-    workflow.dag_settings.forcerun = {
-        *workflow.dag_settings.forcerun,
-        *_MISSING_CHECKPOINTS,
-    }
+# (checkpoints are not rule outputs), so the record of that job is moved aside (".stale"):
+# the job runs again (it writes the checkpoint anew), then what reads it. In the main process
+# only: a cluster job's own snakemake runs just its job.
+if workflow.is_main_process:
+    for _line in cs_eval.set_aside_stale_records(config):
+        logger.warning(_line)
 
 
 def evaluate_targets():

@@ -33,7 +33,8 @@ from clipscale.evaluate.checkpoints import (CheckpointInfo, check_checkpoint, ch
 from clipscale.evaluate.job import RESULT_FORMAT, evaluate_checkpoint
 from clipscale.evaluate.plan import (FINAL, SOURCES, TASKS, Target, benchmark_name, checkpoint_wildcards,
                                      dataset_dir, dataset_tasks, job_inputs, missing_checkpoints,
-                                     output_patterns, outputs_of, record_of, target_paths, targets)
+                                     output_patterns, outputs_of, record_of, set_aside_stale_records,
+                                     target_paths, targets)
 
 __all__ = [
     "CPU_LINEAR_PROBE_PATCHES", "CheckpointInfo", "EvaluationError", "FINAL", "RESULT_FORMAT", "SOURCES",
@@ -41,6 +42,6 @@ __all__ = [
     "check_downstream", "checkpoint_info", "checkpoint_wildcards", "collect", "cpu_linear_probe",
     "cpu_linear_probe_source", "data_lines", "dataset_dir", "dataset_tasks", "evaluate_checkpoint",
     "job_inputs", "missing_checkpoints", "our_checkpoint", "output_patterns", "outputs_of",
-    "prepare_feature_cache", "read_result", "record_of", "released_checkpoint", "resolve_device", "table_row",
-    "target_paths", "targets",
+    "prepare_feature_cache", "read_result", "record_of", "released_checkpoint", "resolve_device",
+    "set_aside_stale_records", "table_row", "target_paths", "targets",
 ]

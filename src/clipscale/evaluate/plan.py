@@ -123,8 +123,9 @@ def missing_checkpoints(config: dict) -> dict[str, list[str]]:
     """Checkpoints to evaluate (or fine-tune) that are gone although the record of the job that
     wrote them is there (deleted by hand, lost): record -> those checkpoint files. Snakemake
     cannot see them (checkpoints are not rule outputs: a failed job keeps its own), so the
-    Snakefile makes it run those records' jobs again (clipscale.train writes the checkpoints
-    anew) and then what reads them. A stat per checkpoint, only for records that exist."""
+    Snakefile moves those records aside (``set_aside_stale_records``): their jobs run again
+    (clipscale.train writes the checkpoints anew), then what reads them. A stat per checkpoint,
+    only for records that exist."""
     out: dict[str, list[str]] = {}
     for run in grid.runs(config):
         for epoch in our_epochs(config, run):
@@ -132,6 +133,17 @@ def missing_checkpoints(config: dict) -> dict[str, list[str]]:
             checkpoint = f"{paths.fill(paths.RUN_CHECKPOINTS, **run.wildcards)}/epoch_{epoch}.pt"
             if os.path.isfile(record) and not os.path.isfile(checkpoint):
                 out.setdefault(record, []).append(checkpoint)
+    return out
+
+
+def set_aside_stale_records(config: dict) -> list[str]:
+    """Move each record of ``missing_checkpoints`` to ``<record>.stale``, so that Snakemake sees
+    its job's output missing and runs it again; returns what was done, a line per record."""
+    out = []
+    for record, gone in missing_checkpoints(config).items():
+        os.replace(record, f"{record}.stale")
+        out.append(f"{', '.join(gone)} does not exist: {record} moved to {record}.stale, so that "
+                   f"the job that wrote it runs again")
     return out
 
 
