@@ -28,5 +28,6 @@ rule all:
         dedup_targets(),
         train_targets(),
         evaluate_targets(),
+        finetune_table_targets(),
         fit_targets(),
         figure_targets(),

@@ -133,12 +133,15 @@ def test_changed_dedup_radius_reruns_matching_and_its_reports_only(finished_work
 
 
 def test_changed_fine_tuning_recipe_reruns_fine_tuning_not_training_nor_evaluation(finished_workdir, tmp_path):
+    """Fine-tuning has its own table: the results table, our fits and the figures of other
+    metrics never wait on a fine-tuning job (nor rerun after one)."""
     cfg = changed(finetune={"recipe": {**BASE["finetune"]["recipe"], "lr": 0.0005}})
     jobs = scheduled(finished_workdir, cfg, tmp_path)
     tuned = [wc for rule, wc in jobs if rule == "finetune"]
     assert len(tuned) == len(plan.target_paths(_validated(cfg))) == 4  # every (checkpoint, protocol)
-    assert not {"train", "evaluate", "make_world", "subset"} & set(rules(jobs))
-    assert rules(jobs)["aggregate_results"] == 1
+    assert not {"train", "evaluate", "make_world", "subset", "aggregate_results", "fit_input"} & set(rules(jobs))
+    assert rules(jobs)["aggregate_finetune"] == 1
+    assert drawn(jobs) == {"finetune_classification_ours", "finetune_patching_ours"}
     # the patching's control tolerance reruns the patching jobs only (their state is resumed:
     # the sweep is computed again, the training is not)
     cfg = changed(finetune={"patching": {**BASE["finetune"]["patching"], "control_tolerance": 2.0}})
@@ -149,7 +152,8 @@ def test_changed_fine_tuning_recipe_reruns_fine_tuning_not_training_nor_evaluati
 @pytest.mark.parametrize("how", [
     {"train": {"threads": 2, "workers": 2}},  # 8 batches per checkpoint: 2 workers draw the same
     {"evaluate": {"threads": 2, "workers": 1, "runtime": 99, "mem_mb": 3000}},
-    {"finetune": {**BASE["finetune"], "threads": 2, "save_minutes": 1, "gpus": 0, "runtime": 30}},
+    {"finetune": {**BASE["finetune"], "threads": 2, "save_minutes": 1, "gpus_per_node": 0, "runtime": 30,
+                  "nproc": 2, "micro_batch_size": 8, "precision": "fp32"}},
     {"train": {"runtime": 999, "mem_mb": 5000, "device": "cpu"}},
 ])
 def test_how_a_job_runs_reruns_nothing(finished_workdir, tmp_path, how):
@@ -244,7 +248,8 @@ def test_every_artifact_is_made(finished_workdir):
     ours = table[table["source"] == "ours"]
     assert ours.groupby(["model", "data", "samples_seen"]).ngroups == 8
     assert set(cfg["downstream"]) <= set(ours["dataset"])
-    tuned = ours[ours["task"].isin(["finetune", "patching"])]  # the two vit-xs 4k runs, both protocols
+    assert not ours["task"].isin(["finetune", "patching"]).any()  # fine-tuning has its own table
+    tuned = pd.read_parquet(r / "results" / "finetune.parquet")  # the two vit-xs 4k runs, both protocols
     assert tuned.groupby(["model", "data", "samples_seen"]).ngroups == 2
     assert set(tuned["metric"]) == {"imagenet_ft_acc1", "ft_acc1", "zeroshot_acc1", "patched_acc1"}
     assert {"finetune_classification_ours", "finetune_patching_ours"} <= {p.stem for p in r.glob("figures/*.png")}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -36,6 +38,7 @@ def _config(world: Path) -> dict:
     cfg["train"]["checkpoints"] = 2
     cfg["downstream"] = {name: {"path": str(world / "downstream" / name), "tasks": ["zeroshot_classification"]}
                          for name in SETS}
+    cfg["downstream"]["shapes"]["group"] = "main"  # the main set (the bottleneck figures')
     cfg["evaluate"] = {"device": "cpu", "batch_size": 64}
     cfg["finetune"] = {"enabled": True, "device": "cpu",
                        "patching": {"tasks": ["colours", "digits"], "control": "shapes", "alphas": 6},
@@ -187,8 +190,49 @@ def test_config_problems_are_named_before_any_job(small_world):
     assert "the control 'shapes' is also a joint task" in msg
     assert "finetune.patching: 'letters' is not under downstream and the world makes no set of that name" in msg
     none = copy.deepcopy(cfg)
-    none["finetune"]["runs"] = {"scales": ["12k"]}  # not in the grid (changed since): a warning
-    assert plan.target_paths(config_mod.validate(none)) == []
+    none["finetune"]["runs"] = {"scales": ["12k"]}  # not in the grid (changed since)
+    with pytest.raises(config_mod.ConfigError, match="finetune.runs.scales: '12k' is not in grid.scales"):
+        config_mod.validate(none)
+
+
+def test_a_batch_smaller_than_the_processes_and_a_bad_micro_batch_are_refused(small_world):
+    cfg = _config(small_world)
+    bad = copy.deepcopy(cfg)
+    bad["finetune"].update(nproc=4, nodes=5)  # 20 processes for batches of 16
+    bad["finetune"]["models"] = {"vit-xs": {"micro_batch_size": 0}}
+    bad["finetune"]["patching"]["recipe"] = {"micro_batch_size": 4}
+    with pytest.raises(config_mod.ConfigError) as e:
+        config_mod.validate(bad)
+    msg = str(e.value)
+    assert ("finetune.recipe.batch_size: 16 for vit-xs (classification, with its overrides) is smaller than "
+            "the job's 20 processes (finetune.nproc x finetune.nodes)") in msg
+    assert "finetune.models.vit-xs.micro_batch_size: 0 is not a positive integer" in msg
+    assert "finetune.patching.recipe: ['micro_batch_size'] are not recipe keys" in msg
+    ok = copy.deepcopy(cfg)
+    ok["finetune"]["models"] = {"vit-xs": {"micro_batch_size": 4, "lr": 0.002}}
+    ok = config_mod.validate(ok)
+    assert plan.micro_batch_size(ok, "vit-xs") == 4 and plan.micro_batch_size(ok, "vit-s") is None
+    assert "micro_batch_size" not in plan.recipe_settings(ok, "classification", "vit-xs")  # not the recipe
+
+
+def test_a_fine_tuning_job_is_shaped_per_node_like_training():
+    """resources.finetune: --nodes, --ntasks-per-node, --gres=gpu:G per node, CPUs per task, as
+    training's job; config/paper.yaml's jobs: 2 nodes x 4 GPUs, Table 10's batch of 2,048 in
+    micro-batches that fit an 80 GB GPU."""
+    from clipscale import resources
+
+    paper = config_mod.load(REPO / "config" / "paper.yaml")
+    job = resources.finetune(paper)
+    assert (job["nodes"], job["tasks_per_node"], job["gres"], job["cpus_per_task"], job["mpi"]) == (
+        2, 4, "gpu:4", 8, "srun")
+    assert job["tasks_per_gpu"] == 0 and "gpu" not in job and "tasks" not in job
+    world = plan.world_size(paper)
+    steps = {m: math.ceil(plan.recipe_settings(paper, "classification", m)["batch_size"] / world
+                          / plan.micro_batch_size(paper, m)) for m in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14")}
+    assert steps == {"ViT-B-32": 1, "ViT-B-16": 1, "ViT-L-14": 2, "ViT-H-14": 4}
+    one = resources.finetune(yaml.safe_load((REPO / "config" / "config.yaml").read_text()) | {
+        "finetune": config_mod.section({}, "finetune")})  # the embedded default: one process, no GPU
+    assert (one["nodes"], one["tasks"], one["mpi"]) == (1, 1, "") and "gres" not in one
 
 
 # --- the jobs, for real -------------------------------------------------------------------------
@@ -243,16 +287,82 @@ def test_patching_at_0_is_clip_benchmarks_zero_shot_and_the_sweep_is_recorded(re
             bench[(d, "zeroshot_classification")]["metrics"]["acc1"], abs=1e-3), d
 
 
-def test_fine_tuning_rows_join_the_results_table(results, in_root, tmp_path):
-    from clipscale.evaluate.aggregate import build_table
+def test_fine_tuning_makes_its_own_table_and_its_log_lists_a_failed_job(results, in_root, tmp_path):
+    """The fine-tuning table (the results table's columns) of the jobs' result files; a failed
+    job (its result records why) and a missing one are lines of its log, as a failed evaluation
+    is in the results log."""
+    from clipscale.finetune import results as ft_results
 
     root, cfg = in_root
-    files = [plan.result_path(plan.runs(cfg)[0], p) for p in plan.PROTOCOLS] + [str(tmp_path / "missing.json")]
-    df, lines, _ = build_table(cfg, [], files)
+    failed = tmp_path / "vit-s" / "3k" / "2k" / "patching" / "result.json"
+    ft_results.write_failure(failed, "vit-s", "3k", "2k", "patching", "FinetuneError: no decodable test image")
+    files = [plan.result_path(plan.runs(cfg)[0], p) for p in plan.PROTOCOLS] + [
+        str(failed), str(tmp_path / "vit-m" / "3k" / "2k" / "classification" / "result.json")]
+    df = ft_results.aggregate(cfg, files, tmp_path / "ft.parquet", tmp_path / "ft.csv", tmp_path / "ft_log.txt")
     assert set(df["task"]) == {"finetune", "patching"}
     assert set(df[df["task"] == "finetune"]["metric"]) == {"imagenet_ft_acc1", "ft_acc1"}
     assert (df["error"] == 1 - df["value"] / 100).all() and (df["source"] == "ours").all()
-    assert any(line.startswith("MISSING") and "missing.json" in line for line in lines)
+    log_text = (tmp_path / "ft_log.txt").read_text()
+    assert "# fine-tuning jobs expected: 4; ok: 2, failed: 1, missing: 1, unreadable: 0" in log_text
+    assert ("FAILED     fine-tuning vit-s/3k/2k patching: FinetuneError: no decodable test image"
+            in log_text)
+    assert "MISSING    fine-tuning vit-m/3k/2k classification" in log_text
+    assert len(pd.read_csv(tmp_path / "ft.csv")) == len(df)
+
+
+def test_a_failing_job_writes_its_reason_as_its_result(in_root, tmp_path):
+    """A job that cannot fine-tune (here: a robustness set with other classes) ends normally with
+    a failed result, so that the fine-tuning table lists it and nothing waits on it."""
+    from clipscale.finetune import run_job
+
+    root, cfg = in_root
+    cfg["finetune"]["classification"]["robustness"] = ["colours"]
+    out = tmp_path / "failing" / "result.json"
+    res = run_job(cfg, "vit-xs", "3k", "2k", "classification", out, threads=1)
+    assert res["status"] == "failed" and "robustness set colours has other classes than shapes" in res["error"]
+    assert json.loads(out.read_text())["error"] == res["error"]
+
+
+def _state(out: Path) -> dict:
+    return torch.load(out.parent / "state.pt", weights_only=True)
+
+
+def test_two_processes_and_accumulation_are_the_same_optimisation_as_one_batch(in_root, tmp_path):
+    """One batch of 8 in one process; in micro-batches of at most 3 (2 + 3 + 3, gradients
+    accumulated); over 2 processes started as the rule starts them (torchrun, gloo on CPU), each
+    in micro-batches of 2: the same losses, weights and accuracies up to floating point, with
+    RandAugment, random erasing and crops on (each sample's augmentation has its own random
+    state) and stochastic depth off (it draws per process)."""
+    from clipscale.finetune import run_job
+
+    root, cfg = in_root
+    cfg["finetune"]["recipe"].update(batch_size=8, epochs=2, drop_path=0.0)  # 24 samples: 6 steps
+    outs = {}
+    for name, over in (("one", {}), ("micro", {"micro_batch_size": 3}), ("two", {"nproc": 2, "micro_batch_size": 2})):
+        c = copy.deepcopy(cfg)
+        c["finetune"].update(over)
+        outs[name] = tmp_path / name / "result.json"
+        res = run_job(config_mod.validate(c), "vit-xs", "3k", "2k", "classification", outs[name], threads=1,
+                      log_file=tmp_path / f"{name}.log")
+        assert res["status"] == "ok", (res.get("error"), (tmp_path / f"{name}.log").read_text()[-3000:]
+                                       if (tmp_path / f"{name}.log").exists() else "")
+        assert res["processes"] == (2 if name == "two" else 1) and res["steps"] == 6
+    ref = _state(outs["one"])
+    for name in ("micro", "two"):
+        state = _state(outs[name])
+        assert state["losses"] == pytest.approx(ref["losses"], abs=2e-4), name
+        for which in ("model", "ema"):
+            for key, value in ref[which].items():
+                got = state[which][key]
+                if key.endswith("attn.in_proj_bias"):
+                    # the key bias: its gradient is zero (softmax ignores a shift), and AdamW turns
+                    # its rounding noise into steps of the learning rate; the others: 1e-6 apart
+                    third = len(value) // 3
+                    got, value = torch.cat([got[:third], got[2 * third:]]), torch.cat([value[:third], value[2 * third:]])
+                assert torch.allclose(got, value, atol=1e-6, rtol=1e-4), (name, which, key, (got - value).abs().max())
+        rows, ref_rows = (json.loads(outs[n].read_text())["rows"] for n in (name, "one"))
+        assert [r["value"] for r in rows] == pytest.approx([r["value"] for r in ref_rows]), name
+    assert max(ref["losses"]) - min(ref["losses"]) > 1e-3  # it trained
 
 
 def test_a_rerun_resumes_the_finished_training_and_other_settings_start_afresh(results, in_root, tmp_path):

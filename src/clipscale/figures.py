@@ -279,6 +279,17 @@ def default_our_specs(config: Mapping) -> list[FigureSpec]:
     return specs
 
 
+#: metrics of the fine-tuning jobs: in the fine-tuning table (clipscale.finetune.results), which
+#: the results table, and so the fit step of our runs, never waits on
+FINETUNE_METRICS = ("imagenet_ft_acc1", "ft_acc1", "zeroshot_acc1", "patched_acc1")
+
+
+def reads_finetune(spec: FigureSpec) -> bool:
+    """A compute figure of our runs with a fine-tuning metric: it reads the fine-tuning table
+    too, and fits the fine-tuning metrics' laws itself (as the fit step fits)."""
+    return spec.kind == "compute" and "ours" in spec.inputs and bool(set(spec.metrics) & set(FINETUNE_METRICS))
+
+
 def _finetune_specs(config: Mapping, ours: list[str]) -> list[FigureSpec]:
     """With finetune.enabled: fine-tuned (and patched) against zero-shot error, per protocol."""
     from clipscale.finetune import plan
@@ -778,15 +789,20 @@ def make(settings: Mapping, tables: Mapping[str, str], overlap: str | None,
     """The pipeline's figure step: draw one figure from table files.
 
     ``settings`` is what shapes the figure (``clipscale.shaping.figure``: its spec, the data
-    scales, the downstream groups); ``tables`` maps an input ("published", "ours") to a results
-    table file; ``fits`` maps it to the fit step's (coefficients.csv, draws.csv), the laws a
-    compute figure draws; ``overlap`` is the overlap CSV (dataset, overlap_pct) of an overlap
+    scales, the downstream groups; for a figure that ``reads_finetune``, the fit settings and
+    the seed); ``tables`` maps an input ("published", "ours") to a results table file, and
+    "finetune" to the fine-tuning table, whose rows are drawn with our runs' and whose laws are
+    fitted here; ``fits`` maps an input to the fit step's (coefficients.csv, draws.csv), the laws
+    a compute figure draws; ``overlap`` is the overlap CSV (dataset, overlap_pct) of an overlap
     figure.
     """
     from clipscale.table import read_table
 
     spec = FigureSpec(**settings["spec"])
     loaded = {inp: read_table(path) for inp, path in tables.items()}
+    finetune = loaded.pop("finetune", None)
+    if finetune is not None:
+        loaded["ours"] = pd.concat([loaded["ours"], finetune], ignore_index=True) if "ours" in loaded else finetune
     ov = None
     if overlap:
         try:
@@ -798,6 +814,10 @@ def make(settings: Mapping, tables: Mapping[str, str], overlap: str | None,
         laws = {}
         for inp, (coefficients, draws) in fits.items():
             laws.update(fitting.laws_from_frames(pd.read_csv(coefficients), pd.read_csv(draws)))
+        if finetune is not None and spec.fit:
+            own = fit_laws({"ours": add_group_means(finetune, groups_of(settings))}, settings.get("fit"),
+                           settings.get("seed", 0))
+            laws.update({k: v for k, v in own.items() if k[2] in FINETUNE_METRICS})
     fig = draw(spec, loaded, overlap=ov, data_sizes=dict(settings.get("scales", {})), groups=groups_of(settings),
                laws=laws)
     save(fig, outputs)

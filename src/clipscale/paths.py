@@ -53,6 +53,11 @@ PUBLISHED_TABLE = f"{RESULTS}/results/published.parquet"
 # result is the job's saved place (kept across failures, not an output)
 FINETUNE_DIR = f"{RESULTS}/finetune/{{model}}/{{scale}}/{{samples}}/{{protocol}}"
 FINETUNE_RESULT = f"{FINETUNE_DIR}/result.json"
+# the fine-tuning table (the results table's columns) and its log: their own, so that the results
+# table, our fits and our figures never wait on a fine-tuning job (clipscale.finetune.results)
+FINETUNE_TABLE = f"{RESULTS}/results/finetune.parquet"
+FINETUNE_CSV = f"{RESULTS}/results/finetune.csv"
+FINETUNE_LOG = f"{RESULTS}/results/finetune_log.txt"
 
 # 5. fit ----------------------------------------------------------------------------------------
 FIT = f"{RESULTS}/fit"

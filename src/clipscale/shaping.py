@@ -218,7 +218,12 @@ def frontier(config: Mapping, input_name: str) -> dict:
 def figure(config: Mapping, spec) -> dict:
     """figure_*: the figure's spec, and what drawing it reads: the data scales' sizes (colours
     and order), the downstream groups (group means of our runs). The fitted lines of compute
-    figures are the fit step's outputs (input files): a fit setting redraws through them."""
+    figures are the fit step's outputs (input files): a fit setting redraws through them; a
+    figure of fine-tuning metrics fits those itself (the fit settings and the seed here)."""
+    from clipscale.figures import reads_finetune
+
     out = {"spec": asdict(spec), "scales": config["scales"],
            "downstream": downstream_groups(config) if "ours" in spec.inputs else {}}
+    if reads_finetune(spec):  # it fits the fine-tuning metrics' laws itself, as the fit step fits
+        out.update(seed=config["seed"], fit=_without(config["fit"], _ANALYSIS_KEYS))
     return canonical(out)

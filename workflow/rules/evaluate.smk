@@ -40,7 +40,6 @@ rule evaluate:
 rule aggregate_results:
     input:
         evals=EVAL_TARGETS,
-        finetune=finetune_targets(),
         runs=train_targets(),
         pool_index=paths.POOL_INDEX,
     output:

@@ -31,7 +31,8 @@ def published_figure_targets():
 
 
 def figure_inputs(wildcards):
-    """Tables a figure reads: published and/or ours, and the overlap CSV of overlap figures."""
+    """Tables a figure reads: published and/or ours (and the fine-tuning table for fine-tuning
+    metrics), and the overlap CSV of overlap figures."""
     spec = FIGURES[wildcards.figure]
     if spec.kind == "overlap":
         if spec.inputs == ["published"]:
@@ -39,6 +40,8 @@ def figure_inputs(wildcards):
         return {"overlap": paths.OVERLAP_TABLE}
     tables = {"published": paths.PUBLISHED_TABLE, "ours": paths.RESULTS_TABLE}
     out = {name: tables[name] for name in spec.inputs}
+    if _figures.reads_finetune(spec) and cs_finetune.enabled(config):
+        out["finetune"] = paths.FINETUNE_TABLE
     if spec.kind == "compute" and spec.fit:  # the fit step's laws, drawn as they are
         for name in spec.inputs:
             out[f"{name}_coefficients"] = paths.fill(

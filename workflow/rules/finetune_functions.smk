@@ -7,6 +7,13 @@ def finetune_targets():
     return cs_finetune.target_paths(config)
 
 
+def finetune_table_targets():
+    """The fine-tuning table and its log (none unless finetune.enabled)."""
+    if not cs_finetune.enabled(config):
+        return []
+    return [paths.FINETUNE_TABLE, paths.FINETUNE_CSV, paths.FINETUNE_LOG]
+
+
 def finetune_inputs(wildcards):
     """The run's record (its final checkpoint) and the world when it makes a set of the job."""
     return cs_finetune.job_inputs(

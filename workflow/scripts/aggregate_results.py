@@ -6,5 +6,4 @@ sm = snakemake  # noqa: F821 (snakemake injects it)
 with job_logging(sm.log[0]):
     # settings: the downstream sets' tasks and groups only (clipscale.shaping.aggregate)
     evaluate.aggregate(sm.params.settings, list(sm.input.evals), sm.output.table, sm.output.csv,
-                       sm.output.results_log, run_records=list(sm.input.runs), finetune_files=list(sm.input.finetune),
-                       pool_index=sm.input.pool_index)
+                       sm.output.results_log, run_records=list(sm.input.runs), pool_index=sm.input.pool_index)

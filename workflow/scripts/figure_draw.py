@@ -8,7 +8,8 @@ with job_logging(snakemake.log[0]):  # noqa: F821
     names = sm.input.keys()
     make(
         sm.params.settings,  # the spec and what drawing it reads (clipscale.shaping.figure)
-        {name: sm.input[name] for name in ("published", "ours") if name in names},
+        # finetune: the fine-tuning table (figures of fine-tuning metrics), drawn with ours
+        {name: sm.input[name] for name in ("published", "ours", "finetune") if name in names},
         sm.input["overlap"] if "overlap" in names else None,
         [sm.output.pdf, sm.output.png],
         # the fit step's laws of each input (compute figures): coefficients.csv and draws.csv

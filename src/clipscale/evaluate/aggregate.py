@@ -115,16 +115,10 @@ def group_coverage(df: pd.DataFrame, config: dict, undefined: set = frozenset())
     return lines
 
 
-def build_table(config: dict, files: Iterable[str | Path],
-                finetune_files: Iterable[str | Path] = ()) -> tuple[pd.DataFrame, list[str], dict]:
-    """The results table of result files and fine-tuning result files (with group means) and the
-    log lines."""
-    from clipscale.finetune import result_rows
-
+def build_table(config: dict, files: Iterable[str | Path]) -> tuple[pd.DataFrame, list[str], dict]:
+    """The results table of result files (with group means) and the log lines. Fine-tuning
+    results have their own table (clipscale.finetune.results): this one never waits on them."""
     c = collect(files)
-    ft_rows, ft_lines = result_rows(finetune_files)
-    c.rows += ft_rows
-    c.lines += ft_lines
     if c.rows:
         df = table.complete(pd.DataFrame(c.rows))
         df = table.validate_table(df, where="(evaluation results)")
@@ -163,13 +157,11 @@ def data_lines(run_records: Iterable[str | Path] = (), pool_index: str | Path | 
 
 def aggregate(config: dict, files: Iterable[str | Path], out_table: str | Path = paths.RESULTS_TABLE,
               out_csv: str | Path = paths.RESULTS_CSV, out_log: str | Path = paths.RESULTS_LOG, *,
-              run_records: Iterable[str | Path] = (), pool_index: str | Path | None = None,
-              finetune_files: Iterable[str | Path] = ()) -> pd.DataFrame:
+              run_records: Iterable[str | Path] = (), pool_index: str | Path | None = None) -> pd.DataFrame:
     """Write the results table (parquet and CSV) and its log; never stops on a missing file.
-    The log also lists the pool's problem shards and the samples training skipped, and takes the
-    rows of the fine-tuning jobs' result files."""
+    The log also lists the pool's problem shards and the samples training skipped."""
     files = [str(f) for f in files]
-    df, lines, counts = build_table(config, files, finetune_files)
+    df, lines, counts = build_table(config, files)
     lines = lines + data_lines(run_records, pool_index)
     table.write_table(df, out_table)
     table.write_table(df, out_csv)
@@ -186,6 +178,7 @@ def aggregate(config: dict, files: Iterable[str | Path], out_table: str | Path =
         "# NO MEAN: a group average left out because a member set has no value;",
         "# POOL: a pool shard whose tar and parquet disagree, truncated or with unreadable samples;",
         "# SKIPPED: samples a training run skipped; CHECKPOINT: a checkpoint a run set aside.",
+        f"# Fine-tuning (finetune.enabled) has its own table and log: {paths.FINETUNE_TABLE}, {paths.FINETUNE_LOG}.",
     ]
     Path(out_log).parent.mkdir(parents=True, exist_ok=True)
     Path(out_log).write_text("\n".join(header + (lines or ["(every expected evaluation is in the table)"])) + "\n")

@@ -14,6 +14,18 @@
   task and the control: ``patching``/``zeroshot_acc1`` (a = 0), ``finetune``/``ft_acc1``
   (a = 1), ``patching``/``patched_acc1`` (the chosen a); the whole sweep is in the result file.
 
+Data parallel: the job's processes (``finetune.nproc`` per node on ``finetune.nodes`` nodes,
+started by ``launch`` as training starts its ranks: torchrun on one node, srun across nodes) each
+run a share of every step's batch, in micro-batches of at most ``finetune.micro_batch_size``
+(gradient accumulation), under bf16 autocast on GPUs (``finetune.precision``). It is the same
+optimisation as one batch of ``recipe.batch_size`` in one process, up to floating point: every
+process reads the same stream of undecoded samples and decodes its own contiguous share of each
+batch; each sample is augmented with a random state of its own (from the seed, the step and its
+place in the batch), so which process augments it does not matter; each micro-batch's mean loss
+is weighted by its share of the whole batch before DDP averages the gradients. Only stochastic
+depth draws per process (the same in distribution). The test splits are evaluated shard by shard
+across the processes, their counts summed.
+
 Resumable: the job saves its place (weights, EMA, optimizer, step) to ``state.pt`` beside its
 result every ``save_minutes``, at the end of training and when SIGTERM or the walltime warning
 SIGUSR1 arrives; a restarted job continues from there (the data stream is reseeded by the step,
@@ -24,10 +36,13 @@ images are skipped, counted and reported in the result.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import logging
+import math
+import os
 import random
 import tarfile
 import time
@@ -109,21 +124,86 @@ class Skipped:
         return True
 
 
-def _stream(task: TaskData, split: str, transform, batch_size: int, skipped: Skipped, *, seed: int | None):
-    """Batches (images, labels) of a split: endless and shuffled (``seed``) for training, one pass
-    in shard order for evaluation (``seed`` None)."""
+def _all_shards(src, group=None):
+    """webdataset node splitter: every process reads every shard (the training stream is the
+    same on every process, which takes its share of each batch; the test shards are split by
+    ``_test_batches``)."""
+    yield from src
+
+
+def _train_batches(task: TaskData, batch_size: int, skipped: Skipped, *, seed: int):
+    """Endless batches of undecoded samples of the train split (lists of webdataset's sample
+    dicts): shards in a deterministic shuffled order, samples through a seeded buffer, the same
+    batches on every process."""
     import webdataset as wds
 
-    train = seed is not None
-    urls = task.shards(split)
-    if train:  # shards in a deterministic shuffled order, samples through a seeded buffer
-        ds = (wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, handler=skipped)
-              .shuffle(2000, rng=random.Random(seed)))
-    else:
-        ds = wds.WebDataset(urls, shardshuffle=False, handler=skipped)
-    ds = (ds.decode("pil", handler=skipped).to_tuple(IMAGE_KEYS, "cls", handler=skipped)
-          .map_tuple(transform, int).batched(batch_size, partial=not train))
-    return _endless(ds) if train else ds
+    urls = task.shards("train")
+    ds = (wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, handler=skipped, nodesplitter=_all_shards)
+          .shuffle(2000, rng=random.Random(seed)).batched(batch_size, collation_fn=list, partial=False))
+    return _endless(ds)
+
+
+def _test_batches(task: TaskData, transform, batch_size: int, skipped: Skipped, ranks: "Ranks"):
+    """Batches (images, labels) of this process's shards of the test split (every
+    ``ranks.world``-th shard), one pass in shard order."""
+    import webdataset as wds
+
+    urls = task.shards("test")[ranks.rank::ranks.world]
+    if not urls:
+        return iter(())
+    return (wds.WebDataset(urls, shardshuffle=False, handler=skipped, nodesplitter=_all_shards)
+            .decode("pil", handler=skipped).to_tuple(IMAGE_KEYS, "cls", handler=skipped)
+            .map_tuple(transform, int).batched(batch_size, partial=True))
+
+
+def sample_seed(seed: int, task: str, step: int, index: int) -> int:
+    """The random state of one training sample's augmentation: from the job's seed, the task,
+    the step and the sample's place in the step's batch (not from which process decodes it)."""
+    digest = hashlib.blake2b(f"{seed}/{task}/{step}/{index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Python's, numpy's and torch's CPU random state set to ``seed`` (timm's RandAugment draws
+    from the first two, torchvision's crops and flips and random erasing from torch), restored
+    after."""
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+def decode_share(samples: list[dict], first: int, transform, skipped: Skipped, *, seed: int, task: str,
+                 step: int) -> tuple[list, list[int]]:
+    """Decode and augment undecoded samples (``first``: the place of the first in the step's
+    batch); those that fail are skipped and counted."""
+    import webdataset as wds
+
+    decoder = wds.autodecode.Decoder([wds.autodecode.imagehandler("pil")])
+    keys = IMAGE_KEYS.split(";")
+    images, labels = [], []
+    for i, sample in enumerate(samples):
+        try:
+            decoded = decoder(sample)
+            image = next((decoded[k] for k in keys if k in decoded), None)
+            if image is None or "cls" not in decoded:
+                raise ValueError(f"sample {decoded.get('__key__')} lacks an image or a label "
+                                 f"({sorted(k for k in decoded if not k.startswith('__'))})")
+            with _seeded(sample_seed(seed, task, step, first + i)):
+                images.append(transform(image))
+            labels.append(int(decoded["cls"]))
+        except Exception as e:  # noqa: BLE001 - a sample that does not decode is skipped, as webdataset's handler does
+            skipped(e)
+    return images, labels
 
 
 def _endless(ds):
@@ -167,16 +247,65 @@ def load_state(path: Path, expected: str) -> dict | None:
     return state
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """This process among the job's processes (one process: rank 0 of 1, no process group), and
+    the precision of its forward passes."""
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+    bf16: bool = False
+
+    def share(self, n: int) -> tuple[int, int]:
+        """Bounds of this process's contiguous part of ``n`` items (parts differ by one at most)."""
+        return n * self.rank // self.world, n * (self.rank + 1) // self.world
+
+    def sum(self, *values: float) -> list[float]:
+        """Each value summed over the processes."""
+        if self.world == 1:
+            return [float(v) for v in values]
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def autocast(self):
+        import torch
+
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
+
+
+def micro_batches(n: int, micro: int | None) -> list[slice]:
+    """``n`` samples in the fewest near-equal micro-batches of at most ``micro`` (None: one)."""
+    parts = 1 if not micro or n <= micro else math.ceil(n / micro)
+    bounds = [n * k // parts for k in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 class Trainer:
     """The fine-tuning loop shared by both protocols: ``tasks`` are trained in turn, one batch each
-    per step (one task: ImageNet-style)."""
+    per step (one task: ImageNet-style). Each process takes its share of every batch (``ranks``),
+    in micro-batches of at most ``micro_batch`` samples."""
 
     def __init__(self, model: rc.Classifier, recipe: rc.Recipe, tasks: list[TaskData], transform, *,
-                 device: str, seed: int, state_path: Path, fingerprint: str, save_minutes: float):
+                 device: str, seed: int, state_path: Path, fingerprint: str, save_minutes: float,
+                 ranks: Ranks = Ranks(), micro_batch: int | None = None):
         import torch
 
         self.model, self.recipe, self.tasks = model.to(device), recipe, tasks
         self.transform, self.device, self.seed = transform, device, seed
+        self.ranks, self.micro_batch = ranks, micro_batch
         self.state_path, self.fingerprint, self.save_s = state_path, fingerprint, 60 * save_minutes
         self.n_train = sum(t.count("train") for t in tasks)
         self.total = recipe.steps(self.n_train)
@@ -198,10 +327,17 @@ class Trainer:
             self.skipped.n = int(state.get("skipped", 0))
             self.losses = [float(x) for x in state.get("losses", [])]
             log.info("resumed from %s at step %d of %d", state_path, self.step, self.total)
+        self.net = self.model
+        if ranks.world > 1:  # after loading: DDP broadcasts rank 0's weights
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model, device_ids=[device] if device.startswith("cuda") else None)
 
     def save(self, done: bool = False) -> None:
         import torch
 
+        if self.ranks.rank != 0:
+            return
         files.torch_save({"fingerprint": self.fingerprint, "step": self.step, "done": done,
                           "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                           "ema": self.ema.module.state_dict() if self.ema is not None else {},
@@ -209,15 +345,50 @@ class Trainer:
                          self.state_path)
 
     def _streams(self):
-        return {t.name: iter(_stream(t, "train", self.transform, self.recipe.batch_size, self.skipped,
-                                     seed=self.seed * 1_000_003 + self.step * 101 + i))
+        return {t.name: iter(_train_batches(t, self.recipe.batch_size, self.skipped,
+                                            seed=self.seed * 1_000_003 + self.step * 101 + i))
                 for i, t in enumerate(self.tasks)}
+
+    def _train_step(self, task: TaskData, batch: list[dict]) -> float:
+        """One optimizer step on this process's share of ``batch``; the batch's mean loss."""
+        import torch
+
+        lo, hi = self.ranks.share(len(batch))
+        images, labels = decode_share(batch[lo:hi], lo, self.transform, self.skipped, seed=self.seed,
+                                      task=task.name, step=self.step)
+        if not labels:  # (DDP needs every process's forward pass)
+            raise FinetuneError(f"downstream set {task.name}: none of the {hi - lo} samples of process "
+                                f"{self.ranks.rank}'s share of a training batch decodes ({self.skipped.n} skipped)")
+        n_all, = self.ranks.sum(len(labels))
+        x = torch.stack(images).to(self.device)
+        y = torch.as_tensor(labels, dtype=torch.long).to(self.device)
+        parts = micro_batches(len(labels), self.micro_batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for k, part in enumerate(parts):
+            n = part.stop - part.start
+            last = k == len(parts) - 1
+            sync = contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync()
+            with sync:
+                with self.ranks.autocast():
+                    logits = self.net(x[part], task.name)
+                loss = self.criterion(logits.float(), y[part])
+                # this part's share of the whole batch (DDP then averages over the processes)
+                weight = n * self.ranks.world / n_all
+                (loss if weight == 1 else loss * weight).backward()
+                loss_sum += loss.item() * n
+        loss_all, = self.ranks.sum(loss_sum)
+        mean = loss_all / n_all
+        if not math.isfinite(mean):
+            raise FinetuneError(f"fine-tuning diverged at step {self.step} (loss {mean}): "
+                                f"lower finetune.recipe.lr")
+        rc.clip_gradients(self.model, self.recipe)
+        self.opt.step()
+        return mean
 
     def run(self) -> rc.Classifier:
         """Train to the recipe's last step (from a saved place if there is one); the model to
         evaluate (the EMA's when the recipe keeps one)."""
-        import torch
-
         from clipscale import stopping
 
         _seed_everything(self.seed + self.step)
@@ -225,66 +396,71 @@ class Trainer:
         streams = self._streams()
         last_save, t0, start = time.time(), time.time(), self.step
         log.info("fine-tuning %d steps of batch %d on %s (%d training samples), lr %g, layer decay %g, "
-                 "EMA %g", self.total, self.recipe.batch_size, ", ".join(t.name for t in self.tasks),
-                 self.n_train, self.recipe.lr, self.recipe.layer_decay, self.recipe.ema)
+                 "EMA %g; %d process(es), micro-batches of at most %s, %s", self.total, self.recipe.batch_size,
+                 ", ".join(t.name for t in self.tasks), self.n_train, self.recipe.lr, self.recipe.layer_decay,
+                 self.recipe.ema, self.ranks.world, self.micro_batch or "the whole share",
+                 "bf16 autocast" if self.ranks.bf16 else "fp32")
         with stopping.stop_on_signals(watch_parent=False) as stop:
             while self.step < self.total:
                 task = self.tasks[self.step % len(self.tasks)]
                 try:
-                    images, labels = next(streams[task.name])
+                    batch = next(streams[task.name])
                 except StopIteration:
-                    raise FinetuneError(f"downstream set {task.name}: no decodable training sample "
-                                        f"({self.skipped.n} skipped)") from None
+                    raise FinetuneError(f"downstream set {task.name}: fewer training samples than a batch "
+                                        f"of {self.recipe.batch_size}") from None
                 self.sched.step_update(num_updates=self.step)
-                logits = self.model(images.to(self.device), task.name)
-                loss = self.criterion(logits, torch.as_tensor(labels).to(self.device))
-                if not torch.isfinite(loss):
-                    raise FinetuneError(f"fine-tuning diverged at step {self.step} (loss {loss.item()}): "
-                                        f"lower finetune.recipe.lr")
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                rc.clip_gradients(self.model, self.recipe)
-                self.opt.step()
+                loss = self._train_step(task, batch)
                 self.step += 1
                 if self.ema is not None:
                     self.ema.update(self.model, step=self.step)
-                self.losses.append(round(loss.item(), 5))
+                self.losses.append(round(loss, 5))
                 if self.step % 50 == 0 or self.step == self.total:
                     rate = (self.step - start) / max(1e-9, time.time() - t0)
                     log.info("step %d/%d loss %.4f (%.2f steps/s, %d samples skipped)", self.step, self.total,
                              float(np.mean(self.losses[-50:])), rate, self.skipped.n)
-                if stop.save_requested:
+                # every process stops at the same step when any was asked to
+                stop_now, = self.ranks.sum(stop.save_requested)
+                if stop_now:
                     self.save()
-                    raise stopping.TrainingStopped(stop.signum, f"saved at step {self.step} in {self.state_path}")
+                    self.ranks.barrier()  # rank 0's place is saved before any process exits
+                    raise stopping.TrainingStopped(stop.signum or stopping.WALLTIME_SIGNAL,
+                                                   f"saved at step {self.step} in {self.state_path}")
                 if time.time() - last_save > self.save_s:
                     self.save()
                     last_save = time.time()
+        skipped, = self.ranks.sum(self.skipped.n)
+        self.skipped.n = int(skipped)
         self.save(done=True)
         trained = self.ema.module if self.ema is not None else self.model
         return trained.eval()
 
 
-def _features(model: rc.Classifier, task: TaskData, transform, batch_size: int, device: str,
-              skipped: Skipped):
+def _features(model: rc.Classifier, task: TaskData, transform, batch_size: int, skipped: Skipped, ranks: Ranks):
+    """Features and labels of this process's shards of a set's test split."""
     import torch
 
     feats, labels = [], []
     model.eval()
     with torch.no_grad():
-        for images, target in _stream(task, "test", transform, batch_size, skipped, seed=None):
-            feats.append(model.features(images.to(device)).cpu())
+        for images, target in _test_batches(task, transform, batch_size, skipped, ranks):
+            with ranks.autocast():
+                feats.append(model.features(images.to(ranks.device)).float().cpu())
             labels.append(torch.as_tensor(target))
     if not feats:
-        raise FinetuneError(f"downstream set {task.name}: no decodable test image")
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
     return torch.cat(feats), torch.cat(labels)
 
 
-def accuracy(model: rc.Classifier, head: str, task: TaskData, transform, batch_size: int, device: str,
-             skipped: Skipped) -> float:
-    """Top-1 accuracy (%) of ``head`` on a set's test split."""
-    feats, labels = _features(model, task, transform, batch_size, device, skipped)
-    logits = feats @ model.heads[head].detach().cpu()
-    return float((logits.argmax(1) == labels).float().mean() * 100)
+def accuracy(model: rc.Classifier, head: str, task: TaskData, transform, batch_size: int, skipped: Skipped,
+             ranks: Ranks = Ranks()) -> float:
+    """Top-1 accuracy (%) of ``head`` on a set's test split (its shards shared among the
+    processes, their counts summed)."""
+    feats, labels = _features(model, task, transform, batch_size, skipped, ranks)
+    correct = int((feats @ model.heads[head].detach().float().cpu()).argmax(1).eq(labels).sum()) if len(labels) else 0
+    correct, total = ranks.sum(correct, len(labels))
+    if not total:
+        raise FinetuneError(f"downstream set {task.name}: no decodable test image")
+    return 100.0 * correct / total
 
 
 def zero_shot_head(clip_model, tokenizer, task: TaskData, device: str):
@@ -334,7 +510,8 @@ class Loaded:
 
 
 def run_classification(loaded: Loaded, recipe: rc.Recipe, main: TaskData, robustness: list[TaskData], *,
-                       device: str, seed: int, state_path: Path, fp: str, save_minutes: float) -> dict:
+                       device: str, seed: int, state_path: Path, fp: str, save_minutes: float,
+                       ranks: Ranks = Ranks(), micro_batch: int | None = None) -> dict:
     """ImageNet-style fine-tuning on ``main``; accuracy on its test split and the robustness sets."""
     model = loaded.classifier([main], device, train_heads=recipe.train_head)
     for t in robustness:  # same classes, the main set's head
@@ -344,27 +521,29 @@ def run_classification(loaded: Loaded, recipe: rc.Recipe, main: TaskData, robust
     rc.add_stochastic_depth(model.visual, recipe.drop_path)
     train_tf = rc.train_transform(recipe, loaded.image_size, loaded.mean, loaded.std)
     trainer = Trainer(model, recipe, [main], train_tf, device=device, seed=seed, state_path=state_path,
-                      fingerprint=fp, save_minutes=save_minutes)
+                      fingerprint=fp, save_minutes=save_minutes, ranks=ranks, micro_batch=micro_batch)
     trained = trainer.run()
     skipped = Skipped("test sets")
     rows = [{"task": "finetune", "dataset": t.name, "metric": "imagenet_ft_acc1",
-             "value": accuracy(trained, main.name, t, loaded.transform, recipe.batch_size, device, skipped)}
+             "value": accuracy(trained, main.name, t, loaded.transform, recipe.batch_size, skipped, ranks)}
             for t in [main, *robustness]]
+    test_skipped, = ranks.sum(skipped.n)
     return {"rows": rows, "steps": trainer.total, "resumed_from_step": trainer.resumed_from,
             "train_samples": trainer.n_train, "final_loss": float(np.mean(trainer.losses[-20:])),
-            "skipped": {"train": trainer.skipped.n, "test": skipped.n,
+            "skipped": {"train": trainer.skipped.n, "test": int(test_skipped),
                         "examples": trainer.skipped.examples + skipped.examples}}
 
 
 def run_patching(loaded: Loaded, recipe: rc.Recipe, tasks: list[TaskData], control: TaskData, *, alphas: int,
-                 tolerance: float, device: str, seed: int, state_path: Path, fp: str, save_minutes: float) -> dict:
+                 tolerance: float, device: str, seed: int, state_path: Path, fp: str, save_minutes: float,
+                 ranks: Ranks = Ranks(), micro_batch: int | None = None) -> dict:
     """Joint fine-tuning on ``tasks`` (fixed zero-shot heads), then the patching sweep."""
     model = loaded.classifier([*tasks, control], device, train_heads=False)
     zero_shot = {k: v.detach().clone() for k, v in model.visual.state_dict().items()}
     rc.add_stochastic_depth(model.visual, recipe.drop_path)
     train_tf = rc.train_transform(recipe, loaded.image_size, loaded.mean, loaded.std)
     trainer = Trainer(model, recipe, tasks, train_tf, device=device, seed=seed, state_path=state_path,
-                      fingerprint=fp, save_minutes=save_minutes)
+                      fingerprint=fp, save_minutes=save_minutes, ranks=ranks, micro_batch=micro_batch)
     trained = trainer.run()
     fine_tuned = {k: v.detach().clone() for k, v in trained.visual.state_dict().items()}
     skipped = Skipped("test sets")
@@ -372,13 +551,15 @@ def run_patching(loaded: Loaded, recipe: rc.Recipe, tasks: list[TaskData], contr
     for i in range(alphas):
         alpha = round(i / (alphas - 1), 6)
         trained.visual.load_state_dict(rc.interpolate(zero_shot, fine_tuned, alpha))
-        acc = {t.name: accuracy(trained, t.name, t, loaded.transform, recipe.batch_size, device, skipped)
+        acc = {t.name: accuracy(trained, t.name, t, loaded.transform, recipe.batch_size, skipped, ranks)
                for t in [*tasks, control]}
         sweep.append({"alpha": alpha, "accuracy": acc, "tasks_mean": float(np.mean([acc[t.name] for t in tasks])),
                       "control": acc[control.name]})
-        log.info("patching a = %.2f: tasks' mean %.2f, control %s %.2f", alpha, sweep[-1]["tasks_mean"],
-                 control.name, acc[control.name])
+        if ranks.rank == 0:
+            log.info("patching a = %.2f: tasks' mean %.2f, control %s %.2f", alpha, sweep[-1]["tasks_mean"],
+                     control.name, acc[control.name])
     chosen = rc.choose_alpha(sweep, tolerance)
+    test_skipped, = ranks.sum(skipped.n)
     by_alpha = {p["alpha"]: p for p in sweep}
     rows = []
     for t in [*tasks, control]:
@@ -388,7 +569,7 @@ def run_patching(loaded: Loaded, recipe: rc.Recipe, tasks: list[TaskData], contr
     return {"rows": rows, "alpha": chosen["alpha"], "sweep": sweep, "control": control.name,
             "control_tolerance": tolerance, "steps": trainer.total, "resumed_from_step": trainer.resumed_from,
             "train_samples": trainer.n_train, "final_loss": float(np.mean(trainer.losses[-20:])),
-            "skipped": {"train": trainer.skipped.n, "test": skipped.n,
+            "skipped": {"train": trainer.skipped.n, "test": int(test_skipped),
                         "examples": trainer.skipped.examples + skipped.examples}}
 
 
@@ -398,12 +579,12 @@ def finetune_checkpoint(config: dict, model: str, scale: str, samples: str, prot
     """Fine-tune the final checkpoint of one of our runs with one protocol; write the result file
     (its table rows, the sweep, steps, skipped samples) to ``output``; its saved place is
     ``state.pt`` beside it, resumed only when made from the same checkpoint file with the same
-    training settings (recipe, training sets, seed)."""
+    training settings (recipe, training sets, seed). In a process started by ``launch`` (several
+    processes: torchrun's or srun's variables), this is one rank of the job: it joins the others'
+    process group (NCCL on GPUs, gloo on CPUs) and rank 0 writes the files."""
     import torch
 
-    from clipscale import grid, models
     from clipscale.evaluate.benchmark import resolve_device
-    from clipscale.evaluate.checkpoints import check_checkpoint, our_checkpoint, stamp, table_row
     from clipscale.finetune import plan
 
     if protocol not in PROTOCOLS:
@@ -412,6 +593,49 @@ def finetune_checkpoint(config: dict, model: str, scale: str, samples: str, prot
     torch.set_num_threads(threads or ft["threads"])
     device = device or resolve_device(ft["device"])
     output = Path(output)
+    ranks, device = _join(config, device)
+    try:
+        return _finetune(config, model, scale, samples, protocol, output, run_record, device, ranks)
+    finally:
+        if ranks.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _join(config: Mapping, device: str) -> tuple[Ranks, str]:
+    """This process's place in the job (``clipscale.launch.dist_env``) and its device (its
+    local rank's GPU); joins the job's process group when there are several processes."""
+    import torch
+
+    from clipscale import launch
+    from clipscale.finetune import plan
+
+    world = plan.world_size(config)
+    bf16 = plan.bf16(config, device)
+    if world == 1:
+        return Ranks(device=device, bf16=bf16), device
+    d = launch.apply_env()
+    if d.world_size != world:
+        raise FinetuneError(f"this process is one of {d.world_size} ({d.launcher}), but finetune.nproc x "
+                            f"finetune.nodes is {world}: start the job with clipscale.finetune.launch")
+    if device == "cuda":
+        device = f"cuda:{d.local_rank}"
+        torch.cuda.set_device(device)
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", init_method="env://",
+                            rank=d.rank, world_size=d.world_size)
+    return Ranks(d.rank, d.world_size, device, bf16), device
+
+
+def _finetune(config: dict, model: str, scale: str, samples: str, protocol: str, output: Path,
+              run_record, device: str, ranks: Ranks) -> dict:
+    from clipscale import grid, models
+    from clipscale.evaluate.checkpoints import check_checkpoint, our_checkpoint, stamp, table_row
+    from clipscale.finetune import plan
+
+    ft = plan.section(config)
     run = grid.find_run(config, model, scale, samples)
     info = our_checkpoint(config, model, scale, samples, grid.hparams(config, run)["epochs"], run_record)
     check_checkpoint(info.path)
@@ -426,7 +650,7 @@ def finetune_checkpoint(config: dict, model: str, scale: str, samples: str, prot
     loaded = Loaded.load(info.model, info.path, device)
     log.info("%s: %s fine-tuning of %s (%s) on %s", run.name, protocol, info.path, info.label, device)
     common = dict(device=device, seed=seed, state_path=output.parent / "state.pt", fp=fp,
-                  save_minutes=ft["save_minutes"])
+                  save_minutes=ft["save_minutes"], ranks=ranks, micro_batch=plan.micro_batch_size(config, model))
     if protocol == "classification":
         names = plan.datasets(config, protocol)
         out = run_classification(loaded, recipe, sets[names[0]], [sets[n] for n in names[1:]], **common)
@@ -434,10 +658,15 @@ def finetune_checkpoint(config: dict, model: str, scale: str, samples: str, prot
         p = ft["patching"]
         out = run_patching(loaded, recipe, [sets[n] for n in p["tasks"]], sets[p["control"]], alphas=p["alphas"],
                            tolerance=p["control_tolerance"], **common)
-    result = {"format": RESULT_FORMAT, "protocol": protocol, "row": table_row(info), "checkpoint_path": info.path,
+    result = {"format": RESULT_FORMAT, "status": "ok", "protocol": protocol,
+              "target": {"model": model, "scale": scale, "samples": samples, "protocol": protocol},
+              "row": table_row(info), "checkpoint_path": info.path,
               "fingerprint": fp, "recipe": plan.recipe_settings(config, protocol, model), **out, "device": device,
-              "seconds": round(time.time() - t0, 2),
+              "processes": ranks.world, "micro_batch_size": plan.micro_batch_size(config, model),
+              "precision": "bf16 autocast" if ranks.bf16 else "fp32", "seconds": round(time.time() - t0, 2),
               "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    if ranks.rank != 0:
+        return result
     files.write_json(output, result)
     if out["skipped"]["train"] or out["skipped"]["test"]:
         log.warning("%s: skipped %d training and %d test samples that did not decode (see %s)", run.name,
@@ -447,28 +676,99 @@ def finetune_checkpoint(config: dict, model: str, scale: str, samples: str, prot
     return result
 
 
-def result_rows(files) -> tuple[list[dict], list[str]]:
-    """Rows of the results table from fine-tuning result files, and log lines for the files that
-    are missing or unreadable and for skipped samples."""
-    rows, lines = [], []
-    for path in files:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-            base, items = data["row"], data["rows"]
-        except FileNotFoundError:
-            lines.append(f"MISSING    fine-tuning result {path} (see results/logs/finetune/)")
-            continue
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            lines.append(f"UNREADABLE fine-tuning result {path}: {e}")
-            continue
-        from clipscale.table import RESULTS_COLUMNS
+# ---------------------------------------------------------------------------------------------
+# the rule's job: one process, or the job's processes launched as training launches its ranks
 
-        for item in items:
-            rows.append({**{k: base.get(k) for k in RESULTS_COLUMNS if k in base},
-                         "data_size": base.get("data_size"), **item})
-        sk = data.get("skipped", {})
-        if sk.get("train") or sk.get("test"):
-            lines.append(f"SKIPPED    fine-tuning {path}: {sk.get('train', 0)} training and {sk.get('test', 0)} "
-                         f"test samples did not decode ({'; '.join(sk.get('examples', [])[:2])})")
-    return rows, lines
+FAILED_RANK = "failed.rank{rank}.txt"  # beside the result: why a process of a launched job failed
+
+
+def run_job(config: dict, model: str, scale: str, samples: str, protocol: str, output: str | Path, *,
+            run_record: str | Path | None = None, threads: int | None = None,
+            log_file: str | Path | None = None) -> dict:
+    """The rule finetune's job: ``finetune_checkpoint`` in this process (one process), or in the
+    job's ``finetune.nproc`` x ``finetune.nodes`` processes (``clipscale.launch``: torchrun on
+    one node, srun across the nodes of a Slurm job), waited for.
+
+    A job that fails writes a failed result (its reason) and ends normally: the fine-tuning
+    table lists it (FAILED) and nothing waits on it; delete the result to try again (the job
+    resumes from its saved place). A job stopped by a signal (the walltime, Ctrl-C, scancel)
+    saved its place and fails, for Snakemake to start it again; so does a launched job whose
+    processes died without a reason (killed)."""
+    from clipscale.finetune import plan
+    from clipscale.finetune.results import write_failure
+
+    output = Path(output)
+    if plan.world_size(config) == 1:
+        try:
+            return finetune_checkpoint(config, model, scale, samples, protocol, output, run_record=run_record,
+                                       threads=threads)
+        except Exception as e:  # noqa: BLE001 - any failure is the job's result (a stop is no Exception)
+            log.exception("%s/%s/%s %s: fine-tuning failed", model, scale, samples, protocol)
+            return write_failure(output, model, scale, samples, protocol, f"{type(e).__name__}: {e}")
+    return _launched(config, model, scale, samples, protocol, output, run_record, log_file)
+
+
+def _launched(config: dict, model: str, scale: str, samples: str, protocol: str, output: Path, run_record,
+              log_file) -> dict:
+    from clipscale import stopping
+    from clipscale.finetune import plan
+    from clipscale.finetune.results import write_failure
+    from clipscale.launch import build_command, step_environment
+
+    ft = plan.section(config)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for old in output.parent.glob(FAILED_RANK.format(rank="*")):
+        old.unlink()
+    resolved = output.parent / "config.json"  # every process reads the same resolved config
+    resolved.write_text(json.dumps(config, indent=1, default=str))
+    args = ["--config-json", str(resolved), "--model", model, "--scale", scale, "--samples", samples,
+            "--protocol", protocol, "--out", str(output)]
+    if run_record:
+        args += ["--run-record", str(run_record)]
+    cmd = build_command(["-m", "clipscale.finetune"], args, nproc=ft["nproc"], nodes=ft["nodes"],
+                        cpus_per_task=ft["threads"], gpus=bool(ft["gpus_per_node"]))
+    log.info("launching: %s", " ".join(cmd))
+    with open(log_file, "a") if log_file else contextlib.nullcontext() as sink:
+        status, stopped = stopping.run_until_stopped(cmd, stdout=sink, environ=step_environment())
+    reasons = [p.read_text().strip() for p in sorted(output.parent.glob(FAILED_RANK.format(rank="*")))]
+    if status == 0 and output.exists():
+        return json.loads(output.read_text())
+    if reasons:
+        return write_failure(output, model, scale, samples, protocol, reasons[0])
+    state = output.parent / "state.pt"
+    how = f"were stopped ({stopped})" if stopped else f"exited with status {status} and no reason"
+    raise FinetuneError(f"{model}/{scale}/{samples} {protocol}: the fine-tuning processes {how}; running "
+                        f"the workflow again resumes from {state if state.exists() else 'the start'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One process of a launched fine-tuning job (``python -m clipscale.finetune``)."""
+    import argparse
+
+    from clipscale import config as config_mod
+    from clipscale.stopping import TrainingStopped
+
+    parser = argparse.ArgumentParser(prog="python -m clipscale.finetune", description=main.__doc__)
+    parser.add_argument("--config-json", required=True, help="the resolved config as JSON")
+    for name in ("model", "scale", "samples", "protocol", "out"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--run-record")
+    a = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s rank {rank} %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger("clipscale")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    root.propagate = False
+    try:
+        cfg = config_mod.validate(json.loads(Path(a.config_json).read_text()), a.config_json)
+        finetune_checkpoint(cfg, a.model, a.scale, a.samples, a.protocol, a.out, run_record=a.run_record)
+    except TrainingStopped as e:
+        log.warning("%s", e)
+        return 128 + e.signum
+    except Exception as e:  # noqa: BLE001 - the launcher writes the job's failed result from this
+        log.exception("fine-tuning failed")
+        (Path(a.out).parent / FAILED_RANK.format(rank=rank)).write_text(f"{type(e).__name__}: {e}\n")
+        return 1
+    return 0

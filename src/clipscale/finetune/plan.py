@@ -53,6 +53,9 @@ class Recipe:
 
 
 RECIPE_KEYS = frozenset(Recipe.__dataclass_fields__)
+# finetune.models.<model> keys that are not the recipe's: how the job runs it (not in the
+# recipe, the state's fingerprint or the job's shaping: a change reruns nothing)
+MODEL_EXECUTION_KEYS = frozenset({"micro_batch_size"})
 
 
 def section(config: Mapping) -> dict:
@@ -68,10 +71,30 @@ def recipe_settings(config: Mapping, protocol: str, model: str) -> dict:
     patching) finetune.patching.recipe on top."""
     ft = section(config)
     out = dict(ft["recipe"])
-    out.update(ft.get("models", {}).get(model, {}))
+    out.update({k: v for k, v in ft.get("models", {}).get(model, {}).items() if k not in MODEL_EXECUTION_KEYS})
     if protocol == "patching":
         out.update(ft["patching"].get("recipe", {}))
     return out
+
+
+def world_size(config: Mapping) -> int:
+    """Processes of a fine-tuning job: finetune.nproc per node x finetune.nodes."""
+    ft = section(config)
+    return ft["nproc"] * ft["nodes"]
+
+
+def micro_batch_size(config: Mapping, model: str) -> int | None:
+    """The most samples a process runs through the model at once (finetune.models.<model>.
+    micro_batch_size, else finetune.micro_batch_size); None: its whole share of the batch."""
+    ft = section(config)
+    return ft.get("models", {}).get(model, {}).get("micro_batch_size", ft.get("micro_batch_size")) or None
+
+
+def bf16(config: Mapping, device: str) -> bool:
+    """Whether the job runs its forward passes under bf16 autocast (finetune.precision; auto: on
+    GPUs)."""
+    precision = section(config)["precision"]
+    return precision == "bf16" or (precision == "auto" and device.startswith("cuda"))
 
 
 def datasets(config: Mapping, protocol: str) -> list[str]:
@@ -140,14 +163,26 @@ def problems(config: Mapping) -> list[str]:
     values = jsonschema.Draft202012Validator({"type": "object", "properties": schema["properties"]})
     for where, over in [(f"finetune.models.{m}", o) for m, o in ft.get("models", {}).items()] + [
             ("finetune.patching.recipe", ft["patching"].get("recipe", {}))]:
-        unknown = sorted(set(over) - RECIPE_KEYS)
+        allowed = RECIPE_KEYS | (MODEL_EXECUTION_KEYS if where.startswith("finetune.models.") else set())
+        unknown = sorted(set(over) - allowed)
         if unknown:
-            out.append(f"{where}: {unknown} are not recipe keys (expected some of {sorted(RECIPE_KEYS)})")
+            out.append(f"{where}: {unknown} are not recipe keys (expected some of {sorted(allowed)})")
+        micro = over.get("micro_batch_size")
+        if "micro_batch_size" in over and (not isinstance(micro, int) or isinstance(micro, bool) or micro < 1):
+            out.append(f"{where}.micro_batch_size: {micro!r} is not a positive integer")
         for e in values.iter_errors(over):
             out.append(f"{where}.{'.'.join(str(x) for x in e.absolute_path)}: {e.message}")
     for m in ft.get("models", {}):
         if m not in config["models"]:
             out.append(f"finetune.models: {m!r} is not defined under models")
+    world = world_size(config)
+    for protocol in ft["protocols"]:
+        for m in config["models"]:
+            batch = recipe_settings(config, protocol, m)["batch_size"]
+            if batch < world:
+                out.append(f"finetune.recipe.batch_size: {batch} for {m} ({protocol}, with its overrides) is "
+                           f"smaller than the job's {world} processes (finetune.nproc x finetune.nodes): each "
+                           f"process needs a share of every batch")
     if not ft["enabled"]:
         return out
     for protocol in ft["protocols"]:
