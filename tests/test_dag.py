@@ -187,7 +187,7 @@ def test_const_cooldown_branches_are_jobs_that_wait_for_their_trunk_checkpoint(t
     the trunk's end); results under their own samples label, fitted and compared as a source."""
     (tmp_path / "cooldown.yaml").write_text(
         "grid: {models: [vit-xs], scales: [1k], samples_seen: [2k, 6k], schedules: [cosine, const-cooldown]}\n"
-        "train: {cooldown: {fraction: 0.5}}\n")
+        "train: {cooldown: {fraction: 0.5}}\nfinetune: {enabled: false}\n")
     jobs = _dry_run_jobs(tmp_path, "results/results/results.parquet", "--configfile",
                          str(REPO / "tests" / "data" / "ci.yaml"), str(tmp_path / "cooldown.yaml"))
     trunk, branch = "results/train/vit-xs/1k/6k-cooldown", "results/train/vit-xs/1k/2k-cooldown"
@@ -208,7 +208,7 @@ def test_without_branch_jobs_a_trunk_is_one_job_and_its_branches_wait_for_its_en
     their checkpoints and evaluations are the same files as with branch jobs."""
     (tmp_path / "cooldown.yaml").write_text(
         "grid: {models: [vit-xs], scales: [1k], samples_seen: [2k, 6k], schedules: [const-cooldown]}\n"
-        "train: {cooldown: {fraction: 0.5}, branch_jobs: false}\n")
+        "train: {cooldown: {fraction: 0.5}, branch_jobs: false}\nfinetune: {enabled: false}\n")
     args = ("results/results/results.parquet", "--configfile", str(REPO / "tests" / "data" / "ci.yaml"),
             str(tmp_path / "cooldown.yaml"))
     jobs = _dry_run_jobs(tmp_path, *args)
@@ -216,7 +216,7 @@ def test_without_branch_jobs_a_trunk_is_one_job_and_its_branches_wait_for_its_en
     assert not any("/segments/" in f for f in jobs)
     assert jobs[f"{trunk}/run.json"][0] == jobs[f"{branch}/run.json"][0] == "train"
     assert {f for f in jobs[f"{branch}/run.json"][1] if f.startswith("results/train/")} == {f"{trunk}/run.json"}
-    (tmp_path / "cooldown.yaml").write_text((tmp_path / "cooldown.yaml").read_text().replace("false", "true"))
+    (tmp_path / "cooldown.yaml").write_text((tmp_path / "cooldown.yaml").read_text().replace("branch_jobs: false", "branch_jobs: true"))
     with_branch_jobs = _dry_run_jobs(tmp_path, *args)
     assert set(with_branch_jobs) - set(jobs) == {f"{trunk}/segments/epoch_1.json"}
 

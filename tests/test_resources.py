@@ -188,7 +188,7 @@ def test_const_cooldown_trunk_segments_and_branches_are_training_jobs_on_gpus(tm
     jobs = dry_run_resources(tmp_path, cfg)
     for rule in ("train_segment", "train"):
         call = sbatch_command(jobs[rule])
-        assert "--gpus=1" in call and "--signal=USR1@300 --requeue" in call, (rule, call)
+        assert "--gres=gpu:1" in call and "--signal=USR1@300 --requeue" in call, (rule, call)
 
 
 # scheduling priorities (clipscale.resources.priority) -----------------------------------------

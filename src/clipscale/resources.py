@@ -33,6 +33,7 @@ FIXED: dict[str, tuple[int, int, int]] = {
     "dedup_planted_recall": (1, 2000, 10),
     "model_profile": (1, 2000, 10),
     "aggregate_results": (1, 2000, 10),
+    "aggregate_finetune": (1, 2000, 10),  # a table of a few result files
     "published_table": (1, 1000, 5),
     "fit_input": (1, 2000, 30),
     "fit_collect": (1, 1000, 5),
@@ -466,8 +467,8 @@ def priority(config: Mapping, rule: str, figures: Mapping | None = None):
         return FINETUNE
     if rule == "evaluate":
         return EVALUATE
-    if rule in ("aggregate_results", "fit_collect"):
-        return AGGREGATE if rule == "aggregate_results" else FIT_OURS
+    if rule in ("aggregate_results", "aggregate_finetune", "fit_collect"):
+        return FIT_OURS if rule == "fit_collect" else AGGREGATE
     if rule in _FIT_RULES:
         mine = FIT_OURS_TABLE if rule == "fit_input" else FIT_OURS
         return lambda wildcards, **_: mine if wildcards.input == "ours" else INDEPENDENT

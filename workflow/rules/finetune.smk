@@ -44,11 +44,10 @@ rule aggregate_finetune:
         log_path("aggregate_finetune", "finetune"),
     benchmark:
         bench_path("aggregate_finetune", "finetune")
-    # a table of a few result files: sized and ordered as the results table
-    priority: cs_resources.priority(config, "aggregate_results")
-    threads: cs_resources.threads(config, "aggregate_results")
+    priority: cs_resources.priority(config, "aggregate_finetune")
+    threads: cs_resources.threads(config, "aggregate_finetune")
     resources:
-        **cs_resources.resources(config, "aggregate_results"),
+        **cs_resources.resources(config, "aggregate_finetune"),
     params:
         settings=shaping.aggregate(config),
     script:
