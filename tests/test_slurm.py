@@ -722,9 +722,9 @@ def test_missing_slurm_skips_locally_but_fails_in_ci(monkeypatch):
 
 
 def _job_gres(job_id: str) -> str:
-    """The GPUs Slurm gave a job (scontrol show job -d: GRES=gpu:2(IDX:0-1)), while squeue knows it."""
+    """The GPUs Slurm gave a job (scontrol show job -d: JOB_GRES=gpu:2), while squeue knows it."""
     res = subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True, timeout=30)
-    m = re.search(r"\bGRES=(\S+)", res.stdout)
+    m = re.search(r"\bJOB_GRES=(\S+)", res.stdout)
     return m.group(1) if m else ""
 
 

@@ -118,3 +118,12 @@ onstart:
     stopping.forward_to_launchers(
         os.path.join(".snakemake", "clipscale", "launchers")
     )
+    # on a cluster (the executor is known only now, not while the rules are parsed), a training
+    # job may be resubmitted as many times as a run of the grid is expected to need walltime
+    # windows, for a site where a job cannot requeue itself (clipscale.resources.train_retries)
+    if workflow.non_local_exec:
+        for _name in ("train", "train_segment"):
+            _rule = workflow.get_rule(_name)
+            _rule.restart_times = max(
+                _rule.restart_times or 0, cs_resources.train_retries(config)
+            )

@@ -37,7 +37,9 @@ def evaluate_inputs(wildcards):
 
 def evaluation_shaping(wildcards):
     """clipscale.shaping.evaluate of every (set, task) of the job, keyed "set/task" (sorted)."""
-    return shaping.evaluations(config, wildcards.source, wildcards.model, wildcards.scale)
+    return shaping.evaluations(
+        config, wildcards.source, wildcards.model, wildcards.scale
+    )
 
 
 def evaluate_log(kind):

@@ -44,7 +44,6 @@ rule train_segment:
         epoch="[0-9]+",
     priority: cs_resources.priority(config, "train_segment")
     threads: cs_resources.threads(config, "train_segment")
-    retries: cs_resources.train_retries(config) if workflow.non_local_exec else None
     resources:
         **cs_resources.resources(config, "train_segment"),
         attempt=lambda wildcards, attempt: attempt,
@@ -68,10 +67,8 @@ rule train:
     benchmark:
         bench_path("train", "{model}", "{scale}", "{samples}")
     priority: cs_resources.priority(config, "train")
+    # retries: on a cluster, set at onstart (common.smk): the runs' expected walltime windows
     threads: cs_resources.threads(config, "train")
-    # on a cluster: the runs' expected walltime windows, for a site where a job cannot requeue
-    # itself (clipscale.resources.train_retries); else the profile's or the command line's
-    retries: cs_resources.train_retries(config) if workflow.non_local_exec else None
     resources:
         # nodes, tasks (= train.nproc x nodes), cpus_per_task, gpu (the plugin reads "gpu",
         # not "gpus"), tasks_per_gpu, mpi="srun" for multi-task jobs: clipscale.resources.train
