@@ -7,7 +7,9 @@ in the downstream hash job and stored as extra uint64 columns ``phash_<variant>`
 
 - ``mirror``: the horizontal mirror of each test image (variant ``mirror``);
 - ``trim``: each image with its uniform borders and bars cut off (variant ``trim``: the bounding
-  box inside the rows and columns at the edges that are the corners' grey, see ``trim_box``).
+  box inside the rows and columns at the edges that are the corners' grey, where they form a
+  band: uniform and ending in a clear step to the picture, see ``trim_box``; a dark sky or a
+  plain background that fades into a photograph is no border).
   Trimming the test image finds a pool copy when the *test* image has the bars; a framed *pool*
   copy of a test image is only found when the pool images are trimmed too (``dedup.trim_pool``:
   a ``phash_trim`` column written by the pool hash jobs, which decode every image once for both
@@ -40,8 +42,12 @@ from clipscale.dedup.formats import DedupError
 
 TRIM_TOLERANCE = 12     # grey levels (of 255) a border pixel may differ from the corners' grey
 TRIM_SHARE = 0.9        # share of a border row's (column's) pixels within the tolerance
+TRIM_BAND_STD = 5.0     # a border band's grey varies less than this (standard deviation, grey levels)
+TRIM_STEP = 0.4         # share of a line just inside a band that differs from the border: the step
+TRIM_STEP_TOLERANCE = 18  # grey levels from the border's that a pixel of the step differs by at least
+TRIM_STEP_LINES = 3     # the lines inside a band where the step is looked for (a resized edge blurs)
 TRIM_MIN_CUT = 0.04     # less than this share of each side to trim: left as it is
-TRIM_MIN_KEEP = 0.2     # a trim keeping less than this share of a side is no border: not trimmed
+TRIM_MIN_KEEP = 0.2     # a trim keeping less than this share of a side of the image is no border
 DEFAULT_CROPS = tuple(schema_default("dedup", "crops"))  # the schema's dedup.crops, for library callers
 
 
@@ -140,9 +146,13 @@ def trim_box(image: Image.Image, tolerance: int = TRIM_TOLERANCE,
     Works on the grey image (what pHash sees; JPEG keeps its edges sharper than the colours'):
     a row or column at an edge is border while at least ``share`` of its pixels are within
     ``tolerance`` grey levels of the corners' (median) grey, so the ringing that JPEG leaves
-    along a frame does not stop the trim. No trim (None) when less than TRIM_MIN_CUT of each
-    side would go, or when less than TRIM_MIN_KEEP of a side would stay (an image on a plain
-    background)."""
+    along a frame does not stop the trim. Those lines are cut from a side only when they form a
+    band (``_band``): uniform (their grey's standard deviation at most TRIM_BAND_STD) and
+    ending in a clear step (in one of the TRIM_STEP_LINES lines inside it at least TRIM_STEP of
+    the pixels are not the border's grey). The dark sky of a night photograph or the plain
+    ground around a cell passes the first test but fades into the picture: left as it is.
+    No trim (None) when less than TRIM_MIN_CUT of each side would go, or when less than
+    TRIM_MIN_KEEP of a side would stay (an image on a plain background)."""
     grey = np.asarray(image if image.mode == "L" else image.convert("L"), dtype=np.int16)
     if grey.ndim != 2 or min(grey.shape) < 3:
         return None
@@ -160,6 +170,13 @@ def trim_box(image: Image.Image, tolerance: int = TRIM_TOLERANCE,
         return None
     top, bottom = int(np.argmin(rows)), h - int(np.argmin(rows[::-1]))
     left, right = int(np.argmin(cols)), w - int(np.argmin(cols[::-1]))
+    # the picture within the border lines of every side: its pixels that clearly differ
+    inside = np.abs(grey[top:bottom, left:right] - corner) <= TRIM_STEP_TOLERANCE
+    k = TRIM_STEP_LINES
+    top = top if _band(grey[:top], inside[:k]) else 0
+    bottom = bottom if _band(grey[bottom:], inside[::-1][:k]) else h
+    left = left if _band(grey[:, :left], inside.T[:k]) else 0
+    right = right if _band(grey[:, right:], inside.T[::-1][:k]) else w
     if (w - (right - left)) < TRIM_MIN_CUT * w and (h - (bottom - top)) < TRIM_MIN_CUT * h:
         return None
     if right - left < TRIM_MIN_KEEP * w or bottom - top < TRIM_MIN_KEEP * h:
@@ -167,12 +184,27 @@ def trim_box(image: Image.Image, tolerance: int = TRIM_TOLERANCE,
     return left, top, right, bottom
 
 
+def _band(band: np.ndarray, inside: np.ndarray) -> bool:
+    """Whether the border lines of one side (their grey, ``band``) are a border: uniform (grey
+    std <= TRIM_BAND_STD) and ending in a step (one of the ``inside`` lines next to them, within
+    the other sides' border lines, has >= TRIM_STEP of its pixels off the border's grey)."""
+    if band.size == 0 or band.std() > TRIM_BAND_STD:
+        return False
+    return bool((1 - inside.mean(axis=1)).max() >= TRIM_STEP)
+
+
 def trim(image: Image.Image, tolerance: int = TRIM_TOLERANCE, passes: int = 3) -> Image.Image:
     """The image without its uniform borders: trimmed again while a border is left (a frame
-    around bars, a frame around a picture on a plain ground), at most ``passes`` times."""
+    around bars, a frame around a picture on a plain ground), at most ``passes`` times, and
+    never to less than TRIM_MIN_KEEP of a side of the image as given (a pass that would cut
+    further is not made)."""
+    width, height = image.size
     for _ in range(passes):
         box = trim_box(image, tolerance)
         if box is None:
+            break
+        left, top, right, bottom = box
+        if right - left < TRIM_MIN_KEEP * width or bottom - top < TRIM_MIN_KEEP * height:
             break
         image = image.crop(box)
     return image
