@@ -477,10 +477,13 @@ def test_run_profile_time_limit(slurm_cluster, tmp_path):
     assert run.timed_out and run.seconds < 25 + 60 + 5, _explain(run)
     assert run.run_id and len(run.jobs) == 1, _explain(run)
     assert "Terminating processes on user request" in run.output, _explain(run)
-    # the job was submitted well before the limit, so snakemake itself cancelled it
-    assert run.leftover_jobs == [], _explain(run)
+    # cancelled: by snakemake, or by run_profile's clean-up where the SIGINT came during one of the
+    # plugin's status checks (2.6.1 then cancels nothing: README, plugin pitfalls); never left
     (jid,) = run.jobs
-    assert slurm_cluster.wait_jobcomp([jid])[jid]["JobState"] == "CANCELLED"
+    assert set(run.leftover_jobs) <= {jid}, _explain(run)
+    assert slurm_cluster.wait_jobcomp([jid], timeout_s=120)[jid]["JobState"] == "CANCELLED"
+    still = subprocess.run(["squeue", "-h", "-j", jid, "-t", "PENDING,RUNNING"], capture_output=True, text=True)
+    assert not still.stdout.strip(), still.stdout
 
 
 # ---------------------------------------------------------------------------------------------
