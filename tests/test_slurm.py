@@ -768,7 +768,8 @@ def test_the_papers_structure_runs_end_to_end_through_the_profile(slurm_cluster,
     table = pd.read_parquet(tmp_path / "results" / "results" / "results.parquet")
     assert set(table.loc[table["source"] == "ours", "dataset"]) >= {"shapes", "world_captions"}
     finetuned = pd.read_parquet(tmp_path / "results" / "results" / "finetune.parquet")
-    assert len(finetuned) and finetuned["value"].notna().all(), finetuned
+    ft_log = tmp_path / "results" / "results" / "finetune_log.txt"
+    assert len(finetuned) and finetuned["value"].notna().all(), (ft_log.read_text(), finetune_log[-3000:])
     fits = pd.read_csv(tmp_path / "results" / "fit" / "ours" / "coefficients.csv")
     assert (fits["task"] == "zeroshot_classification").any()
 

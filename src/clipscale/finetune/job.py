@@ -407,7 +407,9 @@ class Trainer:
                     batch = next(streams[task.name])
                 except StopIteration:
                     raise FinetuneError(f"downstream set {task.name}: fewer training samples than a batch "
-                                        f"of {self.recipe.batch_size}") from None
+                                        f"of {self.recipe.batch_size} (its training split holds "
+                                        f"{self.n_train} over all sets, split over {self.ranks.world} "
+                                        f"process(es))") from None
                 self.sched.step_update(num_updates=self.step)
                 loss = self._train_step(task, batch)
                 self.step += 1
