@@ -152,3 +152,20 @@ def test_retries_cover_the_expected_windows_of_the_paper_grid():
     windows = {run.name: resources.expected_windows(paper, run) for run in grid.runs(paper)}
     assert resources.train_retries(paper) == max(windows.values()) > 1
     assert resources.train_retries(config_mod.load("config/config.yaml")) == 1
+
+
+def test_a_fine_tuning_job_refuses_while_another_live_job_owns_its_folder(tmp_path):
+    """A second fine-tuning job for one checkpoint and protocol (a restarted Snakemake while the
+    first job still runs) stops before it touches the folder: no failed result over the first's."""
+    from clipscale.finetune import FinetuneError, run_job
+
+    out = tmp_path / "vit-xs" / "3k" / "2k" / "classification" / "result.json"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ownership.claim(out.parent, "fine-tuning", {**job(None, proc.pid), "pid_start": ownership._start_time(proc.pid)})
+        with pytest.raises(FinetuneError, match=rf"owned by another job .*process {proc.pid} on this host is running"):
+            run_job({}, "vit-xs", "3k", "2k", "classification", out)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["owner.json"]

@@ -696,10 +696,23 @@ def run_job(config: dict, model: str, scale: str, samples: str, protocol: str, o
     resumes from its saved place). A job stopped by a signal (the walltime, Ctrl-C, scancel)
     saved its place and fails, for Snakemake to start it again; so does a launched job whose
     processes died without a reason (killed)."""
+    from clipscale import ownership
+
+    output = Path(output)
+    try:  # before anything in the folder is touched (state.pt, the result, config.json)
+        claim = ownership.claim(output.parent, f"fine-tuning {model}/{scale}/{samples} {protocol}")
+    except ownership.OwnedElsewhere as e:  # no failed result: the folder's files are the owner's
+        raise FinetuneError(str(e)) from None
+    try:
+        return _run_job(config, model, scale, samples, protocol, output, run_record, threads, log_file)
+    finally:
+        ownership.release(output.parent, claim)
+
+
+def _run_job(config, model, scale, samples, protocol, output: Path, run_record, threads, log_file) -> dict:
     from clipscale.finetune import plan
     from clipscale.finetune.results import write_failure
 
-    output = Path(output)
     if plan.world_size(config) == 1:
         try:
             return finetune_checkpoint(config, model, scale, samples, protocol, output, run_record=run_record,
