@@ -4,6 +4,8 @@ import json
 import os
 import runpy
 import shutil
+import subprocess
+import sys
 import tarfile
 import tracemalloc
 from pathlib import Path
@@ -397,3 +399,17 @@ def test_a_pool_without_duplicates_indexes_and_subsets_as_before(index, in_tmp):
     m = subsets.write_subset(index, "M", 250, 0, "M")
     assert [e["partial"] for e in m["shards"]] == [False, False, True]
     assert all("duplicates" not in e for e in m["shards"])
+
+
+def test_index_pool_command_prints_the_problems_of_each_shard(in_tmp):
+    """`clipscale index-pool` says what the rule's log says: a copied shard's keys are duplicates."""
+    pool = in_tmp / "pool"
+    with ShardWriter(pool / "00000.tar") as w:
+        for i in range(20):
+            w.write(f"k{i:04d}", {"jpg": b"x" * 1000, "txt": "a caption"})
+    shutil.copy(pool / "00000.tar", pool / "00001.tar")
+    proc = subprocess.run([str(Path(sys.executable).with_name("clipscale")), "index-pool", str(pool), "--out", "i.parquet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 shards, 40 readable samples, 20 distinct samples, 20 duplicates left out" in proc.stdout
+    assert "00001.tar" in proc.stderr and "20 samples repeat keys of 00000.tar" in proc.stderr, proc.stderr

@@ -44,11 +44,13 @@ def _make_world(a) -> int:
 
 
 def _index_pool(a) -> int:
-    from clipscale.subsets import build_index
+    from clipscale.subsets import build_index, pool_problems, pool_summary
 
-    index = build_index(a.pool)
+    index = build_index(a.pool, workers=a.workers)
     index.to_parquet(a.out, index=False)
-    print(f"{len(index)} shards, {int(index['n_samples'].sum())} samples -> {a.out}")
+    print(f"{pool_summary(index)} -> {a.out}")
+    for line in pool_problems(index):  # the shards' problems, as the rule's log lists them
+        print(f"shard {line}", file=sys.stderr)
     return 0
 
 
@@ -160,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index-pool", help="count the samples of each shard of a pool directory")
     p.add_argument("pool")
     p.add_argument("--out", default="pool_index.parquet")
+    p.add_argument("--workers", type=int, default=1, help="processes scanning shards (default 1)")
     p.set_defaults(func=_index_pool)
 
     p = sub.add_parser("subset", help="write one nested subset (shard manifest) of a pool")

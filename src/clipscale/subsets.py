@@ -210,6 +210,13 @@ def pool_problems(index: pd.DataFrame) -> list[str]:
     return [f"{row.path}: {row.problem}" for row in bad.itertuples()]
 
 
+def pool_summary(index: pd.DataFrame) -> str:
+    """One line on a pool index: shards, readable, distinct and duplicate samples, parquets."""
+    return (f"pool: {len(index)} shards, {int(index['n_readable'].sum())} readable samples, "
+            f"{int(index['n_samples'].sum())} distinct samples, {int(index['n_duplicates'].sum())} duplicates "
+            f"left out (parquets: {int(index['n_parquet'].sum())}); {len(pool_problems(index))} shards with problems")
+
+
 def shard_order(index: pd.DataFrame, seed: int) -> list[int]:
     """The seeded random order of the pool's shards shared by every scale."""
     ordered = index.sort_values("shard").reset_index(drop=True)

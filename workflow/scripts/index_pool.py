@@ -2,15 +2,13 @@
 import logging
 
 from clipscale.logs import job_logging
-from clipscale.subsets import build_index, pool_problems
+from clipscale.subsets import build_index, pool_problems, pool_summary
 
 with job_logging(snakemake.log[0]):  # noqa: F821
     sm = snakemake  # noqa: F821
     # params.pool: the pool directory (a user's pool is no input file: see pool_input)
     index = build_index(sm.params.pool, workers=sm.threads)
     index.to_parquet(sm.output[0], index=False)
-    logging.info("pool: %d shards, %d readable samples, %d distinct samples, %d duplicates left out "
-                 "(parquets: %d)", len(index), index["n_readable"].sum(), index["n_samples"].sum(),
-                 index["n_duplicates"].sum(), index["n_parquet"].sum())
+    logging.info("%s", pool_summary(index))
     for line in pool_problems(index):
         logging.warning("shard %s", line)
