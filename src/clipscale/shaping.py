@@ -149,11 +149,20 @@ def finetune(config: Mapping, protocol: str, model: str, scale: str) -> dict:
         "pool": {"name": config["pool"].get("name")},
         "scales": {scale: config["scales"][scale]} if scale in config["scales"] else {},
         "models": {model: config["models"][model]} if model in config["models"] else {},
-        "finetune": {"protocol": protocol, protocol: _without(ft[protocol], ("recipe",)),
-                     "recipe": plan.recipe_settings(config, protocol, model)},
+        "finetune": {"protocol": protocol, **_finetune_protocol(ft, protocol),
+                     "recipe": plan.recipe_settings(config, protocol, model),
+                     **({"intermediate": {"dataset": ft["intermediate"]["dataset"],
+                                          "recipe": plan.intermediate_settings(config, model)}}
+                        if protocol == "classification_in12k" else {})},
         "downstream": {d: {"dir": plan.dataset_dir(config, d),
                            **_without(downstream.get(d, {}), ("group", "dedup", "tasks"))} for d in sets},
     })
+
+
+def _finetune_protocol(ft: Mapping, protocol: str) -> dict:
+    """A fine-tuning protocol's own settings (classification_in12k: classification's)."""
+    name = "classification" if protocol == "classification_in12k" else protocol
+    return {name: _without(ft[name], ("recipe",))}
 
 
 def downstream_groups(config: Mapping) -> dict:
