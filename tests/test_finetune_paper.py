@@ -258,3 +258,19 @@ def test_a_robustness_set_of_a_subset_of_the_classes_predicts_among_them(tmp_pat
     assert job.class_columns(main, task("sub", ["blue", "red"])) == [2, 0]
     with pytest.raises(job.FinetuneError, match="robustness set other has other classes than main: 'pink'"):
         job.class_columns(main, task("other", ["red", "pink"]))
+
+
+def test_the_fine_tuning_sets_paths_are_checked_before_any_job(tmp_path, monkeypatch, capsys, paper):
+    """config/paper.yaml's ImageNet-ReaL and ImageNet-12k folders (finetune.sets): checked with
+    the other paths; a folder without class names is named too."""
+    from clipscale.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["check-config", str(REPO / "config" / "paper.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "finetune.sets.imagenet-real.path: data/wds/imagenet-real does not exist" in err
+    assert "finetune.sets.imagenet12k.path: data/wds/imagenet12k does not exist" in err
+    (tmp_path / "data" / "wds" / "imagenet12k").mkdir(parents=True)
+    assert plan.path_problems(paper)[-2:] == [
+        "finetune.sets.imagenet12k.path: data/wds/imagenet12k has no classnames.txt",
+        "finetune.sets.imagenet12k.path: data/wds/imagenet12k has no zeroshot_classification_templates.txt"]

@@ -3,16 +3,24 @@
 * ``classification`` (ImageNet-style, the paper's Table 9): the image encoder and a head
   initialised from the zero-shot classifier are fine-tuned on the main set's train split with the
   recipe (``clipscale.finetune.recipe``), then evaluated (the EMA weights when the recipe keeps an
-  EMA) on its test split and its robustness sets, which share its classes. Rows: task
-  ``finetune``, metric ``imagenet_ft_acc1``, as the paper's Table 9.
+  EMA) on its test split and its robustness sets with its head (restricted to a set's classes
+  when it holds a subset of them: ImageNet-A, -R; a test sample with a ``labels.json`` list,
+  ImageNet-ReaL's, is right when the top class is in it). Rows: task ``finetune``, metric
+  ``imagenet_ft_acc1``, as the paper's Table 9.
+* ``classification_in12k``: the same after an intermediate step (``finetune.intermediate``, the
+  paper's ImageNet-12k with Table 11's recipe; its own saved place ``state_intermediate.pt``)
+  whose EMA encoder the ImageNet step starts from; metric ``imagenet_ft_acc1_in12k``.
 * ``patching`` (the paper's Tables 7-8, after Ilharco et al. 2022): the image encoder is
   fine-tuned jointly on several tasks, one task's batch per step in turn, each task's head fixed
   to its zero-shot classifier; then theta = (1 - a) theta_zero-shot + a theta_fine-tuned for a in
   0, 0.1, ..., 1, and the a that maximises the tasks' mean accuracy while the control task (the
   main set, ImageNet in the paper) stays within ``control_tolerance`` points of the zero-shot
-  model. As the paper reports it, a is chosen on the test splits (no validation split). Rows per
-  task and the control: ``patching``/``zeroshot_acc1`` (a = 0), ``finetune``/``ft_acc1``
-  (a = 1), ``patching``/``patched_acc1`` (the chosen a); the whole sweep is in the result file.
+  model. As Ilharco et al., a is chosen on validation splits carved from the train splits
+  (``finetune.patching.validation``: 10%, at most 5,000 samples, drawn from the seed; the joint
+  fine-tuning trains on the rest), and the test splits are evaluated at a = 0, the chosen a and
+  1 (fraction 0: a chosen on the test splits). Rows per task and the control:
+  ``patching``/``zeroshot_acc1`` (a = 0), ``finetune``/``ft_acc1`` (a = 1),
+  ``patching``/``patched_acc1`` (the chosen a); the whole sweep is in the result file.
 
 Data parallel: the job's processes (``finetune.nproc`` per node on ``finetune.nodes`` nodes,
 started by ``launch`` as training starts its ranks: torchrun on one node, srun across nodes) each

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Mapping
 
 from clipscale import config as config_mod
@@ -256,4 +257,24 @@ def _selection_problems(config: Mapping, sel: Mapping) -> list[str]:
                        f"them out): nothing would be fine-tuned")
     except ConfigError as e:
         out.append(f"finetune.runs.samples_seen: {e}")
+    return out
+
+
+def path_problems(config: Mapping) -> list[str]:
+    """finetune.sets' folders that a protocol of the config reads (when fine-tuning is on):
+    missing, or without the class names and templates its head is made of."""
+    ft = section(config)
+    if not ft["enabled"]:
+        return []
+    used = {name for protocol in ft["protocols"] for name in datasets(config, protocol)}
+    out = []
+    for name, spec in ft.get("sets", {}).items():
+        if name not in used:
+            continue
+        root = Path(spec["path"])
+        if not root.is_dir():
+            out.append(f"finetune.sets.{name}.path: {root} does not exist")
+            continue
+        out += [f"finetune.sets.{name}.path: {root} has no {f}" for f in
+                ("classnames.txt", "zeroshot_classification_templates.txt") if not (root / f).is_file()]
     return out
