@@ -44,6 +44,7 @@ def _config(world: Path) -> dict:
                        "patching": {"tasks": ["colours", "digits"], "control": "shapes", "alphas": 6},
                        # classification_in12k's intermediate step: digits stands in for ImageNet-12k
                        "intermediate": {"dataset": "digits", "recipe": {"epochs": 1, "warmup_epochs": 0.5}},
+                       "classification": {"high_res": {"vit-xs": 48}},  # the ..._hires protocols: 48 px
                        "recipe": {"batch_size": 16, "epochs": 2, "warmup_epochs": 0.5, "ema": 0.9, "hflip": 0.0,
                                   "crop_scale": [0.8, 1.0], "rand_augment": "rand-m3-n1-mstd101-inc1",
                                   "random_erase": 0.1}}
@@ -342,14 +343,35 @@ def test_fine_tuning_makes_its_own_table_and_its_log_lists_a_failed_job(results,
         str(failed), str(tmp_path / "vit-m" / "3k" / "2k" / "classification" / "result.json")]
     df = ft_results.aggregate(cfg, files, tmp_path / "ft.parquet", tmp_path / "ft.csv", tmp_path / "ft_log.txt")
     assert set(df["task"]) == {"finetune", "patching"}
-    assert set(df[df["task"] == "finetune"]["metric"]) == {"imagenet_ft_acc1", "imagenet_ft_acc1_in12k", "ft_acc1"}
+    assert set(df[df["task"] == "finetune"]["metric"]) == {
+        "imagenet_ft_acc1", "imagenet_ft_acc1_in12k", "imagenet_ft_acc1_48px", "imagenet_ft_acc1_48px_in12k", "ft_acc1"}
     assert (df["error"] == 1 - df["value"] / 100).all() and (df["source"] == "ours").all()
     log_text = (tmp_path / "ft_log.txt").read_text()
-    assert "# fine-tuning jobs expected: 5; ok: 3, failed: 1, missing: 1, unreadable: 0" in log_text
+    assert "# fine-tuning jobs expected: 7; ok: 5, failed: 1, missing: 1, unreadable: 0" in log_text
     assert ("FAILED     fine-tuning vit-s/3k/2k patching: FinetuneError: no decodable test image"
             in log_text)
     assert "MISSING    fine-tuning vit-m/3k/2k classification" in log_text
     assert len(pd.read_csv(tmp_path / "ft.csv")) == len(df)
+
+
+def test_classification_at_a_larger_image_size(results, setup, in_root):
+    """The ..._hires protocols: vit-xs (32 px, patches of 8: 16 + 1 positions) fine-tuned at
+    finetune.classification.high_res's 48 px (36 + 1 positions, interpolated from the
+    checkpoint's); the intermediate step of classification_in12k_hires at the checkpoint's 32 px;
+    metrics imagenet_ft_acc1_48px[_in12k], the published Table 9's names."""
+    for protocol, metric in (("classification_hires", "imagenet_ft_acc1_48px"),
+                             ("classification_in12k_hires", "imagenet_ft_acc1_48px_in12k")):
+        res = results[protocol]
+        assert {(r["dataset"], r["metric"]) for r in res["rows"]} == {("shapes", metric), ("shapes_shifted", metric)}
+        assert res["image_size"] == 48 and all(0 <= r["value"] <= 100 for r in res["rows"])
+        out = Path(plan.result_path(plan.runs(setup[1])[0], protocol))
+        state = torch.load(out.parent / "state.pt", weights_only=True)
+        assert state["model"]["visual.positional_embedding"].shape[0] == 37, protocol
+    first = torch.load(Path(plan.result_path(plan.runs(setup[1])[0], "classification_in12k_hires")).parent
+                       / "state_intermediate.pt", weights_only=True)
+    assert first["model"]["visual.positional_embedding"].shape[0] == 17
+    assert results["classification_in12k_hires"]["intermediate"]["steps"] == results["classification_in12k"][
+        "intermediate"]["steps"]
 
 
 def test_a_failing_job_writes_its_reason_as_its_result(in_root, tmp_path):

@@ -142,8 +142,19 @@ def test_table_9s_robustness_sets_with_imagenet_real(paper):
     assert plan.datasets(paper, "classification") == table9
     assert "objectnet" not in plan.datasets(paper, "classification")
     assert plan.dataset_dir(paper, "imagenet-real") == paper["finetune"]["sets"]["imagenet-real"]["path"]
+    # every LAION-2B row of Table 9 (image size x ImageNet-12k step) is a protocol of paper.yaml
+    table9 = pd.read_csv(reference.REFERENCE_DIR / reference.FINETUNE_IMAGENET)
+    ours = {(m, plan.classification_metric(paper, p, m)) for m in PAPER_MODELS for p in paper["finetune"]["protocols"]
+            if p.startswith("classification")}
+    labels = {paper["models"][m]["label"]: m for m in PAPER_MODELS}
     published = set(reference.load_finetune()["metric"])
-    assert set(plan.CLASSIFICATION_METRICS.values()) <= published
+    rows = table9[table9["data"] == "LAION-2B"]
+    assert len(rows) == 13
+    for model, size, extra in zip(rows["model"], rows["image_size"], rows["extra_ft"]):
+        metric = "imagenet_ft_acc1" + ("" if size == 224 else f"_{size}px") + ("_in12k" if extra == "IN-12k" else "")
+        assert (labels[model], metric) in ours and metric in published, (model, size, extra)
+    assert paper["finetune"]["classification"]["high_res"] == {"ViT-B-32": 384, "ViT-B-16": 384, "ViT-L-14": 336,
+                                                               "ViT-H-14": 336}
 
 
 def test_patching_is_ilharco_et_als_validation_split_and_gradient_clipping(paper, small_world):

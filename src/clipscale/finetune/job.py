@@ -10,6 +10,10 @@
 * ``classification_in12k``: the same after an intermediate step (``finetune.intermediate``, the
   paper's ImageNet-12k with Table 11's recipe; its own saved place ``state_intermediate.pt``)
   whose EMA encoder the ImageNet step starts from; metric ``imagenet_ft_acc1_in12k``.
+* ``classification_hires``, ``classification_in12k_hires``: the two at a larger image size
+  (``finetune.classification.high_res``, per model: Table 9's 384 px for ViT-B, 336 px for
+  ViT-L/H), the model made for that size and its position embeddings interpolated (the
+  intermediate step at the checkpoint's size); metrics ``imagenet_ft_acc1_<size>px[_in12k]``.
 * ``patching`` (the paper's Tables 7-8, after Ilharco et al. 2022): the image encoder is
   fine-tuned jointly on several tasks, one task's batch per step in turn, each task's head fixed
   to its zero-shot classifier; then theta = (1 - a) theta_zero-shot + a theta_fine-tuned for a in
@@ -68,7 +72,8 @@ from clipscale.finetune import recipe as rc
 log = logging.getLogger("clipscale.finetune")
 
 RESULT_FORMAT = 1
-PROTOCOLS = ("classification", "classification_in12k", "patching")
+PROTOCOLS = ("classification", "classification_in12k", "classification_hires", "classification_in12k_hires",
+             "patching")
 IMAGE_KEYS = "jpg;jpeg;png;webp"
 
 
@@ -600,18 +605,38 @@ class Loaded:
     std: tuple
 
     @classmethod
-    def load(cls, name: str, path: str, device: str) -> "Loaded":
+    def load(cls, name: str, path: str, device: str, image_size: int | None = None) -> "Loaded":
+        """The checkpoint as clip_benchmark loads it (weights only); at another ``image_size``
+        (Table 9's 336/384 px rows) the model made for that size (open_clip's
+        ``force_image_size``), its position embeddings interpolated from the checkpoint's
+        (open_clip's ``resize_pos_embed``: bicubic), its evaluation transform at that size."""
         import open_clip
 
         from clipscale.evaluate.benchmark import Model
 
-        m = Model.load(name, path, device, amp=False)  # as clip_benchmark loads it (weights only)
-        size = m.model.visual.image_size
+        if image_size:
+            model, _, transform = open_clip.create_model_and_transforms(name, pretrained=path,
+                                                                        force_image_size=image_size)
+            model = model.to(device).eval()
+            clip, tokenizer = model, open_clip.get_tokenizer(name)
+        else:
+            m = Model.load(name, path, device, amp=False)
+            clip, transform, tokenizer = m.model, m.transform, m.tokenizer
+        size = clip.visual.image_size
         size = size[0] if isinstance(size, (tuple, list)) else int(size)
-        cfg = getattr(m.model.visual, "preprocess_cfg", {}) or {}
+        cfg = getattr(clip.visual, "preprocess_cfg", {}) or {}
         mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
-        return cls(m.model, m.transform, m.tokenizer, size, mean, std)
+        return cls(clip, transform, tokenizer, size, mean, std)
+
+    def resized(self, visual_state: Mapping) -> dict:
+        """Image encoder weights of another image size (an intermediate step's at the
+        checkpoint's size) with their position embeddings interpolated to this model's grid."""
+        from open_clip.model import resize_pos_embed
+
+        state = {f"visual.{k}": v for k, v in visual_state.items()}
+        resize_pos_embed(state, self.clip)
+        return {k.removeprefix("visual."): v for k, v in state.items()}
 
     def classifier(self, tasks: list[TaskData], device: str, train_heads: bool) -> rc.Classifier:
         import copy
@@ -828,8 +853,10 @@ def _finetune(config: dict, model: str, scale: str, samples: str, protocol: str,
                 "train": {n: str(sets[n].root) for n in trained_on}}
     if protocol == "patching":
         settings["validation"] = validation if validation["fraction"] > 0 else None
+    if plan.image_size(config, protocol, model):
+        settings["image_size"] = plan.image_size(config, protocol, model)
     fp_intermediate = None
-    if protocol == "classification_in12k":
+    if plan.with_intermediate(protocol):
         inter = ft["intermediate"]["dataset"]
         fp_intermediate = fingerprint({"protocol": "intermediate", "recipe": plan.intermediate_settings(config, model),
                                        "seed": seed, "train": {inter: str(sets[inter].root)}}, stamp(info.path))
@@ -837,24 +864,39 @@ def _finetune(config: dict, model: str, scale: str, samples: str, protocol: str,
     fp = fingerprint(settings, stamp(info.path))
     models.register(config)
     t0 = time.time()
-    loaded = Loaded.load(info.model, info.path, device)
+    size = plan.image_size(config, protocol, model)
+    # the intermediate step runs at the checkpoint's size, the rest at the protocol's
+    loaded = Loaded.load(info.model, info.path, device, image_size=None if plan.with_intermediate(protocol) else size)
     log.info("%s: %s fine-tuning of %s (%s) on %s", run.name, protocol, info.path, info.label, device)
     common = dict(device=device, seed=seed, state_path=output.parent / "state.pt", fp=fp,
                   save_minutes=ft["save_minutes"], ranks=ranks, micro_batch=plan.micro_batch_size(config, model))
+    micro_hires = common["micro_batch"]
+    if size and micro_hires:  # micro-batches sized at the checkpoint's size: as many pixels (tokens) at this one
+        import open_clip
+
+        native = open_clip.get_model_config(info.model)["vision_cfg"]["image_size"]
+        native = native[0] if isinstance(native, (tuple, list)) else int(native)
+        micro_hires = max(1, micro_hires * native * native // (size * size))
     if protocol.startswith("classification"):
         names = plan.datasets(config, "classification")
-        extra = {}
-        if protocol == "classification_in12k":
+        extra, start = {}, None
+        if plan.with_intermediate(protocol):  # at the checkpoint's image size
             inter = ft["intermediate"]["dataset"]
             log.info("%s: the intermediate step on %s first (finetune.intermediate)", run.name, inter)
             start, step = run_intermediate(loaded, rc.Recipe.of(plan.intermediate_settings(config, model)), sets[inter],
                                            **{**common, "state_path": output.parent / "state_intermediate.pt",
                                               "fp": fp_intermediate})
             extra = {"intermediate": {**step, "recipe": plan.intermediate_settings(config, model)}}
-        else:
-            start = None
+        if size:
+            if start is not None:
+                loaded = Loaded.load(info.model, info.path, device, image_size=size)
+                start = loaded.resized(start)
+            log.info("%s: fine-tuning at %d px (position embeddings interpolated), micro-batches of at most %s",
+                     run.name, loaded.image_size, micro_hires)
+            extra.update(image_size=loaded.image_size, micro_batch_size=micro_hires)
         out = run_classification(loaded, recipe, sets[names[0]], [sets[n] for n in names[1:]],
-                                 metric=plan.CLASSIFICATION_METRICS[protocol], start=start, **common)
+                                 metric=plan.classification_metric(config, protocol, model), start=start,
+                                 **{**common, "micro_batch": micro_hires})
         out.update(extra)
     else:
         p = ft["patching"]
@@ -864,7 +906,7 @@ def _finetune(config: dict, model: str, scale: str, samples: str, protocol: str,
               "target": {"model": model, "scale": scale, "samples": samples, "protocol": protocol},
               "row": table_row(info), "checkpoint_path": info.path,
               "fingerprint": fp, "recipe": plan.recipe_settings(config, protocol, model), **out, "device": device,
-              "processes": ranks.world, "micro_batch_size": plan.micro_batch_size(config, model),
+              "processes": ranks.world, "micro_batch_size": out.get("micro_batch_size", plan.micro_batch_size(config, model)),
               "precision": "bf16 autocast" if ranks.bf16 else "fp32", "seconds": round(time.time() - t0, 2),
               "finished": datetime.datetime.now().isoformat(timespec="seconds")}
     if ranks.rank != 0:

@@ -16,10 +16,35 @@ from clipscale.config import ConfigError, parse_count
 log = logging.getLogger("clipscale.finetune")
 
 #: classification_in12k: the classification protocol after an intermediate fine-tuning step
-#: (finetune.intermediate: the paper's ImageNet-12k step of Table 11), its own metric
-PROTOCOLS = ("classification", "classification_in12k", "patching")
-#: the metric of each classification protocol's rows (the published Table 9's names)
-CLASSIFICATION_METRICS = {"classification": "imagenet_ft_acc1", "classification_in12k": "imagenet_ft_acc1_in12k"}
+#: (finetune.intermediate: the paper's ImageNet-12k step of Table 11); ..._hires: at the model's
+#: larger image size (finetune.classification.high_res: Table 9's 336/384 px rows); each its own
+#: metric, the published Table 9's name (imagenet_ft_acc1[_<size>px][_in12k])
+PROTOCOLS = ("classification", "classification_in12k", "classification_hires", "classification_in12k_hires",
+             "patching")
+CLASSIFICATION_METRIC = "imagenet_ft_acc1"
+
+
+def with_intermediate(protocol: str) -> bool:
+    return protocol.startswith("classification_in12k")
+
+
+def image_size(config: Mapping, protocol: str, model: str) -> int | None:
+    """The image size a classification protocol fine-tunes a model at: its
+    finetune.classification.high_res entry for the ..._hires protocols, else None (the
+    checkpoint's)."""
+    if not protocol.endswith("_hires"):
+        return None
+    sizes = section(config)["classification"]["high_res"]
+    if model not in sizes:
+        raise ConfigError(f"finetune.classification.high_res: no image size for {model} ({protocol})")
+    return int(sizes[model])
+
+
+def classification_metric(config: Mapping, protocol: str, model: str) -> str:
+    """The metric of a classification protocol's rows: imagenet_ft_acc1, then _<size>px at a
+    larger image size, then _in12k after the intermediate step (the published names)."""
+    size = image_size(config, protocol, model)
+    return CLASSIFICATION_METRIC + (f"_{size}px" if size else "") + ("_in12k" if with_intermediate(protocol) else "")
 
 
 @dataclass(frozen=True)
@@ -128,8 +153,9 @@ def datasets(config: Mapping, protocol: str) -> list[str]:
     ft = section(config)
     if protocol == "classification":
         return [ft["classification"]["dataset"], *ft["classification"]["robustness"]]
-    if protocol == "classification_in12k":
-        return [*datasets(config, "classification"), ft["intermediate"]["dataset"]]
+    if protocol.startswith("classification_"):
+        return [*datasets(config, "classification"), *([ft["intermediate"]["dataset"]]
+                                                       if with_intermediate(protocol) else [])]
     return [*ft["patching"]["tasks"], ft["patching"]["control"]]
 
 
@@ -213,7 +239,7 @@ def problems(config: Mapping) -> list[str]:
     for protocol in ft["protocols"]:
         for m in config["models"]:
             recipes = [(protocol, recipe_settings(config, protocol, m))]
-            if protocol == "classification_in12k":
+            if with_intermediate(protocol):
                 recipes.append(("its intermediate step", intermediate_settings(config, m)))
             for what, settings in recipes:
                 if settings["ema"] > 0 and settings["ema_warmup_epochs"] > settings["epochs"]:
@@ -227,6 +253,12 @@ def problems(config: Mapping) -> list[str]:
                                f"process needs a share of every batch")
     if not ft["enabled"]:
         return out
+    hires = [p for p in ft["protocols"] if p.endswith("_hires")]
+    if hires:
+        lacking = sorted({r.model for r in runs(config)} - set(ft["classification"]["high_res"]))
+        if lacking:
+            out.append(f"finetune.classification.high_res: no image size for {lacking} (protocols {hires} "
+                       f"fine-tune them at it)")
     own = ft.get("sets", {})
     for protocol in ft["protocols"]:
         for name in datasets(config, protocol):
