@@ -40,8 +40,11 @@ def _config(world: Path) -> dict:
                          for name in SETS}
     cfg["downstream"]["shapes"]["group"] = "main"  # the main set (the bottleneck figures')
     cfg["evaluate"] = {"device": "cpu", "batch_size": 64}
-    cfg["finetune"] = {"enabled": True, "device": "cpu",
+    cfg["finetune"] = {"enabled": True, "device": "cpu", "protocols": list(plan.PROTOCOLS),
                        "patching": {"tasks": ["colours", "digits"], "control": "shapes", "alphas": 6},
+                       # classification_in12k's intermediate step: digits stands in for ImageNet-12k
+                       "intermediate": {"dataset": "digits", "recipe": {"epochs": 1, "warmup_epochs": 0.5}},
+                       "classification": {"high_res": {"vit-xs": 48}},  # the ..._hires protocols: 48 px
                        "recipe": {"batch_size": 16, "epochs": 2, "warmup_epochs": 0.5, "ema": 0.9, "hflip": 0.0,
                                   "crop_scale": [0.8, 1.0], "rand_augment": "rand-m3-n1-mstd101-inc1",
                                   "random_erase": 0.1}}
@@ -258,13 +261,44 @@ def test_classification_fine_tunes_and_evaluates_the_main_set_and_its_robustness
     rows = {(r["task"], r["dataset"], r["metric"]): r["value"] for r in res["rows"]}
     assert set(rows) == {("finetune", "shapes", "imagenet_ft_acc1"), ("finetune", "shapes_shifted", "imagenet_ft_acc1")}
     assert all(0 <= v <= 100 for v in rows.values())
-    assert res["steps"] == rc.Recipe.of(plan.recipe_settings(setup[1], "classification", "vit-xs")).steps(24)
+    recipe = rc.Recipe.of(plan.recipe_settings(setup[1], "classification", "vit-xs"))
+    assert res["steps"] == recipe.steps(24)
+    assert res["ema_decay"] == {"first": 0.9, "last": 0.9}  # the stated decay from the first step
     assert res["row"]["model"] == "ViT-XS" and res["row"]["samples_seen"] == 2000
     assert res["skipped"]["train"] == 0 and res["skipped"]["test"] == 0
 
 
+def test_classification_after_an_intermediate_step(results, setup, in_root):
+    """classification_in12k: the intermediate set (digits standing in for ImageNet-12k) with its
+    recipe first, its own saved place, then the classification recipe from its weights; rows of
+    metric imagenet_ft_acc1_in12k (the published Table 9's name). The second step starts from
+    the first's weights, not the checkpoint's."""
+    from clipscale.finetune import job
+
+    res = results["classification_in12k"]
+    rows = {(r["dataset"], r["metric"]) for r in res["rows"]}
+    assert rows == {("shapes", "imagenet_ft_acc1_in12k"), ("shapes_shifted", "imagenet_ft_acc1_in12k")}
+    step = res["intermediate"]
+    n_digits = job.TaskData("digits", Path(setup[1]["downstream"]["digits"]["path"])).count("train")
+    inter = rc.Recipe.of(plan.intermediate_settings(setup[1], "vit-xs"))
+    assert (step["dataset"], step["steps"], step["train_samples"]) == ("digits", inter.steps(n_digits), n_digits)
+    assert res["steps"] == results["classification"]["steps"]
+    out = Path(plan.result_path(plan.runs(setup[1])[0], "classification_in12k"))
+    first = torch.load(out.parent / "state_intermediate.pt", weights_only=True)
+    assert first["done"] and first["step"] == step["steps"]
+    # stage two's first step began from the intermediate EMA: its saved first loss differs from
+    # classification's, which began from the checkpoint (same data, same seed)
+    second = torch.load(out.parent / "state.pt", weights_only=True)
+    plain = torch.load(Path(plan.result_path(plan.runs(setup[1])[0], "classification")).parent / "state.pt",
+                       weights_only=True)
+    assert second["losses"][0] != pytest.approx(plain["losses"][0], abs=1e-6)
+
+
 def test_patching_at_0_is_clip_benchmarks_zero_shot_and_the_sweep_is_recorded(results, in_root):
+    """a is chosen on the validation splits (10% of each training split: the joint fine-tuning
+    trains on the rest), the rows are the test splits' at a = 0, the chosen a and 1."""
     from clipscale import evaluate as E
+    from clipscale.finetune import job
 
     root, cfg = in_root
     res = results["patching"]
@@ -273,9 +307,18 @@ def test_patching_at_0_is_clip_benchmarks_zero_shot_and_the_sweep_is_recorded(re
     assert chosen["control"] >= res["sweep"][0]["control"] - 1.0
     assert all(p["tasks_mean"] <= chosen["tasks_mean"] for p in res["sweep"]
                if p["control"] >= res["sweep"][0]["control"] - 1.0)
+    assert res["alpha_chosen_on"] == "validation"
+    sizes = {d: len(job.TaskData(d, Path(cfg["downstream"][d]["path"])).members("train"))
+             for d in ("colours", "digits", "shapes")}
+    assert res["validation_samples"] == {d: int(0.1 * n) for d, n in sizes.items()}
+    assert res["train_samples"] == sum(n - int(0.1 * n) for d, n in sizes.items() if d != "shapes")
+    test = {p["alpha"]: p["accuracy"] for p in res["test_accuracy"]}
+    assert set(test) == {0.0, res["alpha"], 1.0}
     rows = {(r["task"], r["dataset"], r["metric"]): r["value"] for r in res["rows"]}
     for d in ("colours", "digits", "shapes"):
         assert {("patching", d, "zeroshot_acc1"), ("finetune", d, "ft_acc1"), ("patching", d, "patched_acc1")} <= set(rows)
+        assert (rows[("patching", d, "zeroshot_acc1")], rows[("finetune", d, "ft_acc1")],
+                rows[("patching", d, "patched_acc1")]) == (test[0.0][d], test[1.0][d], test[res["alpha"]][d])
     # the fixed heads are clip_benchmark's zero-shot classifiers: at a = 0 the same accuracy
     ev = copy.deepcopy(cfg)
     ev["downstream"] = {d: {**cfg["downstream"][d], "tasks": ["zeroshot_classification"]} for d in ("colours", "shapes")}
@@ -300,14 +343,35 @@ def test_fine_tuning_makes_its_own_table_and_its_log_lists_a_failed_job(results,
         str(failed), str(tmp_path / "vit-m" / "3k" / "2k" / "classification" / "result.json")]
     df = ft_results.aggregate(cfg, files, tmp_path / "ft.parquet", tmp_path / "ft.csv", tmp_path / "ft_log.txt")
     assert set(df["task"]) == {"finetune", "patching"}
-    assert set(df[df["task"] == "finetune"]["metric"]) == {"imagenet_ft_acc1", "ft_acc1"}
+    assert set(df[df["task"] == "finetune"]["metric"]) == {
+        "imagenet_ft_acc1", "imagenet_ft_acc1_in12k", "imagenet_ft_acc1_48px", "imagenet_ft_acc1_48px_in12k", "ft_acc1"}
     assert (df["error"] == 1 - df["value"] / 100).all() and (df["source"] == "ours").all()
     log_text = (tmp_path / "ft_log.txt").read_text()
-    assert "# fine-tuning jobs expected: 4; ok: 2, failed: 1, missing: 1, unreadable: 0" in log_text
+    assert "# fine-tuning jobs expected: 7; ok: 5, failed: 1, missing: 1, unreadable: 0" in log_text
     assert ("FAILED     fine-tuning vit-s/3k/2k patching: FinetuneError: no decodable test image"
             in log_text)
     assert "MISSING    fine-tuning vit-m/3k/2k classification" in log_text
     assert len(pd.read_csv(tmp_path / "ft.csv")) == len(df)
+
+
+def test_classification_at_a_larger_image_size(results, setup, in_root):
+    """The ..._hires protocols: vit-xs (32 px, patches of 8: 16 + 1 positions) fine-tuned at
+    finetune.classification.high_res's 48 px (36 + 1 positions, interpolated from the
+    checkpoint's); the intermediate step of classification_in12k_hires at the checkpoint's 32 px;
+    metrics imagenet_ft_acc1_48px[_in12k], the published Table 9's names."""
+    for protocol, metric in (("classification_hires", "imagenet_ft_acc1_48px"),
+                             ("classification_in12k_hires", "imagenet_ft_acc1_48px_in12k")):
+        res = results[protocol]
+        assert {(r["dataset"], r["metric"]) for r in res["rows"]} == {("shapes", metric), ("shapes_shifted", metric)}
+        assert res["image_size"] == 48 and all(0 <= r["value"] <= 100 for r in res["rows"])
+        out = Path(plan.result_path(plan.runs(setup[1])[0], protocol))
+        state = torch.load(out.parent / "state.pt", weights_only=True)
+        assert state["model"]["visual.positional_embedding"].shape[0] == 37, protocol
+    first = torch.load(Path(plan.result_path(plan.runs(setup[1])[0], "classification_in12k_hires")).parent
+                       / "state_intermediate.pt", weights_only=True)
+    assert first["model"]["visual.positional_embedding"].shape[0] == 17
+    assert results["classification_in12k_hires"]["intermediate"]["steps"] == results["classification_in12k"][
+        "intermediate"]["steps"]
 
 
 def test_a_failing_job_writes_its_reason_as_its_result(in_root, tmp_path):
@@ -425,5 +489,5 @@ def test_a_corrupt_training_image_is_counted_and_reported(in_root, tmp_path):
             tar.addfile(info, io.BytesIO(data))
     cfg["downstream"]["colours"]["path"] = str(broken)
     res = _run(cfg, "patching", tmp_path / "out" / "result.json")
-    assert res["skipped"]["train"] >= 1
+    assert res["skipped"]["train"] + res["skipped"]["validation"] >= 1  # (wherever the split put it)
     assert any("zz_broken" in e or "Error" in e for e in res["skipped"]["examples"])

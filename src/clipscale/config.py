@@ -375,7 +375,8 @@ def _run_problems(config: dict) -> list[str]:
 
 def path_problems(config: dict) -> list[str]:
     """Every configured path, checked cheaply (existence, a few named files, a directory scan that
-    stops at the first .tar): pool.source, the downstream sets' folders, evaluate.released."""
+    stops at the first .tar): pool.source, the downstream sets' folders, finetune.sets' folders,
+    evaluate.released."""
     from clipscale import released
 
     problems = []
@@ -388,7 +389,9 @@ def path_problems(config: dict) -> list[str]:
     for name, spec in config["downstream"].items():
         if "path" in spec:
             problems += [f"downstream.{name}.path: {spec['path']}{p}" for p in downstream_problems(spec)]
-    return problems + released.path_problems(config)
+    from clipscale.finetune import plan as finetune_plan
+
+    return problems + finetune_plan.path_problems(config) + released.path_problems(config)
 
 
 def _folder_problem(path: Path) -> str | None:

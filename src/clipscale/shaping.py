@@ -149,11 +149,24 @@ def finetune(config: Mapping, protocol: str, model: str, scale: str) -> dict:
         "pool": {"name": config["pool"].get("name")},
         "scales": {scale: config["scales"][scale]} if scale in config["scales"] else {},
         "models": {model: config["models"][model]} if model in config["models"] else {},
-        "finetune": {"protocol": protocol, protocol: _without(ft[protocol], ("recipe",)),
-                     "recipe": plan.recipe_settings(config, protocol, model)},
+        "finetune": {"protocol": protocol, **_finetune_protocol(ft, protocol),
+                     "recipe": plan.recipe_settings(config, protocol, model),
+                     **({"intermediate": {"dataset": ft["intermediate"]["dataset"],
+                                          "recipe": plan.intermediate_settings(config, model)}}
+                        if plan.with_intermediate(protocol) else {}),
+                     **({"image_size": plan.image_size(config, protocol, model)}
+                        if protocol.endswith("_hires") else {})},
         "downstream": {d: {"dir": plan.dataset_dir(config, d),
                            **_without(downstream.get(d, {}), ("group", "dedup", "tasks"))} for d in sets},
     })
+
+
+def _finetune_protocol(ft: Mapping, protocol: str) -> dict:
+    """A fine-tuning protocol's own settings (every classification protocol: classification's,
+    less the image sizes of the others: its own is the job's image_size)."""
+    if protocol.startswith("classification"):
+        return {"classification": _without(ft["classification"], ("recipe", "high_res"))}
+    return {protocol: _without(ft[protocol], ("recipe",))}
 
 
 def downstream_groups(config: Mapping) -> dict:

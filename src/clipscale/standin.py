@@ -30,8 +30,9 @@ def _one_sample_tar(path: Path) -> None:
 
 
 def make(config: dict, folder: str | Path, shards: int = 40) -> dict:
-    """Write stand-ins for the configured pool (``shards`` empty NNNNN.tar) and every downstream
-    set with a path; returns the overrides {"pool": ..., "downstream": ...} to apply."""
+    """Write stand-ins for the configured pool (``shards`` empty NNNNN.tar), every downstream
+    set with a path and fine-tuning's own sets (finetune.sets); returns the overrides {"pool":
+    ..., "downstream": ..., "finetune": {"sets": ...}} to apply."""
     folder = Path(folder)
     overrides: dict = {}
     pool = dict(config["pool"])
@@ -59,6 +60,17 @@ def make(config: dict, folder: str | Path, shards: int = 40) -> dict:
         downstream[name] = {**spec, "path": str(root)}
     if downstream:
         overrides["downstream"] = {**config["downstream"], **downstream}
+    sets = {}
+    for name, spec in ((config.get("finetune") or {}).get("sets") or {}).items():  # fine-tuning's own sets
+        root = folder / "finetune" / name
+        for split in ("train", "test"):
+            (root / split).mkdir(parents=True, exist_ok=True)
+            _one_sample_tar(root / split / "0.tar")
+        (root / "classnames.txt").write_text("a\nb\n")
+        (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\n")
+        sets[name] = {**spec, "path": str(root)}
+    if sets:
+        overrides["finetune"] = {"sets": sets}
     return overrides
 
 

@@ -21,7 +21,7 @@ rule finetune:
     benchmark:
         bench_path("finetune", "{model}", "{scale}", "{samples}", "{protocol}")
     wildcard_constraints:
-        protocol="classification|patching",
+        protocol="classification|classification_in12k|classification_hires|classification_in12k_hires|patching",
     priority: cs_resources.priority(config, "finetune")
     threads: cs_resources.threads(config, "finetune")
     resources:

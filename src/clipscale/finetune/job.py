@@ -3,16 +3,28 @@
 * ``classification`` (ImageNet-style, the paper's Table 9): the image encoder and a head
   initialised from the zero-shot classifier are fine-tuned on the main set's train split with the
   recipe (``clipscale.finetune.recipe``), then evaluated (the EMA weights when the recipe keeps an
-  EMA) on its test split and its robustness sets, which share its classes. Rows: task
-  ``finetune``, metric ``imagenet_ft_acc1``, as the paper's Table 9.
+  EMA) on its test split and its robustness sets with its head (restricted to a set's classes
+  when it holds a subset of them: ImageNet-A, -R; a test sample with a ``labels.json`` list,
+  ImageNet-ReaL's, is right when the top class is in it). Rows: task ``finetune``, metric
+  ``imagenet_ft_acc1``, as the paper's Table 9.
+* ``classification_in12k``: the same after an intermediate step (``finetune.intermediate``, the
+  paper's ImageNet-12k with Table 11's recipe; its own saved place ``state_intermediate.pt``)
+  whose EMA encoder the ImageNet step starts from; metric ``imagenet_ft_acc1_in12k``.
+* ``classification_hires``, ``classification_in12k_hires``: the two at a larger image size
+  (``finetune.classification.high_res``, per model: Table 9's 384 px for ViT-B, 336 px for
+  ViT-L/H), the model made for that size and its position embeddings interpolated (the
+  intermediate step at the checkpoint's size); metrics ``imagenet_ft_acc1_<size>px[_in12k]``.
 * ``patching`` (the paper's Tables 7-8, after Ilharco et al. 2022): the image encoder is
   fine-tuned jointly on several tasks, one task's batch per step in turn, each task's head fixed
   to its zero-shot classifier; then theta = (1 - a) theta_zero-shot + a theta_fine-tuned for a in
   0, 0.1, ..., 1, and the a that maximises the tasks' mean accuracy while the control task (the
   main set, ImageNet in the paper) stays within ``control_tolerance`` points of the zero-shot
-  model. As the paper reports it, a is chosen on the test splits (no validation split). Rows per
-  task and the control: ``patching``/``zeroshot_acc1`` (a = 0), ``finetune``/``ft_acc1``
-  (a = 1), ``patching``/``patched_acc1`` (the chosen a); the whole sweep is in the result file.
+  model. As Ilharco et al., a is chosen on validation splits carved from the train splits
+  (``finetune.patching.validation``: 10%, at most 5,000 samples, drawn from the seed; the joint
+  fine-tuning trains on the rest), and the test splits are evaluated at a = 0, the chosen a and
+  1 (fraction 0: a chosen on the test splits). Rows per task and the control:
+  ``patching``/``zeroshot_acc1`` (a = 0), ``finetune``/``ft_acc1`` (a = 1),
+  ``patching``/``patched_acc1`` (the chosen a); the whole sweep is in the result file.
 
 Data parallel: the job's processes (``finetune.nproc`` per node on ``finetune.nodes`` nodes,
 started by ``launch`` as training starts its ranks: torchrun on one node, srun across nodes) each
@@ -37,6 +49,7 @@ images are skipped, counted and reported in the result.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -59,7 +72,8 @@ from clipscale.finetune import recipe as rc
 log = logging.getLogger("clipscale.finetune")
 
 RESULT_FORMAT = 1
-PROTOCOLS = ("classification", "patching")
+PROTOCOLS = ("classification", "classification_in12k", "classification_hires", "classification_in12k_hires",
+             "patching")
 IMAGE_KEYS = "jpg;jpeg;png;webp"
 
 
@@ -74,6 +88,7 @@ class TaskData:
 
     name: str
     root: Path
+    held_out: frozenset = frozenset()  # (url, key) of training samples held out for validation
 
     def shards(self, split: str) -> list[str]:
         urls = sorted(str(p) for p in (self.root / split).glob("*.tar"))
@@ -96,18 +111,49 @@ class TaskData:
     def templates(self) -> list[str]:
         return self._lines("zeroshot_classification_templates.txt")
 
-    def count(self, split: str) -> int:
-        """Samples of a split: the labels (.cls members) in its shards' tar headers."""
-        n = 0
+    def members(self, split: str) -> list[tuple[str, str]]:
+        """The labelled samples of a split in stream order, as webdataset names them: (shard url,
+        sample key) of each .cls member in its shards' tar headers."""
+        out = []
         for url in self.shards(split):
             try:
                 with tarfile.open(url) as tar:
-                    n += sum(1 for m in tar if m.name.endswith(".cls"))
+                    out += [(url, _sample_key(m.name)) for m in tar if m.name.endswith(".cls")]
             except (tarfile.TarError, OSError) as e:
                 raise FinetuneError(f"downstream set {self.name}: shard {url} cannot be read: {e}") from None
-        if not n:
+        if not out:
             raise FinetuneError(f"downstream set {self.name}: {self.root / split} holds no labelled samples")
-        return n
+        return out
+
+    def count(self, split: str) -> int:
+        """Samples of a split: the labels (.cls members) in its shards' tar headers, less the
+        training samples held out for validation (``held_out``)."""
+        n = len(self.members(split))
+        return n - len(self.held_out) if split == "train" else n
+
+
+def _sample_key(member: str) -> str:
+    """webdataset's sample key of a tar member (its path up to the first dot of its file name)."""
+    head, _, name = member.rpartition("/")
+    return (head + "/" if head else "") + name.split(".", 1)[0]
+
+
+def validation_split(task: TaskData, fraction: float, max_samples: int, seed: int) -> frozenset:
+    """Ilharco et al.'s validation split, carved from a set's train split: ``fraction`` of its
+    samples (rounded down), at most ``max_samples``, drawn at random (from ``seed`` and the set's
+    name) as (shard url, key) pairs. Patching chooses its a on these; the joint fine-tuning
+    trains on the rest."""
+    members = task.members("train")
+    size = min(int(len(members) * fraction), max_samples)
+    if size < 1:
+        raise FinetuneError(f"downstream set {task.name}: {fraction:g} of its {len(members)} training samples is "
+                            f"no sample: too few for a validation split (finetune.patching.validation)")
+    if size >= len(members):
+        raise FinetuneError(f"downstream set {task.name}: a validation split of {size} leaves none of its "
+                            f"{len(members)} training samples to train on")
+    digest = hashlib.blake2b(f"{seed}/{task.name}/validation".encode(), digest_size=8).digest()
+    picks = np.random.default_rng(int.from_bytes(digest, "little")).permutation(len(members))[:size]
+    return frozenset(members[i] for i in sorted(picks))
 
 
 class Skipped:
@@ -133,27 +179,31 @@ def _all_shards(src, group=None):
 
 def _train_batches(task: TaskData, batch_size: int, skipped: Skipped, *, seed: int):
     """Endless batches of undecoded samples of the train split (lists of webdataset's sample
-    dicts): shards in a deterministic shuffled order, samples through a seeded buffer, the same
-    batches on every process."""
+    dicts), less its held-out validation samples: shards in a deterministic shuffled order,
+    samples through a seeded buffer, the same batches on every process."""
     import webdataset as wds
 
     urls = task.shards("train")
-    ds = (wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, handler=skipped, nodesplitter=_all_shards)
-          .shuffle(2000, rng=random.Random(seed)).batched(batch_size, collation_fn=list, partial=False))
+    ds = wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, handler=skipped, nodesplitter=_all_shards)
+    if task.held_out:
+        held = task.held_out
+        ds = ds.select(lambda sample: (sample.get("__url__"), sample.get("__key__")) not in held)
+    ds = ds.shuffle(2000, rng=random.Random(seed)).batched(batch_size, collation_fn=list, partial=False)
     return _endless(ds)
 
 
 def _test_batches(task: TaskData, transform, batch_size: int, skipped: Skipped, ranks: "Ranks"):
-    """Batches (images, labels) of this process's shards of the test split (every
-    ``ranks.world``-th shard), one pass in shard order."""
+    """Batches (images, label sets) of this process's shards of the test split (every
+    ``ranks.world``-th shard), one pass in shard order; a sample's label set is its
+    ``labels.json`` when it has one (ImageNet-ReaL), else its ``cls``."""
     import webdataset as wds
 
     urls = task.shards("test")[ranks.rank::ranks.world]
     if not urls:
         return iter(())
     return (wds.WebDataset(urls, shardshuffle=False, handler=skipped, nodesplitter=_all_shards)
-            .decode("pil", handler=skipped).to_tuple(IMAGE_KEYS, "cls", handler=skipped)
-            .map_tuple(transform, int).batched(batch_size, partial=True))
+            .decode("pil", handler=skipped).to_tuple(IMAGE_KEYS, "labels.json;cls", handler=skipped)
+            .map_tuple(transform, _label_set).batched(batch_size, partial=True))
 
 
 def sample_seed(seed: int, task: str, step: int, index: int) -> int:
@@ -311,7 +361,7 @@ class Trainer:
         self.total = recipe.steps(self.n_train)
         self.opt = rc.optimizer(self.model, recipe)
         self.sched = rc.scheduler(self.opt, recipe, self.n_train)
-        self.ema = rc.ema(self.model, recipe)
+        self.ema = rc.ema(self.model, recipe, self.n_train)
         self.criterion = rc.loss(recipe)
         self.skipped = Skipped("fine-tuning data")
         self.step, self.resumed_from = 0, None
@@ -332,6 +382,11 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.net = DistributedDataParallel(self.model, device_ids=[device] if device.startswith("cuda") else None)
+
+    def ema_decays(self) -> dict:
+        """The EMA's decay at the first and the last update step (0: no EMA)."""
+        return {"first": rc.ema_decay(self.recipe, 1, self.n_train),
+                "last": rc.ema_decay(self.recipe, self.total, self.n_train)}
 
     def save(self, done: bool = False) -> None:
         import torch
@@ -396,9 +451,9 @@ class Trainer:
         streams = self._streams()
         last_save, t0, start = time.time(), time.time(), self.step
         log.info("fine-tuning %d steps of batch %d on %s (%d training samples), lr %g, layer decay %g, "
-                 "EMA %g; %d process(es), micro-batches of at most %s, %s", self.total, self.recipe.batch_size,
+                 "EMA decay %s; %d process(es), micro-batches of at most %s, %s", self.total, self.recipe.batch_size,
                  ", ".join(t.name for t in self.tasks), self.n_train, self.recipe.lr, self.recipe.layer_decay,
-                 self.recipe.ema, self.ranks.world, self.micro_batch or "the whole share",
+                 "{first:g} at step 1, {last:g} at the last".format(**self.ema_decays()), self.ranks.world, self.micro_batch or "the whole share",
                  "bf16 autocast" if self.ranks.bf16 else "fp32")
         with stopping.stop_on_signals(watch_parent=False) as stop:
             while self.step < self.total:
@@ -437,31 +492,93 @@ class Trainer:
         return trained.eval()
 
 
-def _features(model: rc.Classifier, task: TaskData, transform, batch_size: int, skipped: Skipped, ranks: Ranks):
-    """Features and labels of this process's shards of a set's test split."""
+def _label_set(label) -> tuple[int, ...]:
+    """A test sample's correct classes: its .cls, or its labels.json list (ImageNet-ReaL's
+    reassessed labels: several, or none for an image ReaL leaves out)."""
+    if isinstance(label, (list, tuple)):
+        return tuple(int(x) for x in label)
+    return (int(label),)
+
+
+def _features(model: rc.Classifier, batches, ranks: Ranks):
+    """Features and label sets of batches of (images, label sets)."""
     import torch
 
     feats, labels = [], []
     model.eval()
     with torch.no_grad():
-        for images, target in _test_batches(task, transform, batch_size, skipped, ranks):
+        for images, target in batches:
             with ranks.autocast():
                 feats.append(model.features(images.to(ranks.device)).float().cpu())
-            labels.append(torch.as_tensor(target))
+            labels += list(target)
     if not feats:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
-    return torch.cat(feats), torch.cat(labels)
+        return torch.empty(0, 0), []
+    return torch.cat(feats), labels
+
+
+def held_out_samples(task: TaskData, skipped: Skipped, ranks: Ranks = Ranks()) -> list[dict]:
+    """This process's share of a set's held-out validation samples (``task.held_out``), undecoded:
+    read once from the train shards that hold them, kept for the whole sweep."""
+    import webdataset as wds
+
+    picks = sorted(task.held_out)[ranks.rank::ranks.world]
+    mine = set(picks)
+    urls = sorted({url for url, _ in mine})
+    if not urls:
+        return []
+    ds = (wds.WebDataset(urls, shardshuffle=False, handler=skipped, nodesplitter=_all_shards)
+          .select(lambda sample: (sample.get("__url__"), sample.get("__key__")) in mine))
+    return list(ds)
+
+
+def _sample_batches(samples: list[dict], transform, batch_size: int, skipped: Skipped):
+    """Batches (images, label sets) of undecoded samples (those that fail to decode are skipped
+    and counted)."""
+    import torch
+    import webdataset as wds
+
+    decoder = wds.autodecode.Decoder([wds.autodecode.imagehandler("pil")])
+    keys = IMAGE_KEYS.split(";")
+    images, labels = [], []
+    for sample in samples:
+        try:
+            decoded = decoder(sample)
+            image = next((decoded[k] for k in keys if k in decoded), None)
+            if image is None or "cls" not in decoded:
+                raise ValueError(f"sample {decoded.get('__key__')} lacks an image or a label")
+            images.append(transform(image))
+            labels.append(_label_set(decoded["cls"]))
+        except Exception as e:  # noqa: BLE001 - as webdataset's handler does
+            skipped(e)
+        if len(images) == batch_size:
+            yield torch.stack(images), labels
+            images, labels = [], []
+    if images:
+        yield torch.stack(images), labels
 
 
 def accuracy(model: rc.Classifier, head: str, task: TaskData, transform, batch_size: int, skipped: Skipped,
-             ranks: Ranks = Ranks()) -> float:
+             ranks: Ranks = Ranks(), samples: list[dict] | None = None, columns: list[int] | None = None) -> float:
     """Top-1 accuracy (%) of ``head`` on a set's test split (its shards shared among the
-    processes, their counts summed)."""
-    feats, labels = _features(model, task, transform, batch_size, skipped, ranks)
-    correct = int((feats @ model.heads[head].detach().float().cpu()).argmax(1).eq(labels).sum()) if len(labels) else 0
-    correct, total = ranks.sum(correct, len(labels))
+    processes, their counts summed), or on ``samples`` (each process's share of a validation
+    split). A sample is right when the top class is one of its label set (one class, or
+    ImageNet-ReaL's several); samples with an empty label set are left out (ReaL's rule).
+    ``columns``: the head's columns of the set's classes (a subset of the head's: ImageNet-A)."""
+    batches = (_test_batches(task, transform, batch_size, skipped, ranks) if samples is None
+               else _sample_batches(samples, transform, batch_size, skipped))
+    feats, labels = _features(model, batches, ranks)
+    correct = total = 0
+    if labels:
+        weights = model.heads[head].detach().float().cpu()
+        top = (feats @ (weights if columns is None else weights[:, columns])).argmax(1).tolist()
+        for pred, ok in zip(top, labels):
+            if ok:
+                total += 1
+                correct += pred in ok
+    correct, total = ranks.sum(correct, total)
     if not total:
-        raise FinetuneError(f"downstream set {task.name}: no decodable test image")
+        raise FinetuneError(f"downstream set {task.name}: no decodable {'test' if samples is None else 'validation'} "
+                            f"image with a label")
     return 100.0 * correct / total
 
 
@@ -490,18 +607,38 @@ class Loaded:
     std: tuple
 
     @classmethod
-    def load(cls, name: str, path: str, device: str) -> "Loaded":
+    def load(cls, name: str, path: str, device: str, image_size: int | None = None) -> "Loaded":
+        """The checkpoint as clip_benchmark loads it (weights only); at another ``image_size``
+        (Table 9's 336/384 px rows) the model made for that size (open_clip's
+        ``force_image_size``), its position embeddings interpolated from the checkpoint's
+        (open_clip's ``resize_pos_embed``: bicubic), its evaluation transform at that size."""
         import open_clip
 
         from clipscale.evaluate.benchmark import Model
 
-        m = Model.load(name, path, device, amp=False)  # as clip_benchmark loads it (weights only)
-        size = m.model.visual.image_size
+        if image_size:
+            model, _, transform = open_clip.create_model_and_transforms(name, pretrained=path,
+                                                                        force_image_size=image_size)
+            model = model.to(device).eval()
+            clip, tokenizer = model, open_clip.get_tokenizer(name)
+        else:
+            m = Model.load(name, path, device, amp=False)
+            clip, transform, tokenizer = m.model, m.transform, m.tokenizer
+        size = clip.visual.image_size
         size = size[0] if isinstance(size, (tuple, list)) else int(size)
-        cfg = getattr(m.model.visual, "preprocess_cfg", {}) or {}
+        cfg = getattr(clip.visual, "preprocess_cfg", {}) or {}
         mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
-        return cls(m.model, m.transform, m.tokenizer, size, mean, std)
+        return cls(clip, transform, tokenizer, size, mean, std)
+
+    def resized(self, visual_state: Mapping) -> dict:
+        """Image encoder weights of another image size (an intermediate step's at the
+        checkpoint's size) with their position embeddings interpolated to this model's grid."""
+        from open_clip.model import resize_pos_embed
+
+        state = {f"visual.{k}": v for k, v in visual_state.items()}
+        resize_pos_embed(state, self.clip)
+        return {k.removeprefix("visual."): v for k, v in state.items()}
 
     def classifier(self, tasks: list[TaskData], device: str, train_heads: bool) -> rc.Classifier:
         import copy
@@ -511,35 +648,81 @@ class Loaded:
         return rc.Classifier(copy.deepcopy(self.clip.visual), heads, scale, train_heads=train_heads)
 
 
+def class_columns(main: TaskData, other: TaskData) -> list[int] | None:
+    """The main set's head columns of another set's classes, in its order: None when it has the
+    same classes (its head as it is); for a subset (ImageNet-A's and -R's 200 of ImageNet's
+    1,000 classes) the columns of those classes, the prediction made among them (timm's class
+    mask); anything else is refused."""
+    mine, theirs = main.classes, other.classes
+    if theirs == mine:
+        return None
+    free: dict[str, list[int]] = {}
+    for i, name in enumerate(mine):
+        free.setdefault(name, []).append(i)
+    columns = []
+    for name in theirs:
+        if not free.get(name):
+            raise FinetuneError(f"robustness set {other.name} has other classes than {main.name}: "
+                                f"{name!r} is not among them ({theirs[:5]} vs {mine[:5]})")
+        columns.append(free[name].pop(0))
+    return columns
+
+
 def run_classification(loaded: Loaded, recipe: rc.Recipe, main: TaskData, robustness: list[TaskData], *,
                        device: str, seed: int, state_path: Path, fp: str, save_minutes: float,
-                       ranks: Ranks = Ranks(), micro_batch: int | None = None) -> dict:
-    """ImageNet-style fine-tuning on ``main``; accuracy on its test split and the robustness sets."""
+                       ranks: Ranks = Ranks(), micro_batch: int | None = None, metric: str = "imagenet_ft_acc1",
+                       start: Mapping | None = None) -> dict:
+    """ImageNet-style fine-tuning on ``main``; accuracy on its test split and the robustness sets
+    (with the main set's head, restricted to a robustness set's classes when it has a subset of
+    them). ``start``: image encoder weights to start from (an intermediate step's) instead of the
+    checkpoint's."""
     model = loaded.classifier([main], device, train_heads=recipe.train_head)
-    for t in robustness:  # same classes, the main set's head
-        if t.classes != main.classes:
-            raise FinetuneError(f"robustness set {t.name} has other classes than {main.name}: "
-                                f"{t.classes[:5]} vs {main.classes[:5]}")
+    columns = {t.name: class_columns(main, t) for t in robustness}  # before any training: refused early
+    if start is not None:
+        model.visual.load_state_dict(start)
     rc.add_stochastic_depth(model.visual, recipe.drop_path)
     train_tf = rc.train_transform(recipe, loaded.image_size, loaded.mean, loaded.std)
     trainer = Trainer(model, recipe, [main], train_tf, device=device, seed=seed, state_path=state_path,
                       fingerprint=fp, save_minutes=save_minutes, ranks=ranks, micro_batch=micro_batch)
     trained = trainer.run()
     skipped = Skipped("test sets")
-    rows = [{"task": "finetune", "dataset": t.name, "metric": "imagenet_ft_acc1",
-             "value": accuracy(trained, main.name, t, loaded.transform, recipe.batch_size, skipped, ranks)}
+    rows = [{"task": "finetune", "dataset": t.name, "metric": metric,
+             "value": accuracy(trained, main.name, t, loaded.transform, recipe.batch_size, skipped, ranks,
+                               columns=columns.get(t.name))}
             for t in [main, *robustness]]
     test_skipped, = ranks.sum(skipped.n)
     return {"rows": rows, "steps": trainer.total, "resumed_from_step": trainer.resumed_from,
-            "train_samples": trainer.n_train, "final_loss": float(np.mean(trainer.losses[-20:])),
+            "train_samples": trainer.n_train, "ema_decay": trainer.ema_decays(),
+            "final_loss": float(np.mean(trainer.losses[-20:])),
             "skipped": {"train": trainer.skipped.n, "test": int(test_skipped),
                         "examples": trainer.skipped.examples + skipped.examples}}
+
+
+def run_intermediate(loaded: Loaded, recipe: rc.Recipe, task: TaskData, *, device: str, seed: int,
+                     state_path: Path, fp: str, save_minutes: float, ranks: Ranks = Ranks(),
+                     micro_batch: int | None = None) -> tuple[dict, dict]:
+    """classification_in12k's intermediate step: the image encoder and a head initialised from
+    the zero-shot classifier fine-tuned on ``task``'s train split (the paper's ImageNet-12k,
+    Table 11); the trained (EMA) encoder's weights and what to record of the step."""
+    model = loaded.classifier([task], device, train_heads=recipe.train_head)
+    rc.add_stochastic_depth(model.visual, recipe.drop_path)
+    train_tf = rc.train_transform(recipe, loaded.image_size, loaded.mean, loaded.std)
+    trainer = Trainer(model, recipe, [task], train_tf, device=device, seed=seed, state_path=state_path,
+                      fingerprint=fp, save_minutes=save_minutes, ranks=ranks, micro_batch=micro_batch)
+    trained = trainer.run()
+    weights = {k: v.detach().clone() for k, v in trained.visual.state_dict().items()}
+    return weights, {"dataset": task.name, "steps": trainer.total, "resumed_from_step": trainer.resumed_from,
+                     "train_samples": trainer.n_train, "ema_decay": trainer.ema_decays(),
+                     "final_loss": float(np.mean(trainer.losses[-20:])), "skipped_train": trainer.skipped.n}
 
 
 def run_patching(loaded: Loaded, recipe: rc.Recipe, tasks: list[TaskData], control: TaskData, *, alphas: int,
                  tolerance: float, device: str, seed: int, state_path: Path, fp: str, save_minutes: float,
                  ranks: Ranks = Ranks(), micro_batch: int | None = None) -> dict:
-    """Joint fine-tuning on ``tasks`` (fixed zero-shot heads), then the patching sweep."""
+    """Joint fine-tuning on ``tasks`` (fixed zero-shot heads; their held-out validation samples
+    left out), then the patching sweep. With validation splits (every set's ``held_out``), a is
+    chosen on them, as Ilharco et al. choose it, and the test splits are evaluated at a = 0, the
+    chosen a and a = 1 only; without, a is chosen on the test splits."""
     model = loaded.classifier([*tasks, control], device, train_heads=False)
     zero_shot = {k: v.detach().clone() for k, v in model.visual.state_dict().items()}
     rc.add_stochastic_depth(model.visual, recipe.drop_path)
@@ -548,31 +731,48 @@ def run_patching(loaded: Loaded, recipe: rc.Recipe, tasks: list[TaskData], contr
                       fingerprint=fp, save_minutes=save_minutes, ranks=ranks, micro_batch=micro_batch)
     trained = trainer.run()
     fine_tuned = {k: v.detach().clone() for k, v in trained.visual.state_dict().items()}
-    skipped = Skipped("test sets")
+    every = [*tasks, control]
+    on_validation = all(t.held_out for t in every)
+    skipped, val_skipped = Skipped("test sets"), Skipped("validation splits")
+    held = {t.name: held_out_samples(t, val_skipped, ranks) for t in every} if on_validation else {}
+
+    def evaluate(alpha: float, validation: bool) -> dict[str, float]:
+        trained.visual.load_state_dict(rc.interpolate(zero_shot, fine_tuned, alpha))
+        return {t.name: accuracy(trained, t.name, t, loaded.transform, recipe.batch_size,
+                                 val_skipped if validation else skipped, ranks,
+                                 samples=held[t.name] if validation else None) for t in every}
+
     sweep = []
     for i in range(alphas):
         alpha = round(i / (alphas - 1), 6)
-        trained.visual.load_state_dict(rc.interpolate(zero_shot, fine_tuned, alpha))
-        acc = {t.name: accuracy(trained, t.name, t, loaded.transform, recipe.batch_size, skipped, ranks)
-               for t in [*tasks, control]}
+        acc = evaluate(alpha, on_validation)
         sweep.append({"alpha": alpha, "accuracy": acc, "tasks_mean": float(np.mean([acc[t.name] for t in tasks])),
                       "control": acc[control.name]})
         if ranks.rank == 0:
-            log.info("patching a = %.2f: tasks' mean %.2f, control %s %.2f", alpha, sweep[-1]["tasks_mean"],
-                     control.name, acc[control.name])
+            log.info("patching a = %.2f: tasks' mean %.2f, control %s %.2f (%s)", alpha, sweep[-1]["tasks_mean"],
+                     control.name, acc[control.name], "validation splits" if on_validation else "test splits")
     chosen = rc.choose_alpha(sweep, tolerance)
-    test_skipped, = ranks.sum(skipped.n)
-    by_alpha = {p["alpha"]: p for p in sweep}
+    if on_validation:
+        test = {a: evaluate(a, False) for a in sorted({0.0, chosen["alpha"], 1.0})}
+    else:
+        test = {p["alpha"]: p["accuracy"] for p in sweep}
+    test_skipped, val_n = ranks.sum(skipped.n, val_skipped.n)
     rows = []
-    for t in [*tasks, control]:
-        rows.append({"task": "patching", "dataset": t.name, "metric": "zeroshot_acc1", "value": by_alpha[0]["accuracy"][t.name]})
-        rows.append({"task": "finetune", "dataset": t.name, "metric": "ft_acc1", "value": by_alpha[1]["accuracy"][t.name]})
-        rows.append({"task": "patching", "dataset": t.name, "metric": "patched_acc1", "value": chosen["accuracy"][t.name]})
-    return {"rows": rows, "alpha": chosen["alpha"], "sweep": sweep, "control": control.name,
+    for t in every:
+        rows.append({"task": "patching", "dataset": t.name, "metric": "zeroshot_acc1", "value": test[0.0][t.name]})
+        rows.append({"task": "finetune", "dataset": t.name, "metric": "ft_acc1", "value": test[1.0][t.name]})
+        rows.append({"task": "patching", "dataset": t.name, "metric": "patched_acc1",
+                     "value": test[chosen["alpha"]][t.name]})
+    return {"rows": rows, "alpha": chosen["alpha"], "sweep": sweep,
+            "alpha_chosen_on": "validation" if on_validation else "test",
+            "validation_samples": {t.name: len(t.held_out) for t in every} if on_validation else {},
+            "test_accuracy": [{"alpha": a, "accuracy": acc} for a, acc in test.items()] if on_validation else [],
+            "control": control.name,
             "control_tolerance": tolerance, "steps": trainer.total, "resumed_from_step": trainer.resumed_from,
-            "train_samples": trainer.n_train, "final_loss": float(np.mean(trainer.losses[-20:])),
-            "skipped": {"train": trainer.skipped.n, "test": int(test_skipped),
-                        "examples": trainer.skipped.examples + skipped.examples}}
+            "train_samples": trainer.n_train, "ema_decay": trainer.ema_decays(),
+            "final_loss": float(np.mean(trainer.losses[-20:])),
+            "skipped": {"train": trainer.skipped.n, "test": int(test_skipped), "validation": int(val_n),
+                        "examples": trainer.skipped.examples + skipped.examples + val_skipped.examples}}
 
 
 def finetune_checkpoint(config: dict, model: str, scale: str, samples: str, protocol: str, output: str | Path, *,
@@ -644,18 +844,62 @@ def _finetune(config: dict, model: str, scale: str, samples: str, protocol: str,
     recipe = rc.Recipe.of(plan.recipe_settings(config, protocol, model))
     sets = {name: TaskData(name, Path(plan.dataset_dir(config, name))) for name in plan.datasets(config, protocol)}
     seed = int(config.get("seed", 0))
-    trained_on = plan.datasets(config, protocol)[:1] if protocol == "classification" else ft["patching"]["tasks"]
-    fp = fingerprint({"protocol": protocol, "recipe": plan.recipe_settings(config, protocol, model), "seed": seed,
-                      "train": {n: str(sets[n].root) for n in trained_on}}, stamp(info.path))
+    validation = ft["patching"]["validation"]
+    if protocol == "patching" and validation["fraction"] > 0:  # Ilharco et al.'s validation splits
+        for name in [*ft["patching"]["tasks"], ft["patching"]["control"]]:
+            sets[name] = dataclasses.replace(sets[name], held_out=validation_split(
+                sets[name], validation["fraction"], validation["max_samples"], seed))
+    main = ft["classification"]["dataset"]
+    trained_on = [main] if protocol.startswith("classification") else ft["patching"]["tasks"]
+    settings = {"protocol": protocol, "recipe": plan.recipe_settings(config, protocol, model), "seed": seed,
+                "train": {n: str(sets[n].root) for n in trained_on}}
+    if protocol == "patching":
+        settings["validation"] = validation if validation["fraction"] > 0 else None
+    if plan.image_size(config, protocol, model):
+        settings["image_size"] = plan.image_size(config, protocol, model)
+    fp_intermediate = None
+    if plan.with_intermediate(protocol):
+        inter = ft["intermediate"]["dataset"]
+        fp_intermediate = fingerprint({"protocol": "intermediate", "recipe": plan.intermediate_settings(config, model),
+                                       "seed": seed, "train": {inter: str(sets[inter].root)}}, stamp(info.path))
+        settings["intermediate"] = fp_intermediate
+    fp = fingerprint(settings, stamp(info.path))
     models.register(config)
     t0 = time.time()
-    loaded = Loaded.load(info.model, info.path, device)
+    size = plan.image_size(config, protocol, model)
+    # the intermediate step runs at the checkpoint's size, the rest at the protocol's
+    loaded = Loaded.load(info.model, info.path, device, image_size=None if plan.with_intermediate(protocol) else size)
     log.info("%s: %s fine-tuning of %s (%s) on %s", run.name, protocol, info.path, info.label, device)
     common = dict(device=device, seed=seed, state_path=output.parent / "state.pt", fp=fp,
                   save_minutes=ft["save_minutes"], ranks=ranks, micro_batch=plan.micro_batch_size(config, model))
-    if protocol == "classification":
-        names = plan.datasets(config, protocol)
-        out = run_classification(loaded, recipe, sets[names[0]], [sets[n] for n in names[1:]], **common)
+    micro_hires = common["micro_batch"]
+    if size and micro_hires:  # micro-batches sized at the checkpoint's size: as many pixels (tokens) at this one
+        import open_clip
+
+        native = open_clip.get_model_config(info.model)["vision_cfg"]["image_size"]
+        native = native[0] if isinstance(native, (tuple, list)) else int(native)
+        micro_hires = max(1, micro_hires * native * native // (size * size))
+    if protocol.startswith("classification"):
+        names = plan.datasets(config, "classification")
+        extra, start = {}, None
+        if plan.with_intermediate(protocol):  # at the checkpoint's image size
+            inter = ft["intermediate"]["dataset"]
+            log.info("%s: the intermediate step on %s first (finetune.intermediate)", run.name, inter)
+            start, step = run_intermediate(loaded, rc.Recipe.of(plan.intermediate_settings(config, model)), sets[inter],
+                                           **{**common, "state_path": output.parent / "state_intermediate.pt",
+                                              "fp": fp_intermediate})
+            extra = {"intermediate": {**step, "recipe": plan.intermediate_settings(config, model)}}
+        if size:
+            if start is not None:
+                loaded = Loaded.load(info.model, info.path, device, image_size=size)
+                start = loaded.resized(start)
+            log.info("%s: fine-tuning at %d px (position embeddings interpolated), micro-batches of at most %s",
+                     run.name, loaded.image_size, micro_hires)
+            extra.update(image_size=loaded.image_size, micro_batch_size=micro_hires)
+        out = run_classification(loaded, recipe, sets[names[0]], [sets[n] for n in names[1:]],
+                                 metric=plan.classification_metric(config, protocol, model), start=start,
+                                 **{**common, "micro_batch": micro_hires})
+        out.update(extra)
     else:
         p = ft["patching"]
         out = run_patching(loaded, recipe, [sets[n] for n in p["tasks"]], sets[p["control"]], alphas=p["alphas"],
@@ -664,7 +908,7 @@ def _finetune(config: dict, model: str, scale: str, samples: str, protocol: str,
               "target": {"model": model, "scale": scale, "samples": samples, "protocol": protocol},
               "row": table_row(info), "checkpoint_path": info.path,
               "fingerprint": fp, "recipe": plan.recipe_settings(config, protocol, model), **out, "device": device,
-              "processes": ranks.world, "micro_batch_size": plan.micro_batch_size(config, model),
+              "processes": ranks.world, "micro_batch_size": out.get("micro_batch_size", plan.micro_batch_size(config, model)),
               "precision": "bf16 autocast" if ranks.bf16 else "fp32", "seconds": round(time.time() - t0, 2),
               "finished": datetime.datetime.now().isoformat(timespec="seconds")}
     if ranks.rank != 0:

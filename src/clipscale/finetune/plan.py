@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Mapping
 
 from clipscale import config as config_mod
@@ -14,7 +15,36 @@ from clipscale.config import ConfigError, parse_count
 
 log = logging.getLogger("clipscale.finetune")
 
-PROTOCOLS = ("classification", "patching")
+#: classification_in12k: the classification protocol after an intermediate fine-tuning step
+#: (finetune.intermediate: the paper's ImageNet-12k step of Table 11); ..._hires: at the model's
+#: larger image size (finetune.classification.high_res: Table 9's 336/384 px rows); each its own
+#: metric, the published Table 9's name (imagenet_ft_acc1[_<size>px][_in12k])
+PROTOCOLS = ("classification", "classification_in12k", "classification_hires", "classification_in12k_hires",
+             "patching")
+CLASSIFICATION_METRIC = "imagenet_ft_acc1"
+
+
+def with_intermediate(protocol: str) -> bool:
+    return protocol.startswith("classification_in12k")
+
+
+def image_size(config: Mapping, protocol: str, model: str) -> int | None:
+    """The image size a classification protocol fine-tunes a model at: its
+    finetune.classification.high_res entry for the ..._hires protocols, else None (the
+    checkpoint's)."""
+    if not protocol.endswith("_hires"):
+        return None
+    sizes = section(config)["classification"]["high_res"]
+    if model not in sizes:
+        raise ConfigError(f"finetune.classification.high_res: no image size for {model} ({protocol})")
+    return int(sizes[model])
+
+
+def classification_metric(config: Mapping, protocol: str, model: str) -> str:
+    """The metric of a classification protocol's rows: imagenet_ft_acc1, then _<size>px at a
+    larger image size, then _in12k after the intermediate step (the published names)."""
+    size = image_size(config, protocol, model)
+    return CLASSIFICATION_METRIC + (f"_{size}px" if size else "") + ("_in12k" if with_intermediate(protocol) else "")
 
 
 @dataclass(frozen=True)
@@ -27,6 +57,7 @@ class Recipe:
     warmup_epochs: float
     layer_decay: float
     ema: float
+    ema_warmup_epochs: float
     weight_decay: float
     label_smoothing: float
     drop_path: float
@@ -50,6 +81,13 @@ class Recipe:
 
     def warmup_steps(self, n_train: int) -> int:
         return min(self.steps(n_train) - 1, math.ceil(self.warmup_epochs * n_train / self.batch_size))
+
+    def ema_warmup_steps(self, n_train: int) -> int:
+        """Update steps of the EMA decay's warm-up (0: the stated decay from the first step), at
+        most the run's: the decay reaches ``ema`` within the recipe."""
+        if self.ema_warmup_epochs <= 0:
+            return 0
+        return min(self.steps(n_train), math.ceil(self.ema_warmup_epochs * n_train / self.batch_size))
 
 
 RECIPE_KEYS = frozenset(Recipe.__dataclass_fields__)
@@ -77,6 +115,17 @@ def recipe_settings(config: Mapping, protocol: str, model: str) -> dict:
     return out
 
 
+def intermediate_settings(config: Mapping, model: str) -> dict:
+    """The recipe of classification_in12k's intermediate step (the paper's Table 11):
+    finetune.recipe, then finetune.intermediate.recipe, then finetune.intermediate.models.<model>
+    (Table 11's columns, not Table 10's: finetune.models does not apply)."""
+    inter = section(config)["intermediate"]
+    out = dict(section(config)["recipe"])
+    out.update(inter.get("recipe", {}))
+    out.update(inter.get("models", {}).get(model, {}))
+    return out
+
+
 def world_size(config: Mapping) -> int:
     """Processes of a fine-tuning job: finetune.nproc per node x finetune.nodes."""
     ft = section(config)
@@ -99,16 +148,24 @@ def bf16(config: Mapping, device: str) -> bool:
 
 def datasets(config: Mapping, protocol: str) -> list[str]:
     """The sets a protocol trains or evaluates on: the main set and its robustness sets
-    (classification); the joint tasks and the control (patching)."""
+    (classification; then the intermediate step's set, classification_in12k); the joint tasks
+    and the control (patching)."""
     ft = section(config)
     if protocol == "classification":
         return [ft["classification"]["dataset"], *ft["classification"]["robustness"]]
+    if protocol.startswith("classification_"):
+        return [*datasets(config, "classification"), *([ft["intermediate"]["dataset"]]
+                                                       if with_intermediate(protocol) else [])]
     return [*ft["patching"]["tasks"], ft["patching"]["control"]]
 
 
 def dataset_dir(config: Mapping, name: str) -> str:
-    """A set's webdataset folder: its downstream entry's, else the world's set of that name (the
-    world makes sets the default does not evaluate zero-shot, e.g. positions and digits)."""
+    """A set's webdataset folder: finetune.sets' (sets only fine-tuning reads: ImageNet-12k,
+    ImageNet-ReaL), else its downstream entry's, else the world's set of that name (the world
+    makes sets the default does not evaluate zero-shot, e.g. positions and digits)."""
+    own = section(config).get("sets", {})
+    if name in own:
+        return own[name]["path"]
     if name in config.get("downstream", {}):
         return paths.downstream_dir(dict(config), name)
     if config["pool"].get("source") == "world":
@@ -161,8 +218,11 @@ def problems(config: Mapping) -> list[str]:
     out = []
     schema = config_mod.load_schema()["properties"]["finetune"]["properties"]["recipe"]
     values = jsonschema.Draft202012Validator({"type": "object", "properties": schema["properties"]})
+    inter = ft["intermediate"]
     for where, over in [(f"finetune.models.{m}", o) for m, o in ft.get("models", {}).items()] + [
-            ("finetune.patching.recipe", ft["patching"].get("recipe", {}))]:
+            ("finetune.patching.recipe", ft["patching"].get("recipe", {})),
+            ("finetune.intermediate.recipe", inter.get("recipe", {}))] + [
+            (f"finetune.intermediate.models.{m}", o) for m, o in inter.get("models", {}).items()]:
         allowed = RECIPE_KEYS | (MODEL_EXECUTION_KEYS if where.startswith("finetune.models.") else set())
         unknown = sorted(set(over) - allowed)
         if unknown:
@@ -172,22 +232,38 @@ def problems(config: Mapping) -> list[str]:
             out.append(f"{where}.micro_batch_size: {micro!r} is not a positive integer")
         for e in values.iter_errors(over):
             out.append(f"{where}.{'.'.join(str(x) for x in e.absolute_path)}: {e.message}")
-    for m in ft.get("models", {}):
-        if m not in config["models"]:
-            out.append(f"finetune.models: {m!r} is not defined under models")
+    for where, names in (("finetune.models", ft.get("models", {})),
+                         ("finetune.intermediate.models", inter.get("models", {}))):
+        out += [f"{where}: {m!r} is not defined under models" for m in names if m not in config["models"]]
     world = world_size(config)
     for protocol in ft["protocols"]:
         for m in config["models"]:
-            batch = recipe_settings(config, protocol, m)["batch_size"]
-            if batch < world:
-                out.append(f"finetune.recipe.batch_size: {batch} for {m} ({protocol}, with its overrides) is "
-                           f"smaller than the job's {world} processes (finetune.nproc x finetune.nodes): each "
-                           f"process needs a share of every batch")
+            recipes = [(protocol, recipe_settings(config, protocol, m))]
+            if with_intermediate(protocol):
+                recipes.append(("its intermediate step", intermediate_settings(config, m)))
+            for what, settings in recipes:
+                if settings["ema"] > 0 and settings["ema_warmup_epochs"] > settings["epochs"]:
+                    out.append(f"finetune.recipe.ema_warmup_epochs: {settings['ema_warmup_epochs']} for {m} ({what}, "
+                               f"with its overrides) is longer than its {settings['epochs']} epochs: the EMA would "
+                               f"never reach its decay {settings['ema']}")
+                batch = settings["batch_size"]
+                if batch < world:
+                    out.append(f"finetune.recipe.batch_size: {batch} for {m} ({what}, with its overrides) is "
+                               f"smaller than the job's {world} processes (finetune.nproc x finetune.nodes): each "
+                               f"process needs a share of every batch")
     if not ft["enabled"]:
         return out
+    hires = [p for p in ft["protocols"] if p.endswith("_hires")]
+    if hires:
+        lacking = sorted({r.model for r in runs(config)} - set(ft["classification"]["high_res"]))
+        if lacking:
+            out.append(f"finetune.classification.high_res: no image size for {lacking} (protocols {hires} "
+                       f"fine-tune them at it)")
+    own = ft.get("sets", {})
     for protocol in ft["protocols"]:
         for name in datasets(config, protocol):
-            problem = None if name in config.get("downstream", {}) else config_mod.unmade_set_problem(config, name)
+            known = name in config.get("downstream", {}) or name in own
+            problem = None if known else config_mod.unmade_set_problem(config, name)
             if problem:
                 out.append(f"finetune.{protocol}: {name!r} is not under downstream and {problem}")
     if ft["patching"]["control"] in ft["patching"]["tasks"]:
@@ -213,4 +289,24 @@ def _selection_problems(config: Mapping, sel: Mapping) -> list[str]:
                        f"them out): nothing would be fine-tuned")
     except ConfigError as e:
         out.append(f"finetune.runs.samples_seen: {e}")
+    return out
+
+
+def path_problems(config: Mapping) -> list[str]:
+    """finetune.sets' folders that a protocol of the config reads (when fine-tuning is on):
+    missing, or without the class names and templates its head is made of."""
+    ft = section(config)
+    if not ft["enabled"]:
+        return []
+    used = {name for protocol in ft["protocols"] for name in datasets(config, protocol)}
+    out = []
+    for name, spec in ft.get("sets", {}).items():
+        if name not in used:
+            continue
+        root = Path(spec["path"])
+        if not root.is_dir():
+            out.append(f"finetune.sets.{name}.path: {root} does not exist")
+            continue
+        out += [f"finetune.sets.{name}.path: {root} has no {f}" for f in
+                ("classnames.txt", "zeroshot_classification_templates.txt") if not (root / f).is_file()]
     return out
