@@ -141,3 +141,23 @@ def test_published_input(published):
     assert len(runs) == 29 and runs["excess_pts"].min() >= -1e-6
     md = co.markdown(out)
     assert "Compute-optimal allocation" in md and "LAION-80M" in md
+
+
+def test_settings_rerun_only_the_compute_optimal_analysis():
+    from clipscale import config as cs_config
+    from clipscale import shaping
+
+    base = cs_config.load("config/config.yaml")
+    assert base["fit"]["compute_optimal"]["bootstrap"] == 200 and base["fit"]["compute_optimal"]["repeat_decay"] is None
+    changed = cs_config.load("config/config.yaml", {"fit": {"compute_optimal": {
+        "repeat_decay": 15.4, "budgets_gmac": {"ours": [1e6, 1e7]}}}})
+    for name in ("published", "ours"):
+        for rule in (shaping.fit, shaping.extrapolation, shaping.comparison, shaping.bin_winners):
+            assert rule(base, name) == rule(changed, name), rule
+        assert shaping.compute_optimal(base, name) != shaping.compute_optimal(changed, name)
+    # our budgets do not rerun the published input's analysis
+    ours_budget = cs_config.load("config/config.yaml", {"fit": {"compute_optimal": {"budgets_gmac": {"ours": [1e6]}}}})
+    assert shaping.compute_optimal(base, "published") == shaping.compute_optimal(ours_budget, "published")
+    assert shaping.compute_optimal(base, "ours")["scales"] == base["scales"]
+    with pytest.raises(Exception, match="compute_optimal"):
+        cs_config.load("config/config.yaml", {"fit": {"compute_optimal": {"min_runs": 2}}})

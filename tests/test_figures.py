@@ -297,7 +297,7 @@ def test_lint_clean(smk_dir):
     r = snakemake(smk_dir, "--lint")
     blocks = (r.stdout + r.stderr).split("Lints for ")[1:]
     ours = [b for b in blocks if "workflow/rules/fit" in b.splitlines()[0] or "workflow/rules/figures" in b.splitlines()[0]]
-    assert len(ours) == 10, blocks  # the 10 rules, each with the conda advice only
+    assert len(ours) == 11, blocks  # the 11 rules, each with the conda advice only
     for block in ours:
         items = [line.strip() for line in block.splitlines() if line.strip().startswith("* ")]
         assert items == ["* Specify a conda environment or container for each rule.:"], block
@@ -322,14 +322,14 @@ def test_published_target_and_report(smk_dir):
     assert {("published", "cars", "ft_acc1"), ("openai", "svhn", "patched_acc1"),
             ("published", "imagenet-a", "imagenet_ft_acc1")} <= laws
     # the analyses of the paper's numbers: OpenAI's exponent is the steeper on ImageNet zero-shot,
-    # OpenCLIP's on retrieval; each law checked against the highest compute bin; the frontier
+    # OpenCLIP's on retrieval; each law checked against the highest compute bin; the bin winners
     comp = pd.read_csv(fitdir / "comparison.csv").drop_duplicates(["dataset", "metric"]).set_index(["dataset", "metric"])
     assert comp.loc[("imagenet1k", "acc1"), "alpha_ratio_hi"] < 1
     assert comp.loc[("flickr30k", "image_retrieval_recall@5"), "alpha_ratio_lo"] > 1
     summary = pd.read_csv(fitdir / "extrapolation_summary.csv")
     assert set(summary["source"]) == {"published"} and (summary["n_held"] > 0).all()
     assert "paper (binned)" in set(summary["method"])
-    front = pd.read_csv(fitdir / "frontier.csv")
+    front = pd.read_csv(fitdir / "bin_winners.csv")
     assert "ViT-H/14" in set(front["model"])
     tables = smk_dir / "results" / "tables"
     assert "OpenCLIP (LAION)" in (tables / "comparison_published.md").read_text()
@@ -341,7 +341,7 @@ def test_published_target_and_report(smk_dir):
     assert r.returncode == 0, r.stderr[-3000:]
     html = (smk_dir / "report.html").read_text(errors="replace")
     assert "imagenet_zeroshot_published" in html and "coefficients_published" in html
-    for name in ("comparison_published", "extrapolation_published", "frontier_published"):
+    for name in ("comparison_published", "extrapolation_published", "bin_winners_published"):
         assert name in html
 
 

@@ -1,5 +1,5 @@
-"""Beyond the paper's fit: does a law extrapolate, which of two laws scales better, which runs
-make the compute-optimal frontier. Every fit and interval comes from ``clipscale.fit``
+"""Beyond the paper's fit: does a law extrapolate, which of two laws scales better, which run is
+best in each compute bin. Every fit and interval comes from ``clipscale.fit``
 (``fit_points``: the same methods, pairs bootstrap and seeded generators as the coefficient
 tables); this module only holds runs out, pairs the bootstrap draws and tabulates.
 
@@ -29,10 +29,11 @@ computes, with percentile intervals; where the two lines cross, log10 C* = (log1
 beta_a) / (alpha_a - alpha_b), with an interval, or "no crossing in range" when C* lies outside
 [the smallest run of either side, the largest target compute].
 
-Compute-optimal frontier (``frontier``). Per task and source, the best (lowest-error) run of each
-of the paper's equal-width compute bins (the runs the binned fit goes through), with its model,
-data and samples seen, and whether it is on the Pareto frontier: which model to train at a given
-compute, as far as the grid says.
+Bin winners (``bin_winners``). Per task and source, the best (lowest-error) run of each of the
+paper's equal-width compute bins (the runs the binned fit goes through), with its model, data and
+samples seen, and whether it is on the Pareto frontier. A bin spans about half a decade of compute,
+so its winner is mostly the run with the most compute in it: which of the runs made did best, not
+which model and samples seen are optimal for a budget (that is ``clipscale.compute_optimal``).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ COMPARISON_COLUMNS = [
     "crossing_in_range", "range_lo", "range_hi", "crossing", "compute_gmac", "error_a", "error_b",
     "delta_error", "delta_error_lo", "delta_error_hi", "better", "better_decided", "pairs", "ci",
 ]
-FRONTIER_COLUMNS = [
+BIN_WINNER_COLUMNS = [
     "input", "source", "task", "dataset", "metric", "bin", "bin_lo_gmac", "bin_hi_gmac", "n_in_bin",
     "model", "data", "samples_seen_label", "total_gmac", "error", "on_pareto",
 ]
@@ -450,10 +451,10 @@ def comparison_markdown(comp: pd.DataFrame) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# compute-optimal frontier
+# bin winners
 
 
-def frontier(table: pd.DataFrame, input_name: str, fit_config: Mapping) -> pd.DataFrame:
+def bin_winners(table: pd.DataFrame, input_name: str, fit_config: Mapping) -> pd.DataFrame:
     """The best run per compute bin (the paper's bins), for every source and task."""
     st = _settings(fit_config)
     rows = []
@@ -464,7 +465,7 @@ def frontier(table: pd.DataFrame, input_name: str, fit_config: Mapping) -> pd.Da
             sel = fitting.select_binned(C, E, bins=st["bins"], pad=st["pad"])
             edges = fitting.bin_edges(np.log10(C), st["bins"], st["pad"])
         except fitting.FitError as e:
-            log.info("frontier %s/%s/%s: %s", source, dataset, metric, e)
+            log.info("bin winners %s/%s/%s: %s", source, dataset, metric, e)
             continue
         pareto = fitting.pareto_mask(C, E)
         for i, b, n in zip(sel.index, sel.bin, sel.n_in_bin):
@@ -474,12 +475,12 @@ def frontier(table: pd.DataFrame, input_name: str, fit_config: Mapping) -> pd.Da
                          "n_in_bin": int(n), "model": run["model"], "data": run["data"],
                          "samples_seen_label": run["samples_seen_label"], "total_gmac": float(run["total_gmac"]),
                          "error": float(run["error"]), "on_pareto": bool(pareto[int(i)])})
-    return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
+    return pd.DataFrame(rows, columns=BIN_WINNER_COLUMNS)
 
 
-def frontier_markdown(front: pd.DataFrame) -> str:
+def bin_winners_markdown(front: pd.DataFrame) -> str:
     if front.empty:
-        return "_no frontier_\n"
+        return "_no bin winners_\n"
     out = pd.DataFrame({
         "source": front["source"], "dataset": front["dataset"], "metric": front["metric"], "bin": front["bin"],
         "compute bin (GMAC)": [f"{lo:.3g} – {hi:.3g}" for lo, hi in zip(front["bin_lo_gmac"], front["bin_hi_gmac"])],
@@ -487,8 +488,8 @@ def frontier_markdown(front: pd.DataFrame) -> str:
         "samples seen": front["samples_seen_label"], "compute (GMAC)": [f"{v:.3g}" for v in front["total_gmac"]],
         "error %": 100 * front["error"], "Pareto": front["on_pareto"],
     })
-    return ("Compute-optimal frontier: the best run of each equal-width bin of log10 C (the paper's bins), "
-            "per source and task\n\n" + fitting.to_markdown(out, floatfmt=".2f"))
+    return ("Bin winners: the best run of each equal-width bin of log10 C (the paper's bins), per source and "
+            "task: the runs the binned fit goes through, not an optimal allocation (see compute_optimal)\n\n" + fitting.to_markdown(out, floatfmt=".2f"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,10 +653,10 @@ def comparison_step(table_path: str, input_name: str, settings: Mapping, csv: st
     log.info("%s: %d comparison rows", input_name, len(comp))
 
 
-def frontier_step(table_path: str, input_name: str, settings: Mapping, csv: str, markdown: str) -> None:
-    """Rule fit_frontier: ``settings`` is clipscale.shaping.frontier's slice."""
+def bin_winners_step(table_path: str, input_name: str, settings: Mapping, csv: str, markdown: str) -> None:
+    """Rule fit_bin_winners: ``settings`` is clipscale.shaping.bin_winners's slice."""
     table = _table(table_path, input_name, settings)
-    front = frontier(table, input_name, settings.get("fit", {}))
+    front = bin_winners(table, input_name, settings.get("fit", {}))
     _write(csv, front)
-    _write(markdown, frontier_markdown(front))
-    log.info("%s: %d frontier rows", input_name, len(front))
+    _write(markdown, bin_winners_markdown(front))
+    log.info("%s: %d bin winners", input_name, len(front))
