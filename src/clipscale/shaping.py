@@ -173,7 +173,7 @@ def _model_gmac(config: Mapping) -> dict:
 
 
 # fit.* keys that only the analyses read (clipscale.analysis), not the coefficient tables
-_ANALYSIS_KEYS = ("extrapolation", "comparisons", "compute_optimal")
+_ANALYSIS_KEYS = ("extrapolation", "comparisons", "comparison_figure_within", "compute_optimal")
 
 
 def fit(config: Mapping, input_name: str) -> dict:
@@ -193,7 +193,8 @@ def _with_groups(out: dict, config: Mapping, input_name: str) -> dict:
 def extrapolation(config: Mapping, input_name: str) -> dict:
     """fit_extrapolation: the fit settings it refits with (bins, bootstrap, ci, saturating) and
     fit.extrapolation, the seed and, for our runs, the downstream groups."""
-    fit_cfg = _without(config["fit"], ("predictions", "methods", "comparisons", "compute_optimal"))
+    fit_cfg = _without(config["fit"], ("predictions", "methods", "comparisons", "comparison_figure_within",
+                                         "compute_optimal"))
     ex = dict(fit_cfg.get("extrapolation", {}))
     ex["cut_gmac"] = {k: v for k, v in ex.get("cut_gmac", {}).items() if k == input_name}
     fit_cfg["extrapolation"] = ex
@@ -202,8 +203,9 @@ def extrapolation(config: Mapping, input_name: str) -> dict:
 
 def comparison(config: Mapping, input_name: str) -> dict:
     """fit_comparison: bins, bin_pad, bootstrap, ci, the comparisons of this input (None: the
-    built-in pairs), the seed and, for our runs, the downstream groups."""
-    fit_cfg = {k: config["fit"][k] for k in ("bins", "bin_pad", "bootstrap", "ci") if k in config["fit"]}
+    built-in pairs), the figure's range of gaps, the seed and, for our runs, the downstream groups."""
+    fit_cfg = {k: config["fit"][k] for k in ("bins", "bin_pad", "bootstrap", "ci", "comparison_figure_within")
+               if k in config["fit"]}
     pairs = config["fit"].get("comparisons")
     fit_cfg["comparisons"] = None if pairs is None else [p for p in pairs if p["input"] == input_name]
     return _with_groups({"seed": config["seed"], "fit": fit_cfg}, config, input_name)
