@@ -12,7 +12,7 @@ import pytest
 
 from clipscale import compute_optimal as co
 
-TRUE = {"e": 0.12, "A": 0.25, "a": 0.35, "B": 0.30, "b": 0.45, "r_star": 8.0}
+TRUE = {"e": 0.12, "A": 0.15, "a": 0.35, "B": 0.15, "b": 0.45, "r_star": 8.0}  # errors 0.27-0.88
 KEY = {"source": "synthetic", "task": "zeroshot_classification", "dataset": "main", "metric": "acc1"}
 
 
@@ -161,3 +161,36 @@ def test_settings_rerun_only_the_compute_optimal_analysis():
     assert shaping.compute_optimal(base, "ours")["scales"] == base["scales"]
     with pytest.raises(Exception, match="compute_optimal"):
         cs_config.load("config/config.yaml", {"fit": {"compute_optimal": {"min_runs": 2}}})
+
+
+def test_pipeline_step_on_our_runs(tmp_path):
+    """The rule's step on a results table of our runs (no data_size column: the data scales' sizes
+    come from the config's scales, through the rule's params), writing the CSVs and the table."""
+    from clipscale import config as cs_config
+    from clipscale import shaping
+    from clipscale.table import RESULTS_COLUMNS
+
+    df, law = synthetic_runs()
+    sizes = {"16M": 1.6e7, "80M": 8e7, "400M": 4e8}
+    df = df.assign(source="ours")[RESULTS_COLUMNS]
+    table = tmp_path / "results.parquet"
+    df.to_parquet(table)
+    cfg = cs_config.load("config/config.yaml", {"fit": {"compute_optimal": {"bootstrap": 30,
+                                                                            "budgets_gmac": {"ours": [1e9, 1e10]}}}})
+    settings = shaping.compute_optimal(cfg, "ours")
+    settings["scales"] = sizes  # the synthetic runs' data scales
+    out = {k: tmp_path / f"{k}.csv" for k in ("laws", "optima", "runs")}
+    co.step(str(table), "ours", settings, str(out["laws"]), str(out["optima"]), str(out["runs"]),
+            str(tmp_path / "co.md"))
+    laws = pd.read_csv(out["laws"])
+    assert len(laws) == 1 and laws["r_star_fitted"].iloc[0] and laws["bootstrap_valid"].iloc[0] >= 25
+    assert laws["a"].iloc[0] == pytest.approx(TRUE["a"], abs=0.05)
+    opt = pd.read_csv(out["optima"])
+    assert sorted(opt["budget_gmac"].unique()) == [1e9, 1e10] and set(opt["data"]) == {*sizes, co.UNLIMITED}
+    assert len(pd.read_csv(out["runs"])) == len(df)
+    assert "Optimal model size and samples seen per budget" in (tmp_path / "co.md").read_text()
+
+
+def test_default_budgets_span_the_runs():
+    assert co.default_budgets(np.array([1.8e10, 6.6e12])) == [1e11, 1e12, 1e13]
+    assert co.default_budgets(np.array([5.4, 746.0])) == [10.0, 100.0, 1000.0]

@@ -69,7 +69,7 @@ LAW_COLUMNS = [
     "input", "source", "task", "dataset", "metric", "n_runs", "n_cells", "n_models", "n_samples", "n_data",
     "repeats", "r_star_fitted", "G0", "D0", "rmse_ln",
     *[f"{p}{s}" for p in PARAMS for s in ("", "_lo", "_hi")],
-    "size_exponent", "size_exponent_lo", "size_exponent_hi", "bootstrap_valid", "ci", "formula",
+    "size_exponent", "size_exponent_lo", "size_exponent_hi", "bootstrap_valid", "ci", "formula", "note",
 ]
 OPTIMUM_COLUMNS = [
     "input", "source", "task", "dataset", "metric", "data", "data_size", "budget_gmac",
@@ -305,8 +305,9 @@ def optimal_size(law: JointLaw, budgets, U: float, g_range: tuple[float, float])
 
 
 def default_budgets(C: np.ndarray) -> list[float]:
-    """One budget per decade from the smallest run's compute to ten times the largest."""
-    lo, hi = math.floor(math.log10(C.min())), math.ceil(math.log10(C.max())) + 1
+    """The powers of ten from the smallest run's compute to ten times the largest (the law says
+    nothing below its runs, and little far beyond them)."""
+    lo, hi = math.ceil(math.log10(C.min()) - 1e-9), math.floor(math.log10(10 * C.max()) + 1e-9)
     return [10.0 ** k for k in range(lo, hi + 1)]
 
 
@@ -377,6 +378,21 @@ def compare_runs(fit: JointFit, input_name: str) -> list[dict]:
     return rows
 
 
+def at_bounds(fit: JointFit) -> list[str]:
+    """The law's exponents (and R* when fitted) at a bound of the fit: the runs do not pin them
+    (a law of a regime the runs are not in, e.g. errors near chance), so neither its optimum."""
+    p, out = fit.law.params, []
+    for name in ("a", "b"):
+        for bound in A_BOUNDS:
+            if math.isclose(p[name], bound, rel_tol=1e-3):
+                out.append(f"{name} at its bound {bound:g}")
+    if fit.r_star_fixed is None:
+        for bound in R_STAR_BOUNDS:
+            if math.isclose(p["r_star"], bound, rel_tol=1e-3):
+                out.append(f"R* at its bound {bound:g}")
+    return out
+
+
 def law_row(fit: JointFit, input_name: str) -> dict:
     pts = fit.points
     G, D, U, E = _arrays(pts)
@@ -388,6 +404,7 @@ def law_row(fit: JointFit, input_name: str) -> dict:
     for p in PARAMS:
         row[p] = fit.law.params[p]
         row[f"{p}_lo"], row[f"{p}_hi"] = fit.interval([d.params[p] for d in fit.draws])
+    row["note"] = "; ".join(at_bounds(fit))
     row["size_exponent"] = fit.law.size_exponent
     row["size_exponent_lo"], row["size_exponent_hi"] = fit.interval([d.size_exponent for d in fit.draws])
     return row
@@ -472,6 +489,7 @@ def markdown(out: Mapping[str, pd.DataFrame]) -> str:
             "G_opt ∝ C^": [_ci(*v, ".2f") for v in zip(laws["size_exponent"], laws["size_exponent_lo"],
                                                           laws["size_exponent_hi"])],
             "rmse ln E": laws["rmse_ln"], "draws": laws["bootstrap_valid"],
+            "note": laws["note"].fillna(""),
         }), floatfmt=".3f"),
     ]
     if not opt.empty:
