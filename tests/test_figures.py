@@ -331,6 +331,12 @@ def test_published_target_and_report(smk_dir):
     assert "paper (binned)" in set(summary["method"])
     front = pd.read_csv(fitdir / "bin_winners.csv")
     assert "ViT-H/14" in set(front["model"])
+    # the compute-optimal analysis: a joint law per main task, the optimum per budget, every run
+    laws = pd.read_csv(fitdir / "compute_optimal_laws.csv").set_index(["dataset", "metric"])
+    assert laws.loc[("imagenet1k", "acc1"), "n_runs"] == 29 and laws.loc[("imagenet1k", "acc1"), "r_star_fitted"]
+    opt = pd.read_csv(fitdir / "compute_optimal.csv")
+    assert {"LAION-80M", "LAION-2B", "unlimited"} <= set(opt["data"]) and (opt["gmac_per_sample_lo"] > 0).all()
+    assert len(pd.read_csv(fitdir / "compute_optimal_runs.csv")) == 7 * 29
     tables = smk_dir / "results" / "tables"
     assert "OpenCLIP (LAION)" in (tables / "comparison_published.md").read_text()
     assert "inside interval" in (tables / "extrapolation_published.md").read_text()
@@ -341,7 +347,8 @@ def test_published_target_and_report(smk_dir):
     assert r.returncode == 0, r.stderr[-3000:]
     html = (smk_dir / "report.html").read_text(errors="replace")
     assert "imagenet_zeroshot_published" in html and "coefficients_published" in html
-    for name in ("comparison_published", "extrapolation_published", "bin_winners_published"):
+    for name in ("comparison_published", "extrapolation_published", "bin_winners_published",
+                 "compute_optimal_published"):
         assert name in html
 
 
@@ -424,8 +431,8 @@ def test_extrapolation_figure_draws_the_main_tasks_titles_clear(published, tmp_p
     figures.save(fig, [tmp_path / "e.png"])
     check_files([tmp_path / "e.png"])
     # a configured list of sets instead
-    chosen = analysis.main_panels(checked, "published", {"fit": {"extrapolation": {"figure_datasets": ["imagenet1k/acc1",
-                                                                                                      "cars"]}}})
+    wanted = {"fit": {"extrapolation": {"figure_datasets": ["imagenet1k/acc1", "cars"]}}}
+    chosen = analysis.main_panels(checked, "published", wanted)
     assert {g[2] for g in chosen} == {"imagenet1k", "cars"} and all(g[3] == "acc1" or g[2] == "cars" for g in chosen)
 
 
@@ -452,7 +459,8 @@ def test_comparison_figure_states_each_gaps_compute_within_10x_of_the_runs(publi
     check_files([tmp_path / "c.png"])
     # asked for: the largest target compute, however far, still stated on the axis
     far = analysis.draw_comparison(comp, "c", ranges, None)
-    assert all(t.get_text().startswith("at 6.6e+14 GMAC (100× the largest run)") for t in far.axes[1].get_yticklabels())
+    far_labels = [t.get_text() for t in far.axes[1].get_yticklabels()]
+    assert all(t.startswith("at 6.6e+14 GMAC (100× the largest run)") for t in far_labels)
     # no target compute within the range: no gap drawn, the row says so
     none = analysis.gap_rows(comp, {"openclip_vs_openai": (1e6, 1e7)}, 10)
     assert none["delta_error"].isna().all()

@@ -506,7 +506,8 @@ def markdown(out: Mapping[str, pd.DataFrame]) -> str:
                                     for v, x, ed in zip(zip(o["gmac_per_sample"], o["gmac_per_sample_lo"],
                                                             o["gmac_per_sample_hi"]), o["extrapolated"], o["at_edge"])],
             "nearest model": o["nearest_model"],
-            "D_opt (samples)": [_ci(*v, ".3g") for v in zip(o["samples_seen"], o["samples_seen_lo"], o["samples_seen_hi"])],
+            "D_opt (samples)": [_ci(*v, ".3g") for v in
+                                zip(o["samples_seen"], o["samples_seen_lo"], o["samples_seen_hi"])],
             "epochs": [f"{v:.3g}" if np.isfinite(v) else "" for v in o["epochs"]],
             "E_opt (%)": [_ci(*(100 * np.array(v)), ".2f") for v in zip(o["error"], o["error_lo"], o["error_hi"])],
         })))
