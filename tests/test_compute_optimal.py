@@ -160,7 +160,7 @@ def test_settings_rerun_only_the_compute_optimal_analysis():
     assert shaping.compute_optimal(base, "published") == shaping.compute_optimal(ours_budget, "published")
     assert shaping.compute_optimal(base, "ours")["scales"] == base["scales"]
     with pytest.raises(Exception, match="compute_optimal"):
-        cs_config.load("config/config.yaml", {"fit": {"compute_optimal": {"min_runs": 2}}})
+        cs_config.load("config/config.yaml", {"fit": {"compute_optimal": {"min_runs": 6}}})
 
 
 def test_pipeline_step_on_our_runs(tmp_path):

@@ -251,7 +251,7 @@ def repeats(points: pd.DataFrame) -> bool:
 
 
 def fit_joint(points: pd.DataFrame, key: Mapping, bootstrap: int = 200, ci: float = 0.95, seed: int = 0,
-              repeat_decay: float | None = None, min_runs: int = 8) -> JointFit:
+              repeat_decay: float | None = None, min_runs: int = 12) -> JointFit:
     """Fit the joint law to final runs (rows with gmac_per_sample, samples_seen, data_size,
     error) and bootstrap it over cells."""
     order = [c for c in ("gmac_per_sample", "samples_seen", "data", "error") if c in points]
@@ -438,9 +438,9 @@ def analyse(table: pd.DataFrame, input_name: str, settings: Mapping, seed: int =
         key = {"source": source, "task": task, "dataset": dataset, "metric": metric}
         where = f"{input_name}/{source}/{dataset}/{metric}"
         try:
-            check_points(points, int(settings.get("min_runs", 8)))
+            check_points(points, int(settings.get("min_runs", 12)))
             fit = fit_joint(points, key, int(settings.get("bootstrap", 200)), float(settings.get("ci", 0.95)),
-                            seed, settings.get("repeat_decay"), int(settings.get("min_runs", 8)))
+                            seed, settings.get("repeat_decay"), int(settings.get("min_runs", 12)))
         except ComputeOptimalError as e:
             log.info("compute-optimal %s: %s", where, e)
             continue
