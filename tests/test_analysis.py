@@ -1,5 +1,5 @@
 """Beyond the paper's fit (clipscale.analysis, and the saturating fit's diagnosis in
-clipscale.fit): the extrapolation check, the comparison of two laws, the compute-optimal frontier,
+clipscale.fit): the extrapolation check, the comparison of two laws, the bin winners,
 on the published numbers and on synthetic laws whose answer is known."""
 
 from __future__ import annotations
@@ -234,17 +234,17 @@ def test_the_huber_loss_resists_an_outlier():
 
 
 # ---------------------------------------------------------------------------------------------
-# frontier, settings
+# bin winners, settings
 
 
-def test_frontier_of_the_published_numbers(published):
-    front = analysis.frontier(published, "published", FAST)
+def test_bin_winners_of_the_published_numbers(published):
+    front = analysis.bin_winners(published, "published", FAST)
     im = front[(front["source"] == "published") & (front["dataset"] == "imagenet1k") & (front["metric"] == "acc1")]
     assert list(im["bin"]) == [1, 2, 3, 4, 5] and im["n_in_bin"].sum() == 29
     top = im.iloc[-1]
     assert (top["model"], top["data"], top["samples_seen_label"]) == ("ViT-H/14", "LAION-2B", "34B")
     assert top["error"] == pytest.approx(0.2203) and top["on_pareto"]
-    assert "ViT-H/14" in analysis.frontier_markdown(front)
+    assert "ViT-H/14" in analysis.bin_winners_markdown(front)
 
 
 def test_analysis_settings_rerun_only_the_analyses():
@@ -253,7 +253,7 @@ def test_analysis_settings_rerun_only_the_analyses():
                                                             "comparisons": []}})
     for name in ("published", "ours"):
         assert shaping.fit(base, name) == shaping.fit(changed, name)
-        assert shaping.frontier(base, name) == shaping.frontier(changed, name)
+        assert shaping.bin_winners(base, name) == shaping.bin_winners(changed, name)
         assert shaping.extrapolation(base, name) != shaping.extrapolation(changed, name)
         assert shaping.comparison(base, name) != shaping.comparison(changed, name)
     # a comparison of our runs does not rerun the published input's

@@ -67,7 +67,7 @@ def _validated(cfg: dict) -> dict:
 
 
 # the analyses of each input's results table (clipscale.analysis)
-ANALYSES = {"fit_extrapolation", "fit_comparison", "fit_frontier"}
+ANALYSES = {"fit_extrapolation", "fit_comparison", "fit_bin_winners", "fit_compute_optimal"}
 
 
 def figure_names(cfg: dict, compute_only: bool = False, inputs: str | None = None) -> set[str]:

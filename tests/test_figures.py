@@ -297,7 +297,7 @@ def test_lint_clean(smk_dir):
     r = snakemake(smk_dir, "--lint")
     blocks = (r.stdout + r.stderr).split("Lints for ")[1:]
     ours = [b for b in blocks if "workflow/rules/fit" in b.splitlines()[0] or "workflow/rules/figures" in b.splitlines()[0]]
-    assert len(ours) == 10, blocks  # the 10 rules, each with the conda advice only
+    assert len(ours) == 11, blocks  # the 11 rules, each with the conda advice only
     for block in ours:
         items = [line.strip() for line in block.splitlines() if line.strip().startswith("* ")]
         assert items == ["* Specify a conda environment or container for each rule.:"], block
@@ -322,15 +322,21 @@ def test_published_target_and_report(smk_dir):
     assert {("published", "cars", "ft_acc1"), ("openai", "svhn", "patched_acc1"),
             ("published", "imagenet-a", "imagenet_ft_acc1")} <= laws
     # the analyses of the paper's numbers: OpenAI's exponent is the steeper on ImageNet zero-shot,
-    # OpenCLIP's on retrieval; each law checked against the highest compute bin; the frontier
+    # OpenCLIP's on retrieval; each law checked against the highest compute bin; the bin winners
     comp = pd.read_csv(fitdir / "comparison.csv").drop_duplicates(["dataset", "metric"]).set_index(["dataset", "metric"])
     assert comp.loc[("imagenet1k", "acc1"), "alpha_ratio_hi"] < 1
     assert comp.loc[("flickr30k", "image_retrieval_recall@5"), "alpha_ratio_lo"] > 1
     summary = pd.read_csv(fitdir / "extrapolation_summary.csv")
     assert set(summary["source"]) == {"published"} and (summary["n_held"] > 0).all()
     assert "paper (binned)" in set(summary["method"])
-    front = pd.read_csv(fitdir / "frontier.csv")
+    front = pd.read_csv(fitdir / "bin_winners.csv")
     assert "ViT-H/14" in set(front["model"])
+    # the compute-optimal analysis: a joint law per main task, the optimum per budget, every run
+    laws = pd.read_csv(fitdir / "compute_optimal_laws.csv").set_index(["dataset", "metric"])
+    assert laws.loc[("imagenet1k", "acc1"), "n_runs"] == 29 and laws.loc[("imagenet1k", "acc1"), "r_star_fitted"]
+    opt = pd.read_csv(fitdir / "compute_optimal.csv")
+    assert {"LAION-80M", "LAION-2B", "unlimited"} <= set(opt["data"]) and (opt["gmac_per_sample_lo"] > 0).all()
+    assert len(pd.read_csv(fitdir / "compute_optimal_runs.csv")) == 7 * 29
     tables = smk_dir / "results" / "tables"
     assert "OpenCLIP (LAION)" in (tables / "comparison_published.md").read_text()
     assert "inside interval" in (tables / "extrapolation_published.md").read_text()
@@ -341,7 +347,8 @@ def test_published_target_and_report(smk_dir):
     assert r.returncode == 0, r.stderr[-3000:]
     html = (smk_dir / "report.html").read_text(errors="replace")
     assert "imagenet_zeroshot_published" in html and "coefficients_published" in html
-    for name in ("comparison_published", "extrapolation_published", "frontier_published"):
+    for name in ("comparison_published", "extrapolation_published", "bin_winners_published",
+                 "compute_optimal_published"):
         assert name in html
 
 
@@ -386,3 +393,74 @@ def test_released_checkpoints_beside_the_paper(published, tmp_path):
                            {"evaluate": {"released": {"dir": str(tmp_path)}}})
     spec = {s.name: s for s in figures.default_our_specs(paper)}["released_vs_published"]
     assert spec.sources == ["published", "released"] and "imagenet1k" in spec.datasets
+
+
+# ---------------------------------------------------------------------------------------------
+# the analyses' figures (clipscale.analysis): readable panels, gaps stated where they are
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_extrapolation_figure_draws_the_main_tasks_titles_clear(published, tmp_path):
+    """The published extrapolation figure: the paper's 7 main tasks of the 51 checked laws (the
+    rest in its table), every panel's title clear of every other panel and of the figure's title."""
+    from clipscale import analysis
+
+    settings = shaping.extrapolation(cs_config.load(REPO / "config" / "config.yaml"), "published")
+    settings["fit"]["bootstrap"] = 20
+    out = analysis.extrapolation(published, "published", settings["fit"], 0)
+    checked = sorted({k[:4] for k in out["fits"]})
+    panels = analysis.main_panels(checked, "published", settings)
+    assert len(checked) > 40 and len(panels) == 7
+    assert {f"{g[2]}/{g[3]}" for g in panels} == set(analysis.PUBLISHED_MAIN)
+    fig = analysis.draw_extrapolation(published, out, "Extrapolation check (published): a long title", panels)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 7
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    sup = fig._suptitle.get_window_extent(renderer)
+    for ax in axes:
+        title = ax.title.get_window_extent(renderer)
+        assert not _overlaps(title, sup)
+        for other in axes:
+            if other is not ax:
+                assert not _overlaps(title, other.get_tightbbox(renderer)), ax.get_title()
+                assert not _overlaps(ax.get_tightbbox(renderer), other.get_tightbbox(renderer))
+    figures.save(fig, [tmp_path / "e.png"])
+    check_files([tmp_path / "e.png"])
+    # a configured list of sets instead
+    wanted = {"fit": {"extrapolation": {"figure_datasets": ["imagenet1k/acc1", "cars"]}}}
+    chosen = analysis.main_panels(checked, "published", wanted)
+    assert {g[2] for g in chosen} == {"imagenet1k", "cars"} and all(g[3] == "acc1" or g[2] == "cars" for g in chosen)
+
+
+def test_comparison_figure_states_each_gaps_compute_within_10x_of_the_runs(published, tmp_path):
+    from clipscale import analysis
+
+    pairs = [{"name": "openclip_vs_openai", "input": "published", "a": {"source": "published"},
+              "b": {"source": "openai"}, "datasets": ["imagenet1k", "flickr30k"]}]
+    comp = analysis.comparison(published, "published", {"bins": 5, "bootstrap": 20, "ci": 0.95}, 0, pairs)
+    ranges = analysis.data_ranges(published, "published", pairs)
+    lo, hi = ranges["openclip_vs_openai"]
+    assert lo == pytest.approx(1.808554e10, rel=1e-6) and hi == pytest.approx(6.631509e12, rel=1e-6)
+    assert comp["compute_gmac"].max() == pytest.approx(100 * hi)  # the table keeps 100x
+    shown = analysis.gap_rows(comp, ranges, 10)
+    assert len(shown) == comp.drop_duplicates(["dataset", "metric"]).shape[0]
+    assert (shown["compute_gmac"] <= 10 * hi * (1 + 1e-9)).all() and (shown["compute_gmac"] >= lo / 10).all()
+    assert shown["compute_gmac"].iloc[0] == pytest.approx(10 * hi)
+    fig = analysis.draw_comparison(comp, "c", ranges, 10)
+    gap_axis = fig.axes[1]
+    labels = [t.get_text() for t in gap_axis.get_yticklabels()]
+    assert len(labels) == len(shown) and all(t.startswith("at 6.6e+13 GMAC (10× the largest run)") for t in labels)
+    assert "within 10×" in gap_axis.get_xlabel()
+    figures.save(fig, [tmp_path / "c.png"])
+    check_files([tmp_path / "c.png"])
+    # asked for: the largest target compute, however far, still stated on the axis
+    far = analysis.draw_comparison(comp, "c", ranges, None)
+    far_labels = [t.get_text() for t in far.axes[1].get_yticklabels()]
+    assert all(t.startswith("at 6.6e+14 GMAC (100× the largest run)") for t in far_labels)
+    # no target compute within the range: no gap drawn, the row says so
+    none = analysis.gap_rows(comp, {"openclip_vs_openai": (1e6, 1e7)}, 10)
+    assert none["delta_error"].isna().all()

@@ -71,7 +71,10 @@ FIT_INPUT_DRAWS = f"{FIT_INPUT}/draws.csv"          # bootstrap draws of the pap
 FIT_INPUT_EXTRAPOLATION = f"{FIT_INPUT}/extrapolation.csv"  # held-out runs predicted by laws fitted below a cut
 FIT_INPUT_EXTRAPOLATION_SUMMARY = f"{FIT_INPUT}/extrapolation_summary.csv"  # per task and method
 FIT_INPUT_COMPARISON = f"{FIT_INPUT}/comparison.csv"  # pairs of laws: exponent ratio, ΔE, crossing
-FIT_INPUT_FRONTIER = f"{FIT_INPUT}/frontier.csv"      # best run per compute bin
+FIT_INPUT_COMPUTE_OPTIMAL_LAWS = f"{FIT_INPUT}/compute_optimal_laws.csv"  # joint law in model size and samples seen
+FIT_INPUT_COMPUTE_OPTIMAL = f"{FIT_INPUT}/compute_optimal.csv"  # optimal model and samples seen per budget
+FIT_INPUT_COMPUTE_OPTIMAL_RUNS = f"{FIT_INPUT}/compute_optimal_runs.csv"  # each run against the optimum
+FIT_INPUT_BIN_WINNERS = f"{FIT_INPUT}/bin_winners.csv"  # best run per compute bin (not an optimum: clipscale.compute_optimal)
 
 # 6. figures and tables -------------------------------------------------------------------------
 FIGURE = f"{RESULTS}/figures/{{figure}}.{{ext}}"
@@ -79,7 +82,8 @@ TABLE = f"{RESULTS}/tables/{{table}}.{{ext}}"
 # analyses of each input (clipscale.analysis): input is "published" or "ours"
 EXTRAPOLATION_TABLE = f"{RESULTS}/tables/extrapolation_{{input}}.md"
 COMPARISON_TABLE = f"{RESULTS}/tables/comparison_{{input}}.md"
-FRONTIER_TABLE = f"{RESULTS}/tables/frontier_{{input}}.md"
+BIN_WINNERS_TABLE = f"{RESULTS}/tables/bin_winners_{{input}}.md"
+COMPUTE_OPTIMAL_TABLE = f"{RESULTS}/tables/compute_optimal_{{input}}.md"
 EXTRAPOLATION_FIGURE = f"{RESULTS}/figures/extrapolation_{{input}}.{{ext}}"
 COMPARISON_FIGURE = f"{RESULTS}/figures/comparison_{{input}}.{{ext}}"
 

@@ -39,7 +39,8 @@ FIXED: dict[str, tuple[int, int, int]] = {
     "fit_collect": (1, 1000, 5),
     "fit_extrapolation": (1, 2000, 30),
     "fit_comparison": (1, 2000, 15),
-    "fit_frontier": (1, 1000, 5),
+    "fit_bin_winners": (1, 1000, 5),
+    "fit_compute_optimal": (1, 2000, 10),  # 200 refits per task: seconds
     "figure_compute": (1, 2000, 15),
     "figure_data_bottleneck": (1, 2000, 10),
     "figure_samples_bottleneck": (1, 2000, 10),
@@ -423,7 +424,7 @@ def resources(config: Mapping, rule: str, **sizes) -> dict[str, Any]:
 DATA, INDEPENDENT, TRAIN = 1000, 500, 100
 FINETUNE, AGGREGATE, EVALUATE, FIT_OURS_TABLE, FIT_OURS, FIGURE_OURS = 95, 60, 50, 45, 40, 30
 _DATA_RULES = ("make_world", "index_pool", "subset", "model_profile")
-_FIT_RULES = ("fit_input", "fit_extrapolation", "fit_comparison", "fit_frontier")
+_FIT_RULES = ("fit_input", "fit_extrapolation", "fit_comparison", "fit_bin_winners", "fit_compute_optimal")
 _FIGURE_RULES = ("figure_compute", "figure_data_bottleneck", "figure_samples_bottleneck", "figure_overlap")
 _ENCODER_RULES = ("dedup_embed_pool", "dedup_embed_downstream", "dedup_match_embedding")
 

@@ -186,7 +186,7 @@ def _model_gmac(config: Mapping) -> dict:
 
 
 # fit.* keys that only the analyses read (clipscale.analysis), not the coefficient tables
-_ANALYSIS_KEYS = ("extrapolation", "comparisons")
+_ANALYSIS_KEYS = ("extrapolation", "comparisons", "comparison_figure_within", "compute_optimal")
 
 
 def fit(config: Mapping, input_name: str) -> dict:
@@ -206,7 +206,8 @@ def _with_groups(out: dict, config: Mapping, input_name: str) -> dict:
 def extrapolation(config: Mapping, input_name: str) -> dict:
     """fit_extrapolation: the fit settings it refits with (bins, bootstrap, ci, saturating) and
     fit.extrapolation, the seed and, for our runs, the downstream groups."""
-    fit_cfg = _without(config["fit"], ("predictions", "methods", "comparisons"))
+    fit_cfg = _without(config["fit"], ("predictions", "methods", "comparisons", "comparison_figure_within",
+                                         "compute_optimal"))
     ex = dict(fit_cfg.get("extrapolation", {}))
     ex["cut_gmac"] = {k: v for k, v in ex.get("cut_gmac", {}).items() if k == input_name}
     fit_cfg["extrapolation"] = ex
@@ -215,17 +216,29 @@ def extrapolation(config: Mapping, input_name: str) -> dict:
 
 def comparison(config: Mapping, input_name: str) -> dict:
     """fit_comparison: bins, bin_pad, bootstrap, ci, the comparisons of this input (None: the
-    built-in pairs), the seed and, for our runs, the downstream groups."""
-    fit_cfg = {k: config["fit"][k] for k in ("bins", "bin_pad", "bootstrap", "ci") if k in config["fit"]}
+    built-in pairs), the figure's range of gaps, the seed and, for our runs, the downstream groups."""
+    fit_cfg = {k: config["fit"][k] for k in ("bins", "bin_pad", "bootstrap", "ci", "comparison_figure_within")
+               if k in config["fit"]}
     pairs = config["fit"].get("comparisons")
     fit_cfg["comparisons"] = None if pairs is None else [p for p in pairs if p["input"] == input_name]
     return _with_groups({"seed": config["seed"], "fit": fit_cfg}, config, input_name)
 
 
-def frontier(config: Mapping, input_name: str) -> dict:
-    """fit_frontier: the bins (fit.bins, fit.bin_pad) and, for our runs, the downstream groups."""
+def bin_winners(config: Mapping, input_name: str) -> dict:
+    """fit_bin_winners: the bins (fit.bins, fit.bin_pad) and, for our runs, the downstream groups."""
     fit_cfg = {k: config["fit"][k] for k in ("bins", "bin_pad") if k in config["fit"]}
     return _with_groups({"fit": fit_cfg}, config, input_name)
+
+
+def compute_optimal(config: Mapping, input_name: str) -> dict:
+    """fit_compute_optimal: fit.compute_optimal (its budgets of this input only), fit.ci, the seed
+    (bootstrap) and, for our runs, the data scales' sizes (unique samples) and the downstream groups."""
+    co = dict(config["fit"].get("compute_optimal") or {})
+    co["budgets_gmac"] = {k: v for k, v in (co.get("budgets_gmac") or {}).items() if k == input_name}
+    out = {"seed": config["seed"], "fit": {"ci": config["fit"].get("ci", 0.95), "compute_optimal": co}}
+    if input_name == "ours":
+        out["scales"] = dict(config.get("scales", {}))
+    return _with_groups(out, config, input_name)
 
 
 def figure(config: Mapping, spec) -> dict:

@@ -173,29 +173,59 @@ rule fit_comparison:
         "../scripts/fit_comparison.py"
 
 
-rule fit_frontier:
+rule fit_bin_winners:
     """The best run per compute bin (clipscale.analysis)."""
     input:
         table=fit_table_input,
     output:
-        csv=paths.FIT_INPUT_FRONTIER,
+        csv=paths.FIT_INPUT_BIN_WINNERS,
         md=report(
-            paths.FRONTIER_TABLE,
-            caption="../report/frontier.rst",
+            paths.BIN_WINNERS_TABLE,
+            caption="../report/bin_winners.rst",
             category="Tables",
             subcategory="{input}",
         ),
     log:
-        f"{paths.LOGS}/fit/frontier_{{input}}.log",
+        f"{paths.LOGS}/fit/bin_winners_{{input}}.log",
     benchmark:
-        f"{paths.BENCHMARKS}/fit/frontier_{{input}}.tsv"
+        f"{paths.BENCHMARKS}/fit/bin_winners_{{input}}.tsv"
     wildcard_constraints:
         input="published|ours",
-    priority: cs_resources.priority(config, "fit_frontier")
-    threads: cs_resources.threads(config, "fit_frontier")
+    priority: cs_resources.priority(config, "fit_bin_winners")
+    threads: cs_resources.threads(config, "fit_bin_winners")
     resources:
-        **cs_resources.resources(config, "fit_frontier"),
+        **cs_resources.resources(config, "fit_bin_winners"),
     params:
-        settings=lambda wc: shaping.frontier(config, wc.input),
+        settings=lambda wc: shaping.bin_winners(config, wc.input),
     script:
-        "../scripts/fit_frontier.py"
+        "../scripts/fit_bin_winners.py"
+
+
+rule fit_compute_optimal:
+    """Joint law in model size and samples seen, optimum per budget (clipscale.compute_optimal)."""
+    input:
+        table=fit_table_input,
+    output:
+        laws=paths.FIT_INPUT_COMPUTE_OPTIMAL_LAWS,
+        optima=paths.FIT_INPUT_COMPUTE_OPTIMAL,
+        runs=paths.FIT_INPUT_COMPUTE_OPTIMAL_RUNS,
+        md=report(
+            paths.COMPUTE_OPTIMAL_TABLE,
+            caption="../report/compute_optimal.rst",
+            category="Tables",
+            subcategory="{input}",
+        ),
+    log:
+        f"{paths.LOGS}/fit/compute_optimal_{{input}}.log",
+    benchmark:
+        f"{paths.BENCHMARKS}/fit/compute_optimal_{{input}}.tsv"
+    wildcard_constraints:
+        input="published|ours",
+    priority: cs_resources.priority(config, "fit_compute_optimal")
+    threads: cs_resources.threads(config, "fit_compute_optimal")
+    resources:
+        **cs_resources.resources(config, "fit_compute_optimal"),
+    params:
+        settings=lambda wc: shaping.compute_optimal(config, wc.input),
+    script:
+        "../scripts/fit_compute_optimal.py"

@@ -16,7 +16,7 @@ def fit_table_path(name, ext):
 
 def analysis_targets(input_name):
     """The analyses of one input (clipscale.analysis): extrapolation check, comparison of laws,
-    compute-optimal frontier; tables and figures."""
+    best run per compute bin, compute-optimal allocation; tables and figures."""
     return [
         paths.fill(pattern, input=input_name)
         for pattern in (
@@ -25,8 +25,12 @@ def analysis_targets(input_name):
             paths.EXTRAPOLATION_TABLE,
             paths.FIT_INPUT_COMPARISON,
             paths.COMPARISON_TABLE,
-            paths.FIT_INPUT_FRONTIER,
-            paths.FRONTIER_TABLE,
+            paths.FIT_INPUT_BIN_WINNERS,
+            paths.BIN_WINNERS_TABLE,
+            paths.FIT_INPUT_COMPUTE_OPTIMAL_LAWS,
+            paths.FIT_INPUT_COMPUTE_OPTIMAL,
+            paths.FIT_INPUT_COMPUTE_OPTIMAL_RUNS,
+            paths.COMPUTE_OPTIMAL_TABLE,
         )
     ] + [
         paths.fill(pattern, input=input_name, ext=ext)
