@@ -288,6 +288,48 @@ def test_outputs_older_than_what_they_are_made_from_are_named(in_tmp):
     assert out[paths.RESULTS_TABLE].state == out[str(coefficients)].state == "up to date"
 
 
+def test_evaluations_per_checkpoint_say_what_is_missing_and_why(in_tmp):
+    """Waiting for training; ready (checkpoint and record there); running (Snakemake's
+    incomplete mark, its lock held) or incomplete (no lock: a Snakemake that stopped); failed
+    (an error in its log after the record); complete."""
+    import base64
+
+    from clipscale.evaluate import plan
+
+    cfg = ci_config()
+    run = the_run(cfg)
+    (ckpt,) = status.evaluations(cfg)
+    assert (ckpt.checkpoint, ckpt.done, ckpt.total, ckpt.state) == ("ours vit-xs/1k/2k epoch 2", 0, 5,
+                                                                      "waiting for training")
+    checkpoint(run, 2, mtime=time.time() - 100)
+    record = Path(paths.fill(paths.RUN_DONE, **run.wildcards))
+    record.write_text("{}")
+    os.utime(record, (time.time() - 100,) * 2)
+    assert status.evaluations(cfg)[0].state == "ready"
+    outputs = plan.outputs_of(cfg, {"source": "ours", **run.wildcards, "epoch": "2"})
+    first = next(iter(outputs.values()))
+    marks = Path(".snakemake/incomplete")
+    marks.mkdir(parents=True)
+    (marks / base64.b64encode(first.encode()).decode()).write_text("")
+    assert status.evaluations(cfg, incomplete=status.snakemake_incomplete("."))[0].state.startswith("incomplete")
+    Path(".snakemake/locks").mkdir()
+    (Path(".snakemake/locks") / "0.input.lock").write_text("")
+    assert status.snakemake_locked(".")
+    assert status.evaluations(cfg, incomplete=status.snakemake_incomplete("."), locked=True)[0].state == "running"
+    log = Path(status.evaluations(cfg)[0].log)
+    assert str(log) == "results/logs/evaluate/ours/vit-xs/1k/2k/epoch_2.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("2026-12-06 10:00:00,000 clipscale.evaluate ERROR no downstream set at x\n")
+    assert status.evaluations(cfg)[0].state == "failed: no downstream set at x"
+    for i, path in enumerate(outputs.values()):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("{}")
+        if i == 2:
+            assert status.evaluations(cfg)[0].missing == [f"{d}/{t}" for d, t in list(outputs)[3:]]
+    ev = status.evaluations(cfg)[0]
+    assert (ev.done, ev.state, ev.missing) == (5, "complete", [])
+
+
 def test_the_command_reads_configfiles_as_snakemake_does(in_tmp, tmp_path, capsys):
     """--configfile twice: merged in order; -d the study; --json the data; a bad config is
     refused naming the key."""
@@ -405,6 +447,10 @@ def study_env(tmp_path: Path, pause_at: int | None = None) -> dict:
     return env
 
 
+def target_of(run: grid.Run) -> str:
+    return paths.fill(paths.RUN_DONE, **run.wildcards)
+
+
 @pytest.fixture(scope="module")
 def finished(request, small_world, tmp_path_factory):
     """(working directory, config file, its run) of the one-run study, trained by Snakemake."""
@@ -413,8 +459,7 @@ def finished(request, small_world, tmp_path_factory):
         cfg = study_config(small_world)
         configfile.write_text(yaml.safe_dump(cfg))
         run = grid.runs(config_mod.validate(cfg, "study"))[0]
-        proc = snakemake(folder / "study", configfile, paths.fill(paths.RUN_DONE, **run.wildcards),
-                         env=study_env(folder))
+        proc = snakemake(folder / "study", configfile, target_of(run), env=study_env(folder))
         out = proc.communicate(timeout=300)[0]
         assert proc.returncode == 0, out[-3000:]
         yield folder / "study", configfile, run
@@ -446,8 +491,7 @@ def test_status_of_a_study_while_it_trains_and_after_ctrl_c(finished, tmp_path):
     shutil.copytree(source, workdir, symlinks=True)
     shutil.rmtree(workdir / train_mod.run_dir(run))
     paused = tmp_path / "paused"
-    proc = snakemake(workdir, configfile, paths.fill(paths.RUN_DONE, **run.wildcards),
-                     env=study_env(tmp_path, pause_at=7))
+    proc = snakemake(workdir, configfile, target_of(run), env=study_env(tmp_path, pause_at=7))
     try:
         deadline = time.time() + 180
         while not paused.exists() and proc.poll() is None and time.time() < deadline:
@@ -460,6 +504,7 @@ def test_status_of_a_study_while_it_trains_and_after_ctrl_c(finished, tmp_path):
         assert row["progress"] == "step 7 of 10 (70%)"
         assert row["samples_per_s"] > 0 and row["eta_s"] > 0 and row["last_loss"] > 0
         assert "process" in row["detail"] and "running" in row["detail"]
+        assert data["snakemake_lock"] and target_of(run) in data["snakemake_incomplete"]
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         out = proc.communicate(timeout=90)[0]
     finally:
@@ -474,3 +519,4 @@ def test_status_of_a_study_while_it_trains_and_after_ctrl_c(finished, tmp_path):
     assert row["resumes_at"] == "epoch 1 + 2 of 5 steps", row
     assert "signal SIGTERM" in row["detail"] and "resumes at epoch 1 + 2 of 5 steps" in row["detail"], row
     assert (row["windows"], row["step"], row["eta_s"]) == (1, 7, None)
+    assert not data["snakemake_lock"]

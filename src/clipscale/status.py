@@ -33,6 +33,7 @@ study.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pickletools
@@ -204,6 +205,32 @@ def train_comments(config: dict, run: grid.Run) -> set[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Snakemake's own marks in the working directory
+
+
+def snakemake_incomplete(directory: str | Path = ".") -> set[str]:
+    """Outputs of the jobs Snakemake runs now, or ran when it was stopped
+    (``.snakemake/incomplete/``: a file per output, named by the base64 of its path; names
+    longer than a file name are split into folders)."""
+    root = Path(directory) / ".snakemake" / "incomplete"
+    out = set()
+    for marker in root.rglob("*") if root.is_dir() else []:
+        if marker.is_file():
+            try:
+                out.add(base64.b64decode("".join(marker.relative_to(root).parts)).decode())
+            except (ValueError, UnicodeDecodeError):
+                continue
+    return out
+
+
+def snakemake_locked(directory: str | Path = ".") -> bool:
+    """Whether a Snakemake holds the working directory (``.snakemake/locks/``; one killed with
+    SIGKILL leaves its lock: ``snakemake --unlock``)."""
+    locks = Path(directory) / ".snakemake" / "locks"
+    return locks.is_dir() and any(locks.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
 # runs
 
 
@@ -231,7 +258,7 @@ class RunStatus:
 
     @property
     def progress(self) -> str:
-        if self.step is None or not self.steps:
+        if not self.step or not self.steps:  # none yet (a run starting: its detail says so)
             return ""
         return f"step {self.step} of {self.steps} ({100 * self.step / self.steps:.0f}%)"
 
@@ -399,7 +426,12 @@ class CheckpointEvals:
     log: str | None = None
 
 
-def evaluations(config: dict, jobs: list[SlurmJob] | None = None) -> list[CheckpointEvals]:
+def evaluations(config: dict, jobs: list[SlurmJob] | None = None, incomplete: set[str] = frozenset(),
+                locked: bool = False) -> list[CheckpointEvals]:
+    """Evaluation results done and missing per checkpoint, and the state of its job: running
+    (a Slurm job, or Snakemake's incomplete mark while it holds the directory), incomplete (that
+    mark left by a Snakemake that stopped), failed (its log's last error, newer than the
+    checkpoint's record), ready, waiting for training."""
     from clipscale.evaluate import plan
 
     out = []
@@ -416,6 +448,8 @@ def evaluations(config: dict, jobs: list[SlurmJob] | None = None) -> list[Checkp
             e.state = "complete"
         elif job is not None:
             e.state = "running" if job.state in SLURM_ACTIVE else "queued"
+        elif incomplete.intersection(outputs.values()):
+            e.state = "running" if locked else "incomplete (its Snakemake stopped while it ran)"
         elif ckpt["source"] == "ours":
             run = grid.Run.from_wildcards(ckpt["model"], ckpt["scale"], ckpt["samples"])
             path = Path(paths.fill(paths.RUN_CHECKPOINTS, **run.wildcards)) / f"epoch_{ckpt['epoch']}.pt"
@@ -540,10 +574,13 @@ def study(config: dict, directory: str | Path = ".", slurm: bool = True) -> dict
     jobs = squeue_jobs(directory) if slurm else None
     runs = [run_status(config, run, jobs) for run in grid.runs(config)]
     counts = {s: sum(r.state == s for r in runs) for s in STATES if any(r.state == s for r in runs)}
-    evals = evaluations(config, jobs)
+    locked, incomplete = snakemake_locked(directory), snakemake_incomplete(directory)
+    evals = evaluations(config, jobs, incomplete, locked)
     return {
         "directory": str(Path(directory).resolve()),
         "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "snakemake_lock": locked,
+        "snakemake_incomplete": sorted(incomplete),
         "slurm": None if jobs is None else [asdict(j) for j in jobs],
         "runs": [asdict(r) | {"progress": r.progress} for r in runs],
         "counts": counts,
@@ -580,7 +617,9 @@ def render(data: dict) -> str:
     slurm = ("squeue: no job of this study" if data["slurm"] == [] else
              f"squeue: {len(data['slurm'])} jobs of this study" if data["slurm"] else
              "no Slurm here: live jobs from owner.json")
-    lines.append(f"{data['directory']} at {data['time']}: {len(data['runs'])} runs ({counts}); {slurm}")
+    lock = ("a Snakemake holds it (or a killed one left its lock)" if data["snakemake_lock"]
+            else "no Snakemake holds it")
+    lines.append(f"{data['directory']} at {data['time']}: {len(data['runs'])} runs ({counts}); {lock}; {slurm}")
     lines.append("")
     rows = []
     for r in data["runs"]:
