@@ -330,6 +330,45 @@ def test_evaluations_per_checkpoint_say_what_is_missing_and_why(in_tmp):
     assert (ev.done, ev.state, ev.missing) == (5, "complete", [])
 
 
+def test_a_run_in_segments_between_its_jobs_and_its_segment_jobs_in_squeue(in_tmp, tmp_path_factory, monkeypatch):
+    """train.segments 2: between its jobs a run is pending with the segment it finished; its
+    train_segment job in squeue (the plugin's comment names the epoch) is the run's job."""
+    cfg = yaml.safe_load(CI_CONFIG.read_text())
+    cfg["grid"] = {"models": ["vit-xs"], "scales": ["1k"], "samples_seen": ["4k"]}
+    cfg["train"]["segments"] = 2
+    cfg["finetune"]["enabled"] = False
+    cfg = config_mod.validate(cfg, "segments")
+    run = the_run(cfg)
+    assert status.train_comments(cfg, run) == {"rule_train_wildcards_vit-xs_1k_4k",
+                                               "rule_train_segment_wildcards_vit-xs_1k_4k_1"}
+    attempt(run, ended="segment done (epoch 1)")
+    checkpoint(run, 1)
+    st = status.run_status(cfg, run)
+    assert (st.state, st.step, st.resumes_at) == ("pending", 16, "epoch 1") and "segment done" in st.detail
+    fake_squeue(tmp_path_factory.mktemp("bin"), [
+        f"21|RUNNING|None|rule_train_segment_wildcards_vit-xs_1k_4k_1|clipscale_u|{in_tmp}"], monkeypatch)
+    st = status.run_status(cfg, run, status.squeue_jobs("."))
+    assert (st.state, st.slurm_job) == ("training", "21")
+    assert st.log == "results/logs/train/vit-xs/1k/4k/epoch_1.log"
+
+
+def test_finetuning_jobs_wait_for_their_run_then_are_ready_then_done(in_tmp):
+    cfg = config_mod.validate(yaml.safe_load(CI_CONFIG.read_text()), "ci")
+    jobs = {j.job: j for j in status.finetune_jobs(cfg)}
+    name = "vit-xs/1k/4k classification"
+    assert len(jobs) == 4 and jobs[name].state == "waiting for training"
+    run = grid.Run("vit-xs", "1k", 4000)
+    folder(run)
+    Path(paths.fill(paths.RUN_DONE, **run.wildcards)).write_text("{}")
+    assert {j.job: j.state for j in status.finetune_jobs(cfg)}[name] == "ready"
+    result = Path(paths.fill(paths.FINETUNE_RESULT, **run.wildcards, protocol="classification"))
+    result.parent.mkdir(parents=True)
+    (result.parent / "state.pt").write_bytes(b"")
+    assert {j.job: j.state for j in status.finetune_jobs(cfg)}[name] == "interrupted"
+    result.write_text("{}")
+    assert {j.job: j.state for j in status.finetune_jobs(cfg)}[name] == "done"
+
+
 def test_the_command_reads_configfiles_as_snakemake_does(in_tmp, tmp_path, capsys):
     """--configfile twice: merged in order; -d the study; --json the data; a bad config is
     refused naming the key."""
