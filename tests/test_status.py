@@ -282,6 +282,13 @@ def test_outputs_older_than_what_they_are_made_from_are_named(in_tmp):
     assert out[str(coefficients)].state == "outdated"
     figure = paths.fill(paths.FIGURE, figure="zeroshot_ours", ext="pdf")
     assert out[figure].state == "missing"
+    log = Path(paths.log_file("figures", "zeroshot_ours"))  # its job failed: the reason, the log
+    log.parent.mkdir(parents=True)
+    log.write_text("2026-12-06 10:00:00,000 clipscale ERROR job failed:\nTraceback (most recent call last):\n"
+                   "  File x\nclipscale.figures.FigureError: figure 'zeroshot_ours': no runs\n")
+    out = {o.output: o for o in status.outputs(cfg)}
+    assert out[figure].state == "failed"
+    assert out[figure].detail == f"clipscale.figures.FigureError: figure 'zeroshot_ours': no runs (see {log})"
     os.utime(newest, (t + 10, t + 10))
     os.utime(coefficients, (t + 700, t + 700))
     out = {o.output: o for o in status.outputs(cfg)}

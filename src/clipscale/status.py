@@ -516,10 +516,14 @@ class OutputStatus:
     detail: str = ""
 
 
-def _against(output: str, inputs: list[str], what: str) -> OutputStatus:
+def _against(output: str, inputs: list[str], what: str, log: str | None = None) -> OutputStatus:
     there = [(p, _mtime(p)) for p in inputs]
     present = [(p, t) for p, t in there if t is not None]
     t_out = _mtime(output)
+    if log and (_mtime(log) or 0) > (t_out or 0):  # its job ran after the output was made
+        error = last_error(log)
+        if error:
+            return OutputStatus(output, "failed", f"{error} (see {log})")
     if t_out is None:
         return OutputStatus(output, "missing", f"{len(present)} of its {len(inputs)} {what} there")
     newer = sorted((p for p, t in present if t > t_out), key=lambda p: -(_mtime(p) or 0))
@@ -539,13 +543,16 @@ def outputs(config: dict) -> list[OutputStatus]:
     from clipscale.evaluate import plan
     from clipscale.finetune import plan as ft_plan
 
-    out = [_against(paths.RESULTS_TABLE, plan.target_paths(config), "evaluation results")]
+    out = [_against(paths.RESULTS_TABLE, plan.target_paths(config), "evaluation results",
+                    paths.log_file("aggregate_results", "results"))]
     if ft_plan.enabled(config):
-        out.append(_against(paths.FINETUNE_TABLE, ft_plan.target_paths(config), "fine-tuning results"))
+        out.append(_against(paths.FINETUNE_TABLE, ft_plan.target_paths(config), "fine-tuning results",
+                            paths.log_file("aggregate_finetune", "finetune")))
     fit_of = {"ours": paths.RESULTS_TABLE, "published": paths.PUBLISHED_TABLE}
     inputs = ["ours"] + (["published"] if config.get("published", {}).get("enabled", True) else [])
     for name in inputs:
-        out.append(_against(paths.fill(paths.FIT_INPUT_COEFFICIENTS, input=name), [fit_of[name]], "tables"))
+        out.append(_against(paths.fill(paths.FIT_INPUT_COEFFICIENTS, input=name), [fit_of[name]], "tables",
+                            paths.log_file("fit", name)))
     try:
         from clipscale import figures
     except ImportError:  # pragma: no cover - matplotlib missing: figures are not made either
@@ -560,7 +567,8 @@ def outputs(config: dict) -> list[OutputStatus]:
                 made_from += [paths.fill(paths.FIT_INPUT_COEFFICIENTS, input=n) for n in spec.inputs]
         if not made_from:
             continue
-        out.append(_against(paths.fill(paths.FIGURE, figure=spec.name, ext="pdf"), made_from, "inputs"))
+        out.append(_against(paths.fill(paths.FIGURE, figure=spec.name, ext="pdf"), made_from, "inputs",
+                            paths.log_file("figures", spec.name)))
     return out
 
 
