@@ -462,7 +462,7 @@ def snakemake(workdir: Path, configfile: Path, *targets: str, env: dict) -> subp
     cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
            "--configfile", str(configfile), "--cores", "2", *targets]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            preexec_fn=default_sigint)
+                            preexec_fn=default_sigint, start_new_session=True)
 
 
 def clipscale_status(workdir: Path, configfile: Path) -> dict:
@@ -527,11 +527,13 @@ def test_status_of_a_finished_study(finished):
 
 
 @pytest.mark.slow
-def test_status_of_a_study_while_it_trains_and_after_ctrl_c(finished, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGKILL"], ids=["ctrl-c", "kill-9"])
+def test_status_of_a_study_while_it_trains_and_after_it_stops(finished, tmp_path, stop):
     """The finished study with its run's folder gone: Snakemake trains the run again in the
     background; paused in step 7 (epoch 1 done, 2 steps into epoch 2), ``clipscale status``
-    says training, step 7 of 10, one window, a pace and an ETA; after Ctrl-C to Snakemake (the
-    run saves its place): interrupted, resuming there."""
+    says training, step 7 of 10, one window, a pace and an ETA. Then Snakemake is stopped
+    (Ctrl-C) or dies (kill -9: its lock stays, the run's job sees its parent gone); either way
+    the run saves its place and the status says interrupted, resuming there."""
     source, configfile, run = finished
     workdir = tmp_path / "study"
     shutil.copytree(source, workdir, symlinks=True)
@@ -551,18 +553,24 @@ def test_status_of_a_study_while_it_trains_and_after_ctrl_c(finished, tmp_path):
         assert row["samples_per_s"] > 0 and row["eta_s"] > 0 and row["last_loss"] > 0
         assert "process" in row["detail"] and "running" in row["detail"]
         assert data["snakemake_lock"] and target_of(run) in data["snakemake_incomplete"]
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.send_signal(getattr(signal, stop))
         out = proc.communicate(timeout=90)[0]
+        assert proc.returncode != 0, out[-3000:]
+        deadline = time.time() + 90  # after a kill -9 the job stops on its own, seconds later
+        while row["state"] == "training" and time.time() < deadline:
+            time.sleep(1)
+            data = clipscale_status(workdir, configfile)
+            (row,) = data["runs"]
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
-    assert proc.returncode != 0, out[-3000:]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything left in snakemake's session
+        proc.wait()
     assert "rule train:" in out and "rule subset:" not in out  # only the run was trained again
-    data = clipscale_status(workdir, configfile)
-    (row,) = data["runs"]
     assert row["state"] == "interrupted", (row, out[-3000:])
     assert row["resumes_at"] == "epoch 1 + 2 of 5 steps", row
     assert "signal SIGTERM" in row["detail"] and "resumes at epoch 1 + 2 of 5 steps" in row["detail"], row
     assert (row["windows"], row["step"], row["eta_s"]) == (1, 7, None)
-    assert not data["snakemake_lock"]
+    assert data["snakemake_lock"] == (stop == "SIGKILL")  # a killed Snakemake leaves its lock
+    assert "a Snakemake holds it (or a killed one left its lock)" in status.render(data) or stop == "SIGINT"
