@@ -33,6 +33,37 @@ def _check_config(a) -> int:
     return 0
 
 
+def _status(a) -> int:
+    """Where the study in a.directory stands (clipscale.status); config files as Snakemake
+    takes them: --configfile (merged in order, later ones win), else config/config.yaml."""
+    import os
+
+    from clipscale import config, status
+
+    files = a.configfile
+    if not files:
+        default = Path(a.directory) / "config" / "config.yaml"
+        files = [str(default if default.exists() else Path("config") / "config.yaml")]
+    try:
+        merged: dict = {}
+        for path in files:
+            content = config.read_yaml(path)
+            if not isinstance(content, dict):
+                raise config.ConfigError(f"config file {path} must hold a mapping")
+            merged = config.merge(merged, content)
+        cfg = config.validate(merged, source=" + ".join(files))
+    except config.ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if not Path(a.directory).is_dir():
+        print(f"error: working directory {a.directory} does not exist", file=sys.stderr)
+        return 2
+    os.chdir(a.directory)  # the artifacts' paths are relative to it, as in Snakemake's -d
+    data = status.study(cfg, ".", slurm=not a.no_slurm)
+    print(json.dumps(data, indent=1) if a.json else status.render(data))
+    return 0
+
+
 def _make_world(a) -> int:
     from clipscale import config
     from clipscale.world import WorldSpec, generate
@@ -153,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate config files: schema, cross-references, paths")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=_check_config)
+
+    p = sub.add_parser("status", help="where a study stands: runs, evaluations, fine-tuning, outputs")
+    p.add_argument("--configfile", "--configfiles", action="extend", nargs="+", help="config file(s), as given to snakemake "
+                   "(repeatable; later ones win); default: config/config.yaml of the directory")
+    p.add_argument("-d", "--directory", default=".", help="the study's working directory (snakemake -d)")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument("--no-slurm", action="store_true", help="do not ask squeue (live jobs from owner.json)")
+    p.set_defaults(func=_status)
 
     p = sub.add_parser("make-world", help="generate the embedded default world")
     p.add_argument("--config", default="config/config.yaml")

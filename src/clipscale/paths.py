@@ -91,6 +91,16 @@ LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 
 
+def log_file(rule: str, *parts: str) -> str:
+    """A job's log: results/logs/<rule>/<part>/.../<last part>.log (the rules' log:)."""
+    return "/".join([LOGS, rule, *parts]) + ".log"
+
+
+def benchmark_file(rule: str, *parts: str) -> str:
+    """A job's benchmark: results/benchmarks/<rule>/<part>/.../<last part>.tsv."""
+    return "/".join([BENCHMARKS, rule, *parts]) + ".tsv"
+
+
 def downstream_dir(config: dict, dataset: str) -> str:
     """The clip_benchmark webdataset directory of a downstream set: its configured path, or the
     world's set of that name."""

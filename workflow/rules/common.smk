@@ -105,11 +105,11 @@ def downstream_input(dataset):
 
 
 def log_path(rule_name, *parts):
-    return os.path.join(paths.LOGS, rule_name, *parts) + ".log"
+    return paths.log_file(rule_name, *parts)
 
 
 def bench_path(rule_name, *parts):
-    return os.path.join(paths.BENCHMARKS, rule_name, *parts) + ".tsv"
+    return paths.benchmark_file(rule_name, *parts)
 
 
 onstart:
