@@ -2,7 +2,7 @@
 import logging
 
 from clipscale.logs import job_logging
-from clipscale.subsets import build_index, pool_problems
+from clipscale.subsets import build_index, pool_missing, pool_problems
 
 with job_logging(snakemake.log[0]):  # noqa: F821
     sm = snakemake  # noqa: F821
@@ -12,5 +12,7 @@ with job_logging(snakemake.log[0]):  # noqa: F821
     logging.info("pool: %d shards, %d readable samples, %d distinct samples, %d duplicates left out "
                  "(parquets: %d)", len(index), index["n_readable"].sum(), index["n_samples"].sum(),
                  index["n_duplicates"].sum(), index["n_parquet"].sum())
+    for line in pool_missing(index):  # failed downloads: missing samples, not broken shards
+        logging.info("%s", line)
     for line in pool_problems(index):
         logging.warning("shard %s", line)
