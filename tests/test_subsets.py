@@ -411,7 +411,8 @@ def test_failed_downloads_are_counted_missing_not_as_problems(small_world, in_tm
     for s in range(3):
         shutil.copy(small_world / "pool" / f"{s:05d}.tar", pool)
     meta = pd.read_parquet(small_world / "pool" / "00000.parquet")
-    failed = pd.DataFrame({"url": [f"http://x/{i}" for i in range(4)], "key": [f"00000{i:04d}" for i in range(100, 104)],
+    failed = pd.DataFrame({"url": [f"http://x/{i}" for i in range(4)],
+                           "key": [f"00000{i:04d}" for i in range(100, 104)],
                            "caption": "gone", "status": ["failed_to_download"] * 3 + ["failed_to_resize"],
                            "error_message": ["HTTP Error 404: Not Found"] * 3 + ["image decoding error"]})
     pd.concat([meta, failed]).sample(frac=1, random_state=0).to_parquet(pool / "00000.parquet", index=False)
@@ -427,6 +428,7 @@ def test_failed_downloads_are_counted_missing_not_as_problems(small_world, in_tm
 
     index = subsets.build_index(pool)
     assert index["n_samples"].tolist() == index["n_readable"].tolist() == [100, 0, 100]
+    assert index["n_missing"].dtype == "Int64"
     assert index["n_parquet"].tolist()[:2] == [100, 0] and pd.isna(index["n_parquet"].iloc[2])
     assert index["n_missing"].tolist() == [4, 100, 3]
     assert index["missing_reasons"].tolist() == [
@@ -445,3 +447,17 @@ def test_failed_downloads_are_counted_missing_not_as_problems(small_world, in_tm
 
 def test_world_pool_has_no_missing_samples(index):
     assert index["n_missing"].tolist() == [0] * 6 and subsets.pool_missing(index) == []
+
+
+def test_missing_reasons_are_few_per_shard():
+    """error_messages that name an object's address are one reason; a shard lists at most
+    MAX_REASONS, the rest summed (a LAION shard of 10,000 URLs fails in many ways)."""
+    from collections import Counter
+
+    messages = [f"cannot identify image file <_io.BytesIO object at 0x7f{i:04x}>" for i in range(5)]
+    messages += [f"error {i}; retry" for i in range(12)] + ["HTTP Error 404: Not Found"] * 20
+    counts = Counter(subsets._reason(m) for m in messages)
+    text = subsets.missing_reasons(counts)
+    assert text.startswith("HTTP Error 404: Not Found: 20; cannot identify image file <_io.BytesIO "
+                           "object at 0x…>: 5; error 0, retry: 1")
+    assert text.endswith("other reasons: 6") and text.count("; ") == subsets.MAX_REASONS

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,7 @@ def parquet_keys(parquet: Path) -> ParquetCounts:
     reasons = failed["error_message"] if "error_message" in failed else failed["status"]
     reasons = reasons.where(reasons.notna() & (reasons.astype(str) != ""), failed["status"])
     return ParquetCounts(int(ok.sum()), keys, "", len(failed),
-                         Counter(str(r).strip() for r in reasons))
+                         Counter(_reason(r) for r in reasons))
 
 
 def stats_missing(stats: Path) -> tuple[int | None, Counter]:
@@ -116,14 +117,31 @@ def stats_missing(stats: Path) -> tuple[int | None, Counter]:
         n = int(data["count"]) - int(data["successes"])
     except (OSError, ValueError, KeyError, TypeError):
         return None, Counter()
-    reasons = Counter({str(k): int(v) for k, v in (data.get("status_dict") or {}).items()
-                       if k != "success"})
+    reasons: Counter = Counter()
+    for k, v in (data.get("status_dict") or {}).items():
+        if k != "success":
+            reasons[_reason(k)] += int(v)
     return n, reasons
 
 
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+MAX_REASONS = 8  # per shard; the rest is "other reasons"
+
+
+def _reason(message) -> str:
+    """One failure reason of img2dataset's error_message: object addresses made alike ("cannot
+    identify image file <_io.BytesIO object at 0x7f...>" is one reason, not one per sample), and
+    the separators of ``missing_reasons`` taken out."""
+    return _ADDRESS.sub("0x…", " ".join(str(message).split())).replace("; ", ", ")
+
+
 def missing_reasons(counts: Counter) -> str:
-    """'HTTP Error 404: File not found: 3; ...' (most frequent first), "" when none."""
-    return "; ".join(f"{reason}: {n}" for reason, n in counts.most_common())
+    """'HTTP Error 404: Not Found: 3; ...' (most frequent first, at most MAX_REASONS, then
+    'other reasons: n'); "" when none."""
+    common = counts.most_common(MAX_REASONS)
+    rest = sum(counts.values()) - sum(n for _, n in common)
+    return "; ".join([f"{reason}: {n}" for reason, n in common]
+                     + ([f"other reasons: {rest}"] if rest else []))
 
 
 def _examples(keys, n: int = 3) -> str:
