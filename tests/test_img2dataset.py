@@ -38,7 +38,9 @@ pytestmark = pytest.mark.slow
 
 IMG2DATASET = Path(sys.executable).with_name("img2dataset")  # requirements.txt installs it
 N_MISSING = 30  # URLs that answer 404
-PER_SHARD = 100
+# 5 shards: img2dataset's multiprocessing pool replaces its worker process after 5 shards, a new
+# process and its imports (~20 s on a loaded 2-core machine)
+PER_SHARD = 200
 
 
 def wheel_photos() -> list[tuple[str, bytes, str]]:
@@ -67,6 +69,13 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    # img2dataset's 8 threads connect at once: with the default backlog of 5 a loaded machine
+    # drops connections, whose retries then stall a shard for tens of seconds
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @pytest.fixture(scope="module")
 def img2dataset_pool(request, small_world, tmp_path_factory):
     """img2dataset's output folder for the world's 600 pool images, ~230 photographs and 30
@@ -87,8 +96,7 @@ def img2dataset_pool(request, small_world, tmp_path_factory):
         rows += [(f"gone/{i}.jpg", f"a picture that is gone {i}") for i in range(N_MISSING)]
         order = np.random.default_rng(0).permutation(len(rows))  # the 404s spread over the shards
 
-        server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(www)))
+        server = _Server(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(www)))
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
@@ -143,7 +151,7 @@ def test_snakemake_indexes_subsets_dedups_trains_and_evaluates_an_img2dataset_po
         "pool": {"source": str(img2dataset_pool["pool"]), "name": "i2d"},
         "scales": {"s": 500},
         "grid": {"models": ["vit-xs"], "scales": ["s"], "samples_seen": ["1k"]},
-        "dedup": {"radius": 4, "shards_per_job": 5, "remove_duplicates": False},
+        "dedup": {"radius": 4, "shards_per_job": 3, "remove_duplicates": False},
         "finetune": {"enabled": False},
         "downstream": {
             "shapes": {"path": str(small_world / "downstream" / "shapes"),
