@@ -162,7 +162,7 @@ def test_snakemake_indexes_subsets_dedups_trains_and_evaluates_an_img2dataset_po
     config.write_text(yaml.safe_dump(cfg))
     results = "results/results/results.parquet"
     targets = ["results/data/pool_index.parquet", "results/data/subsets/s/manifest.json",
-               "results/dedup/overlap.csv", results]
+               "results/dedup/overlap.csv", "results/dedup/contact_sheet.png", results]
     run_snakemake(tmp_path, *targets, configfile=config)
 
     index = pd.read_parquet(tmp_path / "results/data/pool_index.parquet")
@@ -187,6 +187,8 @@ def test_snakemake_indexes_subsets_dedups_trains_and_evaluates_an_img2dataset_po
     matches = pd.read_parquet(tmp_path / "results/dedup/matches.parquet")
     found = set(zip(matches["dataset"], matches["test_key"], matches["pool_key"].map(world_key)))
     assert found and found <= planted
+    sheet_log = (tmp_path / "results/logs/dedup_contact_sheet/contact_sheet.log").read_text()
+    assert "not found" not in sheet_log  # the pairs' images, read from img2dataset's shards
 
     table = pd.read_parquet(tmp_path / results)
     ours = table[table["dataset"].isin(["shapes", "digits"])]
