@@ -505,6 +505,18 @@ def test_contact_sheet(chain, tmp_path):
     assert (tmp_path / "none.png").stat().st_size > 0
 
 
+def test_contact_sheet_warns_of_images_it_cannot_find(chain, tmp_path, caplog):
+    """A pair whose pool image is not in its shard is drawn as 'missing' and said in the log."""
+    matches = D.read_matches(chain / "matches.parquet").iloc[:1].assign(pool_key="no-such-key")
+    with caplog.at_level("WARNING"):
+        assert D.contact_sheet(matches, tmp_path / "sheet.png") == 1
+    assert "1 of its 2 images not found or unreadable" in caplog.text and "no-such-key" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        D.contact_sheet(D.read_matches(chain / "matches.parquet"), tmp_path / "all.png", n_pairs=6)
+    assert "not found" not in caplog.text
+
+
 def test_fetch_images_finds_keys(pool_dir):
     d, good = pool_dir
     shard = str(d / "00001.tar")

@@ -483,9 +483,11 @@ def test_results_log_shows_pool_problems_skipped_samples_and_rejected_checkpoint
     _, cfg = setup
     index = pd.DataFrame([
         {"shard": "00000", "path": "pool/00000.tar", "n_samples": 100, "skipped": 0, "counted_from": "tar",
-         "n_parquet": 100, "n_readable": 100, "problem": ""},
+         "n_parquet": 100, "n_readable": 100, "problem": "", "n_missing": 2,
+         "missing_reasons": "HTTP Error 404: Not Found: 2"},
         {"shard": "00001", "path": "pool/00001.tar", "n_samples": 59, "skipped": 0, "counted_from": "tar",
-         "n_parquet": 100, "n_readable": 59, "problem": "truncated tar; parquet says 100 samples, the tar has 59 readable"},
+         "n_parquet": 100, "n_readable": 59, "problem": "truncated tar; parquet says 100 samples, the tar has 59 readable",
+         "n_missing": 0, "missing_reasons": ""},
     ])
     index.to_parquet(tmp_path / "pool_index.parquet")
     record = {"model": "vit-xs", "scale": "3k", "samples_seen_label": "2k",
@@ -502,6 +504,9 @@ def test_results_log_shows_pool_problems_skipped_samples_and_rejected_checkpoint
     text = (out / "log.txt").read_text()
     assert "POOL       pool/00001.tar: truncated tar; parquet says 100 samples, the tar has 59 readable" in text
     assert "00000" not in text
+    # img2dataset's failed downloads: the pool's total, not a problem shard
+    assert ("DOWNLOAD   2 samples missing in 1 of 2 shards (listed by img2dataset, not written: "
+            "HTTP Error 404: Not Found: 2)") in text
     assert ("SKIPPED    vit-xs/3k/2k: training skipped 3 samples (decode error: OSError: 2, no caption: 1)"
             in text)
     assert "CHECKPOINT vit-xs/3k/2k: x/epoch_9.pt moved to x/epoch_9.pt.rejected: epoch 9 is beyond" in text

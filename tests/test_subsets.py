@@ -413,3 +413,67 @@ def test_index_pool_command_prints_the_problems_of_each_shard(in_tmp):
     assert proc.returncode == 0, proc.stderr
     assert "2 shards, 40 readable samples, 20 distinct samples, 20 duplicates left out" in proc.stdout
     assert "00001.tar" in proc.stderr and "20 samples repeat keys of 00000.tar" in proc.stderr, proc.stderr
+
+
+# img2dataset's failed downloads (issue 31): missing samples, not broken shards ----------------
+
+
+def test_failed_downloads_are_counted_missing_not_as_problems(small_world, in_tmp):
+    """img2dataset lists every URL of a shard's slice in its parquet and writes only the
+    successes: a 404 is a missing sample (n_missing, with its error_message), a shard whose every
+    URL failed is an empty tar, and a pool with a stats file and no parquet is counted from it."""
+    pool = in_tmp / "pool"
+    pool.mkdir()
+    for s in range(3):
+        shutil.copy(small_world / "pool" / f"{s:05d}.tar", pool)
+    meta = pd.read_parquet(small_world / "pool" / "00000.parquet")
+    failed = pd.DataFrame({"url": [f"http://x/{i}" for i in range(4)],
+                           "key": [f"00000{i:04d}" for i in range(100, 104)],
+                           "caption": "gone", "status": ["failed_to_download"] * 3 + ["failed_to_resize"],
+                           "error_message": ["HTTP Error 404: Not Found"] * 3 + ["image decoding error"]})
+    pd.concat([meta, failed]).sample(frac=1, random_state=0).to_parquet(pool / "00000.parquet", index=False)
+    # every URL of shard 1 failed: img2dataset writes an empty tar (its end-of-archive marker)
+    with tarfile.open(pool / "00001.tar", "w"):
+        pass
+    everything_failed = pd.read_parquet(small_world / "pool" / "00001.parquet").assign(
+        status="failed_to_download", error_message="<urlopen error timed out>")
+    everything_failed.to_parquet(pool / "00001.parquet", index=False)
+    (pool / "00002_stats.json").write_text(json.dumps(
+        {"count": 103, "successes": 100, "failed_to_download": 3, "failed_to_resize": 0,
+         "status_dict": {"success": 100, "HTTP Error 404: Not Found": 3}}))
+
+    index = subsets.build_index(pool)
+    assert index["n_samples"].tolist() == index["n_readable"].tolist() == [100, 0, 100]
+    assert index["n_missing"].dtype == "Int64"
+    assert index["n_parquet"].tolist()[:2] == [100, 0] and pd.isna(index["n_parquet"].iloc[2])
+    assert index["n_missing"].tolist() == [4, 100, 3]
+    assert index["missing_reasons"].tolist() == [
+        "HTTP Error 404: Not Found: 3; image decoding error: 1", "<urlopen error timed out>: 100",
+        "HTTP Error 404: Not Found: 3"]
+    assert subsets.pool_problems(index) == [] and (index["problem"] == "").all()
+    lines = subsets.pool_missing(index, shards=2)
+    assert lines == ["107 samples missing in 3 of 3 shards (listed by img2dataset, not written: "
+                     "<urlopen error timed out>: 100; HTTP Error 404: Not Found: 6; image decoding error: 1)",
+                     "pool/00001.tar: 100 samples missing (<urlopen error timed out>: 100)",
+                     "pool/00000.tar: 4 samples missing (HTTP Error 404: Not Found: 3; image decoding error: 1)"]
+    manifest = subsets.write_subset(index, "all", 200, 0, "all")  # the empty shard is left out
+    assert len(readable_through_url(manifest)) == 200
+    assert "00001" not in {p["shard"] for p in manifest["shards"]}
+
+
+def test_world_pool_has_no_missing_samples(index):
+    assert index["n_missing"].tolist() == [0] * 6 and subsets.pool_missing(index) == []
+
+
+def test_missing_reasons_are_few_per_shard():
+    """error_messages that name an object's address are one reason; a shard lists at most
+    MAX_REASONS, the rest summed (a LAION shard of 10,000 URLs fails in many ways)."""
+    from collections import Counter
+
+    messages = [f"cannot identify image file <_io.BytesIO object at 0x7f{i:04x}>" for i in range(5)]
+    messages += [f"error {i}; retry" for i in range(12)] + ["HTTP Error 404: Not Found"] * 20
+    counts = Counter(subsets._reason(m) for m in messages)
+    text = subsets.missing_reasons(counts)
+    assert text.startswith("HTTP Error 404: Not Found: 20; cannot identify image file <_io.BytesIO "
+                           "object at 0x…>: 5; error 0, retry: 1")
+    assert text.endswith("other reasons: 6") and text.count("; ") == subsets.MAX_REASONS

@@ -75,11 +75,13 @@ def _make_world(a) -> int:
 
 
 def _index_pool(a) -> int:
-    from clipscale.subsets import build_index, pool_problems, pool_summary
+    from clipscale.subsets import build_index, pool_missing, pool_problems, pool_summary
 
     index = build_index(a.pool, workers=a.workers)
     index.to_parquet(a.out, index=False)
     print(f"{pool_summary(index)} -> {a.out}")
+    for line in pool_missing(index):  # failed downloads of img2dataset: reported, not problems
+        print(line)
     for line in pool_problems(index):  # the shards' problems, as the rule's log lists them
         print(f"shard {line}", file=sys.stderr)
     return 0

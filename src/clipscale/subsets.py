@@ -32,6 +32,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +46,15 @@ from clipscale.shards import ShardWriter, is_complete, iter_samples, scan_tar
 # (in this shard or an earlier one: left out); n_samples (what subsets use) = n_readable -
 # n_duplicates; duplicate_keys = this shard's keys first seen in an earlier shard (distinct);
 # n_parquet = what img2dataset's parquet says (null without one); skipped = samples in the tar
-# that are not complete; problem = what is wrong with the shard ("" when nothing)
+# that are not complete; problem = what is wrong with the shard ("" when nothing);
+# n_missing = the samples img2dataset listed and did not write (its parquet's rows whose status
+# is not "success": a URL that answered 404, an image it could not decode or resize; from its
+# NNNNN_stats.json without a parquet; null with neither), missing_reasons = their
+# error_message (or status) with counts, e.g. "HTTP Error 404: File not found: 3". They are
+# missing from the pool (reported), not an error of the shard.
 INDEX_COLUMNS = ["shard", "path", "n_samples", "skipped", "counted_from", "n_parquet",
-                 "n_readable", "problem", "n_duplicates", "duplicate_keys"]
+                 "n_readable", "problem", "n_duplicates", "duplicate_keys", "n_missing",
+                 "missing_reasons"]
 
 
 class PoolError(ValueError):
@@ -62,21 +71,77 @@ def pool_shards(pool_dir: str | Path) -> list[Path]:
     return shards
 
 
-def parquet_keys(parquet: Path) -> tuple[int | None, list[str] | None, str]:
-    """(samples img2dataset wrote: its 'success' rows, their keys (None without a key column),
-    problem); (None, None, "") without a parquet."""
+@dataclass
+class ParquetCounts:
+    """What img2dataset's parquet of a shard says (see parquet_keys)."""
+
+    n_success: int | None = None  # its "success" rows: the samples it wrote into the tar
+    keys: list | None = None  # their keys (None without a key column)
+    problem: str = ""
+    n_missing: int | None = None  # the other rows: listed, not written (failed downloads, ...)
+    missing: Counter = field(default_factory=Counter)  # their error_message (or status): count
+
+
+def parquet_keys(parquet: Path) -> ParquetCounts:
+    """The counts of img2dataset's parquet of a shard; all None without a parquet.
+
+    img2dataset writes one row per URL of the shard's slice of the URL list, with its status
+    ("success", "failed_to_download", "failed_to_resize") and error_message; only the successes
+    are in the tar."""
     if not parquet.exists():
-        return None, None, ""
+        return ParquetCounts()
     try:
         import pyarrow.parquet as pq
 
-        has_key = "key" in pq.read_schema(parquet).names
-        meta = pd.read_parquet(parquet, columns=["status", "key"] if has_key else ["status"])
+        names = pq.read_schema(parquet).names
+        columns = [c for c in ("status", "key", "error_message") if c in names]
+        meta = pd.read_parquet(parquet, columns=columns)
+        if "status" not in meta:
+            raise KeyError("no status column")
     except Exception as e:  # a broken parquet is reported, the tar is counted all the same
-        return None, None, f"unreadable parquet {parquet.name} ({type(e).__name__})"
-    success = meta[meta["status"] == "success"]
-    keys = success["key"].astype(str).tolist() if has_key else None
-    return len(success), keys, ""
+        return ParquetCounts(problem=f"unreadable parquet {parquet.name} ({type(e).__name__})")
+    ok = meta["status"] == "success"
+    keys = meta.loc[ok, "key"].astype(str).tolist() if "key" in meta else None
+    failed = meta[~ok]
+    reasons = failed["error_message"] if "error_message" in failed else failed["status"]
+    reasons = reasons.where(reasons.notna() & (reasons.astype(str) != ""), failed["status"])
+    return ParquetCounts(int(ok.sum()), keys, "", len(failed),
+                         Counter(_reason(r) for r in reasons))
+
+
+def stats_missing(stats: Path) -> tuple[int | None, Counter]:
+    """The samples img2dataset's NNNNN_stats.json counts as not written (count - successes) and
+    its status_dict's failure reasons; (None, {}) without a readable stats file."""
+    try:
+        data = json.loads(stats.read_text())
+        n = int(data["count"]) - int(data["successes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, Counter()
+    reasons: Counter = Counter()
+    for k, v in (data.get("status_dict") or {}).items():
+        if k != "success":
+            reasons[_reason(k)] += int(v)
+    return n, reasons
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+MAX_REASONS = 8  # per shard; the rest is "other reasons"
+
+
+def _reason(message) -> str:
+    """One failure reason of img2dataset's error_message: object addresses made alike ("cannot
+    identify image file <_io.BytesIO object at 0x7f...>" is one reason, not one per sample), and
+    the separators of ``missing_reasons`` taken out."""
+    return _ADDRESS.sub("0x…", " ".join(str(message).split())).replace("; ", ", ")
+
+
+def missing_reasons(counts: Counter) -> str:
+    """'HTTP Error 404: Not Found: 3; ...' (most frequent first, at most MAX_REASONS, then
+    'other reasons: n'); "" when none."""
+    common = counts.most_common(MAX_REASONS)
+    rest = sum(counts.values()) - sum(n for _, n in common)
+    return "; ".join([f"{reason}: {n}" for reason, n in common]
+                     + ([f"other reasons: {rest}"] if rest else []))
 
 
 def _examples(keys, n: int = 3) -> str:
@@ -114,7 +179,11 @@ def _scan_shard(shard: Path) -> tuple[dict, np.ndarray]:
 def _row(shard: Path, scan) -> dict:
     """The shard's readable samples (its tar, verified) and its parquet's count and keys, with
     what does not add up; no duplicates yet (build_index counts them over the pool)."""
-    n_parquet, keys, parquet_problem = parquet_keys(shard.with_suffix(".parquet"))
+    counts = parquet_keys(shard.with_suffix(".parquet"))
+    n_parquet, keys, parquet_problem = counts.n_success, counts.keys, counts.problem
+    n_missing, missing = counts.n_missing, counts.missing
+    if n_missing is None:  # no (readable) parquet: img2dataset's stats file, if there
+        n_missing, missing = stats_missing(shard.with_name(f"{shard.stem}_stats.json"))
     problems = [scan.problem] if scan.problem else []
     if scan.n_incomplete:
         problems.append(f"{scan.n_incomplete} samples without an image or a caption")
@@ -127,7 +196,7 @@ def _row(shard: Path, scan) -> dict:
     return {"shard": shard.stem, "path": workdir_path(shard), "n_samples": scan.n_complete,
             "skipped": scan.n_incomplete, "counted_from": "tar", "n_parquet": n_parquet,
             "n_readable": scan.n_complete, "problem": "; ".join(problems), "n_duplicates": 0,
-            "duplicate_keys": []}
+            "duplicate_keys": [], "n_missing": n_missing, "missing_reasons": missing_reasons(missing)}
 
 
 def build_index(pool_dir: str | Path, workers: int = 1) -> pd.DataFrame:
@@ -149,6 +218,7 @@ def build_index(pool_dir: str | Path, workers: int = 1) -> pd.DataFrame:
     _mark_duplicates(shards, rows, [h for _, h in scanned])
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     index["n_parquet"] = index["n_parquet"].astype("Int64")
+    index["n_missing"] = index["n_missing"].astype("Int64")
     return index
 
 
@@ -215,6 +285,30 @@ def pool_summary(index: pd.DataFrame) -> str:
     return (f"pool: {len(index)} shards, {int(index['n_readable'].sum())} readable samples, "
             f"{int(index['n_samples'].sum())} distinct samples, {int(index['n_duplicates'].sum())} duplicates "
             f"left out (parquets: {int(index['n_parquet'].sum())}); {len(pool_problems(index))} shards with problems")
+
+
+def pool_missing(index: pd.DataFrame, shards: int = 5) -> list[str]:
+    """The samples img2dataset listed and did not write, as readable lines: the pool's total by
+    reason, e.g. '30 samples missing in 9 of 9 shards (listed by img2dataset, not written:
+    HTTP Error 404: File not found: 30)', then the ``shards`` shards missing the most (a LAION
+    pool misses some in nearly every one of its 10^5 shards: the index has them all). Not
+    problems: the shards hold what their parquets say they hold."""
+    if "n_missing" not in index:
+        return []
+    n = index["n_missing"].fillna(0).astype(int)
+    if not n.sum():
+        return []
+    total: Counter = Counter()
+    for reasons in index["missing_reasons"].fillna(""):
+        for part in filter(None, reasons.split("; ")):
+            reason, _, count = part.rpartition(": ")
+            total[reason] += int(count)
+    lines = [f"{int(n.sum())} samples missing in {int((n > 0).sum())} of {len(index)} shards "
+             f"(listed by img2dataset, not written: {missing_reasons(total)})"]
+    worst = n[n > 0].sort_values(ascending=False, kind="stable").index[:shards]
+    lines += [f"{index.at[i, 'path']}: {n[i]} samples missing ({index.at[i, 'missing_reasons']})"
+              for i in worst]
+    return lines
 
 
 def shard_order(index: pd.DataFrame, seed: int) -> list[int]:

@@ -131,6 +131,7 @@ def contact_sheet(matches: pd.DataFrame, out: str | Path, n_pairs: int = 24, see
             return None
 
     n = len(sample)
+    unreadable = []  # (shard, key) of a pair whose image is not in its shard or does not decode
     rows = max(1, math.ceil(n / columns))
     height = rows * 1.55 + 0.7
     fig, axes = plt.subplots(rows, 2 * columns, figsize=(2 * columns * 1.3, height), squeeze=False)
@@ -149,6 +150,7 @@ def contact_sheet(matches: pd.DataFrame, out: str | Path, n_pairs: int = 24, see
                 ax.imshow(img, interpolation="nearest")
             else:
                 ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=6)
+                unreadable.append(f"{shard}: {key}")
             ax.set_title(label, fontsize=5.5)
     if n == 0:
         axes[0, 0].text(0, 0.5, "no test image was found in the pool", fontsize=9)
@@ -158,6 +160,9 @@ def contact_sheet(matches: pd.DataFrame, out: str | Path, n_pairs: int = 24, see
                         hspace=0.45)
     fig.savefig(out, dpi=150)
     plt.close(fig)
+    if unreadable:
+        log.warning("contact sheet: %d of its %d images not found or unreadable (drawn as 'missing'), "
+                    "e.g. %s", len(unreadable), 2 * n, ", ".join(unreadable[:3]))
     return n
 
 

@@ -131,12 +131,16 @@ def build_table(config: dict, files: Iterable[str | Path]) -> tuple[pd.DataFrame
 
 def data_lines(run_records: Iterable[str | Path] = (), pool_index: str | Path | None = None) -> list[str]:
     """Log lines for the data behind the table: pool shards whose tar and parquet disagree (or
-    that are truncated or hold unreadable samples), and samples each training run skipped."""
-    from clipscale.subsets import pool_problems
+    that are truncated or hold unreadable samples), the samples img2dataset did not download,
+    and samples each training run skipped."""
+    from clipscale.subsets import pool_missing, pool_problems
 
     lines = []
     if pool_index and Path(pool_index).exists():
-        lines += [f"POOL       {line}" for line in pool_problems(pd.read_parquet(pool_index))]
+        index = pd.read_parquet(pool_index)
+        lines += [f"POOL       {line}" for line in pool_problems(index)]
+        # img2dataset's failed downloads: the pool's total (not a problem: reported, not warned of)
+        lines += [f"DOWNLOAD   {line}" for line in pool_missing(index, shards=0)]
     for path in run_records:
         try:
             record = json.loads(Path(path).read_text())
@@ -177,6 +181,7 @@ def aggregate(config: dict, files: Iterable[str | Path], out_table: str | Path =
         "# MISSING: no result file; UNDEFINED: metric not defined for this set (no row);",
         "# NO MEAN: a group average left out because a member set has no value;",
         "# POOL: a pool shard whose tar and parquet disagree, truncated or with unreadable samples;",
+        "# DOWNLOAD: samples img2dataset listed and did not write (a URL that failed): not in the pool;",
         "# SKIPPED: samples a training run skipped; CHECKPOINT: a checkpoint a run set aside.",
         f"# Fine-tuning (finetune.enabled) has its own table and log: {paths.FINETUNE_TABLE}, {paths.FINETUNE_LOG}.",
     ]
