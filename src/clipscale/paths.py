@@ -82,6 +82,10 @@ COMPARISON_TABLE = f"{RESULTS}/tables/comparison_{{input}}.md"
 FRONTIER_TABLE = f"{RESULTS}/tables/frontier_{{input}}.md"
 EXTRAPOLATION_FIGURE = f"{RESULTS}/figures/extrapolation_{{input}}.{{ext}}"
 COMPARISON_FIGURE = f"{RESULTS}/figures/comparison_{{input}}.{{ext}}"
+# our runs' training loss against samples seen (losses.csv of each run), and, with
+# evaluate.all_checkpoints, the main set's error at every checkpoint (learning curves)
+TRAINING_CURVES_FIGURE = f"{RESULTS}/figures/training_curves.{{ext}}"
+LEARNING_CURVES_FIGURE = f"{RESULTS}/figures/learning_curves.{{ext}}"
 
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"

@@ -20,8 +20,21 @@ def figure_names_of(kind):
 
 
 def figure_targets():
-    """Every configured figure, PDF and PNG (for the top-level target)."""
-    return expand(paths.FIGURE, figure=list(FIGURES), ext=["pdf", "png"])
+    """Every configured figure, PDF and PNG (for the top-level target), and the curves."""
+    return (
+        expand(paths.FIGURE, figure=list(FIGURES), ext=["pdf", "png"]) + curve_targets()
+    )
+
+
+def curve_targets():
+    """Our runs' training curves; with evaluate.all_checkpoints, their learning curves."""
+    patterns = [paths.TRAINING_CURVES_FIGURE]
+    if (
+        config["evaluate"]["all_checkpoints"]
+        and shaping.learning_curves(config)["dataset"]
+    ):
+        patterns.append(paths.LEARNING_CURVES_FIGURE)
+    return [paths.fill(p, ext=ext) for p in patterns for ext in ("pdf", "png")]
 
 
 def published_figure_targets():
