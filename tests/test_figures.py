@@ -297,7 +297,7 @@ def test_lint_clean(smk_dir):
     r = snakemake(smk_dir, "--lint")
     blocks = (r.stdout + r.stderr).split("Lints for ")[1:]
     ours = [b for b in blocks if "workflow/rules/fit" in b.splitlines()[0] or "workflow/rules/figures" in b.splitlines()[0]]
-    assert len(ours) == 10, blocks  # the 10 rules, each with the conda advice only
+    assert len(ours) == 12, blocks  # the 12 rules, each with the conda advice only
     for block in ours:
         items = [line.strip() for line in block.splitlines() if line.strip().startswith("* ")]
         assert items == ["* Specify a conda environment or container for each rule.:"], block

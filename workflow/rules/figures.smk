@@ -134,7 +134,7 @@ rule figure_overlap:
 rule figure_training_curves:
     """Training loss against samples seen, every run of the grid (losses.csv beside run.json)."""
     input:
-        runs=train_targets(),
+        runs=run_records(),
     output:
         pdf=paths.fill(paths.TRAINING_CURVES_FIGURE, ext="pdf"),
         png=report(

@@ -3,7 +3,7 @@
 import re
 
 from clipscale import figures as _figures
-from clipscale import paths, shaping
+from clipscale import grid, paths, shaping
 from clipscale import reference as _reference
 
 FIGURES = {spec.name: spec for spec in _figures.figure_specs(config)}
@@ -24,6 +24,11 @@ def figure_targets():
     return (
         expand(paths.FIGURE, figure=list(FIGURES), ext=["pdf", "png"]) + curve_targets()
     )
+
+
+def run_records():
+    """Every run's run.json (training curves: losses.csv beside it)."""
+    return [paths.fill(paths.RUN_DONE, **run.wildcards) for run in grid.runs(config)]
 
 
 def curve_targets():
