@@ -11,13 +11,20 @@ and config: a small world, the embedded default's settings) three ways, alternat
 * ``absent``: train.report_to [] and ``import tensorboard`` failing, as before the package was a
   requirement (a ``tensorboard.py`` that raises ImportError first on PYTHONPATH).
 
-Printed: the wall time of each job and the medians; the difference is what the default costs.
+Printed: the wall time and the CPU time (the job's processes, user + system) of each job and
+their medians; the difference is what the default costs. On a loaded machine the wall times vary
+far more than that: two direct measurements follow, the import of ``torch.utils.tensorboard``
+(which open_clip_train.main does at import once the package is installed, whatever report_to
+says) in a fresh process, and a SummaryWriter writing open_clip's 6 scalars at as many points as
+a run of --steps steps logs (every 10th step and each epoch's last).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -68,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     blocker.mkdir(exist_ok=True)
     (blocker / "tensorboard.py").write_text("raise ImportError('tensorboard blocked by the benchmark')\n")
     walls: dict[str, list[float]] = {"tensorboard": [], "none": [], "absent": []}
+    cpus: dict[str, list[float]] = {k: [] for k in walls}
     python_path = os.environ.get("PYTHONPATH", "")
     for rep in range(a.repeats):
         for kind in walls:
@@ -81,23 +89,51 @@ def main(argv: list[str] | None = None) -> int:
             os.chdir(folder)
             subsets.write_subset(index, "bench", a.pool_size, 0, manifest.parent)
             start = time.perf_counter()
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             try:
                 train.launch(cfg, run, manifest, folder / "run.json", log_file=folder / "train.log")
             finally:
                 os.chdir(cwd)
                 os.environ["PYTHONPATH"] = python_path
             wall = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            cpus[kind].append(cpu)
             tb = folder / train.run_dir(run) / train.OPENCLIP_NAME / "tensorboard"
             events = list(tb.glob("events.out.tfevents.*")) if tb.is_dir() else []
             walls[kind].append(wall)
-            print(f"repeat {rep} {kind:11s}: wall {wall:6.1f} s for {a.steps} steps; event files: {len(events)}",
+            print(f"repeat {rep} {kind:11s}: wall {wall:6.1f} s, CPU {cpu:6.1f} s for {a.steps} steps; "
+                  f"event files: {len(events)}",
                   flush=True)
     med = {k: statistics.median(v) for k, v in walls.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpus.items()}
     print(f"\nmodel {a.model}, batch {a.batch_size}, {a.steps} steps over {a.epochs} epochs, "
           f"{a.repeats} repeats (medians):")
     for k, v in med.items():
-        print(f"  {k:11s}: {v:6.2f} s  ({100 * (v / med['absent'] - 1):+.1f} % vs absent)")
+        print(f"  {k:11s}: wall {v:6.2f} s ({100 * (v / med['absent'] - 1):+.1f} % vs absent), "
+              f"CPU {med_cpu[k]:6.2f} s ({100 * (med_cpu[k] / med_cpu['absent'] - 1):+.1f} %)")
+    direct(a.steps, a.epochs, work)
     return 0
+
+
+def direct(steps: int, epochs: int, work: Path) -> None:
+    code = ("import time, torch; t = time.perf_counter(); import torch.utils.tensorboard; "
+            "print(time.perf_counter() - t)")
+    imports = sorted(float(subprocess.check_output([sys.executable, "-c", code], text=True)) for _ in range(5))
+    print(f"  import torch.utils.tensorboard after torch: median {statistics.median(imports):.3f} s "
+          f"(of 5: {', '.join(f'{x:.3f}' for x in imports)})")
+    from torch.utils.tensorboard import SummaryWriter
+
+    per_epoch = steps // epochs
+    points = [e * per_epoch + i for e in range(epochs) for i in range(per_epoch) if i % 10 == 0 or i == per_epoch - 1]
+    t = time.perf_counter()
+    writer = SummaryWriter(str(work / "direct_tb"))
+    for step in points:
+        for name in ("data_time", "batch_time", "samples_per_second", "scale", "lr", "loss"):
+            writer.add_scalar(f"train/{name}", 1.0, step)
+    writer.close()
+    print(f"  SummaryWriter: open, {len(points)} x 6 scalars, close: {time.perf_counter() - t:.3f} s")
+    return None
 
 
 if __name__ == "__main__":
