@@ -373,6 +373,32 @@ def test_wandb_without_its_package_is_refused_before_any_job(monkeypatch):
     tiny_config(report_to=["tensorboard"])
 
 
+def test_wandb_logs_offline_into_the_run_folder_as_a_run_of_its_own(in_tmp, monkeypatch):
+    """open_clip names every W&B run after --name (``openclip`` here): each run gets its own name
+    and id, project clipscale, offline, its files under the run's folder."""
+    import types
+
+    import open_clip_train.main as oct_main
+
+    calls = []
+    fake = types.SimpleNamespace(init=lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr(oct_main, "wandb", fake)
+    for var in ("WANDB_MODE", "WANDB_DIR"):  # unset here, as they were before, after the test
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    cfg = tiny_config()
+    run = run_of(cfg, SAMPLES)
+    train.install_wandb_offline(run)
+    train.install_wandb_offline(run)  # a second install wraps open_clip's call once
+    oct_main.wandb.init(project="open-clip", name="openclip", id="openclip", resume="auto")
+    assert calls == [{"project": "clipscale", "name": "vit-xs/s/480", "id": "vit-xs-s-480", "resume": "auto"}]
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert Path(os.environ["WANDB_DIR"]) == (in_tmp / train.run_dir(run)).absolute()
+    monkeypatch.setattr(oct_main, "wandb", None)
+    with pytest.raises(train.TrainingError, match="wandb package is not installed"):
+        train.install_wandb_offline(run)
+
+
 @pytest.mark.slow
 def test_tensorboard_event_files_hold_the_training_loss(baseline):
     """The default train.report_to: open_clip's TensorBoard event files under the run's folder,
