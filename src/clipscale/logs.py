@@ -7,10 +7,11 @@ import atexit
 import contextlib
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
-from typing import Iterable, Iterator, NoReturn, TypeVar
+from typing import Iterable, NoReturn, TypeVar
 
 from tqdm import tqdm
 
@@ -77,6 +78,7 @@ class _LogLines:
 
     def write(self, text: str) -> None:
         text = " ".join(text.split())  # no carriage return, no padding
+        text = re.sub(r"(\d)s/ (\w)", r"\1 s/\2", text)  # a slow step's "17.3 s/shards"
         if text:
             self.logger.log(self.level, "%s", text)
 
@@ -86,6 +88,11 @@ class _LogLines:
 
 class _Progress(tqdm):
     monitor_interval = 0  # no monitor thread: several steps fork worker processes
+
+    def close(self) -> None:
+        if self.n == self.last_print_n:  # the last count is logged already: no second line
+            self.leave = False
+        super().close()
 
 
 def progress(iterable: Iterable[T] | None = None, what: str = "", total: int | None = None,
