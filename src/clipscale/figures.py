@@ -872,6 +872,16 @@ def _curve_panels(df: pd.DataFrame, order_by: str):
     return fig, [axes[i // n_cols][i % n_cols] for i in range(len(models))], models, data, colors, samples
 
 
+def _samples_axis(ax) -> None:
+    """A log axis of samples seen, its ticks as counts (2k, 10k, 1M); no minor tick labels."""
+    from clipscale.config import format_count
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_count(int(round(v))) if v >= 1 else f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _curve_legend(ax, last: bool) -> None:
     """One legend, beside the last panel (the panels share colours and line styles)."""
     handles, names = ax.get_legend_handles_labels()
@@ -903,7 +913,7 @@ def draw_training_curves(losses: pd.DataFrame, scales: Mapping[str, int] | None 
                      palette=colors, style="samples_seen_label",
                      style_order=[s for s in samples if s in set(sub["samples_seen_label"])],
                      units="run", estimator=None, sort=True, lw=1.4, ax=ax)
-        ax.set_xscale("log")
+        _samples_axis(ax)
         ax.set_xlabel("Samples seen", fontsize=LABEL_FONTSIZE)
         ax.set_ylabel(f"Training loss (mean of {smooth} steps)", fontsize=LABEL_FONTSIZE)
         ax.set_title(model, fontsize=TITLE_FONTSIZE)
@@ -941,7 +951,7 @@ def draw_learning_curves(table: pd.DataFrame, dataset: str, metric: str = "acc1"
                      hue_order=[d for d in data if d in set(sub["data"])], palette=colors,
                      style="samples_seen_label", style_order=[s for s in samples if s in set(sub["samples_seen_label"])],
                      units="run", estimator=None, sort=True, marker="o", markersize=5, lw=1.6, ax=ax)
-        ax.set_xscale("log")
+        _samples_axis(ax)
         _log_error_axis(ax, sub["error_pct"].to_numpy())
         ax.set_xlabel("Samples seen (at the checkpoint)", fontsize=LABEL_FONTSIZE)
         ax.set_ylabel(error_label(metric), fontsize=LABEL_FONTSIZE)
