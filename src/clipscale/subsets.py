@@ -143,10 +143,10 @@ def build_index(pool_dir: str | Path, workers: int = 1) -> pd.DataFrame:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers) as ex:
-            scanned = list(progress(ex.map(_scan_shard, shards, chunksize=16), "pool index", len(shards), "shards",
-                                    "clipscale.subsets"))
+            scanned = list(progress(ex.map(_scan_shard, shards, chunksize=16), "pool index", len(shards),
+                                    "shards", "clipscale.subsets"))
     else:
-        scanned = [_scan_shard(shard) for shard in progress(shards, "pool index", unit="shards", logger="clipscale.subsets")]
+        scanned = [_scan_shard(s) for s in progress(shards, "pool index", unit="shards", logger="clipscale.subsets")]
     rows = [row for row, _ in scanned]
     _mark_duplicates(shards, rows, [h for _, h in scanned])
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)

@@ -379,7 +379,8 @@ def zeroshot_retrieval(m: Model, s: SetSettings) -> TaskResult:
     loader = _loader(dataset, s.batch_size, s.workers, s.wds, collate)
     out, t0 = TaskResult(), time.time()
     raw = upstream("clip_benchmark.metrics.zeroshot_retrieval", "evaluate")(
-        m.model, progress(loader, f"{s.name} retrieval", unit="batches", logger=log), m.tokenizer, recall_k_list=list(s.recall_k), device=m.device, amp=m.amp)
+        m.model, progress(loader, f"{s.name} retrieval", unit="batches", logger=log), m.tokenizer,
+        recall_k_list=list(s.recall_k), device=m.device, amp=m.amp)
     out.add(raw, time.time() - t0)
     return out
 
