@@ -849,7 +849,7 @@ def read_losses(run_records: Iterable[str | Path]) -> pd.DataFrame:
         frames.append(losses.assign(
             run=str(record_path.parent), model=record.get("model_label") or record["model"],
             data=record["scale"], samples_seen_label=record["samples_seen_label"],
-            schedule=record.get("schedule", "cosine"),
+            schedule=record.get("schedule", "cosine"), gmac_per_sample=record.get("gmac_per_sample", np.nan),
             samples_seen=(losses["step"].astype("int64") + 1) * int(record["global_batch_size"])))
     if not frames:
         raise FigureError("training curves: no runs")
@@ -900,13 +900,11 @@ def draw_training_curves(losses: pd.DataFrame, scales: Mapping[str, int] | None 
     import seaborn as sns  # here: importing this module (the Snakefile does) stays quick
 
     df = losses.copy()
-    order = {m: i for i, m in enumerate(labels or {})}  # the config's order of models
-    df["order"] = df["model"].map(lambda m: order.get(m, len(order)))
     df["model"] = df["model"].map(lambda m: (labels or {}).get(m, m))
     df["data_size"] = df["data"].map(lambda d: (scales or {}).get(d, np.nan))
     df["run_samples"] = df.groupby("run")["samples_seen"].transform("max")
     df["loss_smooth"] = df.groupby("run")["loss"].transform(lambda s: s.rolling(smooth, min_periods=1).mean())
-    fig, axes, models, data, colors, samples = _curve_panels(df, "order")
+    fig, axes, models, data, colors, samples = _curve_panels(df, "gmac_per_sample")  # small models first
     for ax, model in zip(axes, models):
         sub = df[df["model"] == model]
         sns.lineplot(data=sub, x="samples_seen", y="loss_smooth", hue="data", hue_order=[d for d in data if d in set(sub["data"])],
