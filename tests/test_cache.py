@@ -79,7 +79,8 @@ def figure_names(cfg: dict, compute_only: bool = False, inputs: str | None = Non
 
 
 def drawn(jobs) -> set[str]:
-    return {wc["figure"] for rule, wc in jobs if rule.startswith("figure_")}
+    """The configured figures (rules figure_<kind>, wildcard figure) a dry run would draw."""
+    return {wc["figure"] for rule, wc in jobs if rule.startswith("figure_") and "figure" in wc}
 
 
 def test_changed_learning_rate_reruns_training_and_what_follows(finished_workdir, tmp_path):
@@ -91,6 +92,7 @@ def test_changed_learning_rate_reruns_training_and_what_follows(finished_workdir
     assert rules(jobs)["aggregate_results"] == 1
     assert [wc for rule, wc in jobs if rule == "fit_input"] == [{"input": "ours"}]
     assert drawn(jobs) == figure_names(cfg, inputs="ours")
+    assert rules(jobs)["figure_training_curves"] == 1  # every run's loss, drawn again
     assert not {"make_world", "subset", "index_pool", "model_profile", "published_table"} & set(rules(jobs))
     assert not any(rule.startswith("dedup") for rule in rules(jobs))
 
@@ -101,6 +103,7 @@ def test_changed_fit_bins_refits_and_redraws_only(finished_workdir, tmp_path):
     assert [wc["input"] for rule, wc in jobs if rule == "fit_input"] == ["ours"]  # published.enabled: false
     assert set(rules(jobs)) <= {"fit_input", "fit_collect", "figure_compute"} | ANALYSES
     assert drawn(jobs) == figure_names(cfg, compute_only=True)
+    assert "figure_training_curves" not in rules(jobs)  # it reads the runs, not the fits
 
 
 def test_one_runs_override_reruns_that_runs_chain_only(finished_workdir, tmp_path):

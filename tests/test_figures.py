@@ -297,7 +297,7 @@ def test_lint_clean(smk_dir):
     r = snakemake(smk_dir, "--lint")
     blocks = (r.stdout + r.stderr).split("Lints for ")[1:]
     ours = [b for b in blocks if "workflow/rules/fit" in b.splitlines()[0] or "workflow/rules/figures" in b.splitlines()[0]]
-    assert len(ours) == 11, blocks  # the 11 rules, each with the conda advice only
+    assert len(ours) == 13, blocks  # the 13 rules, each with the conda advice only
     for block in ours:
         items = [line.strip() for line in block.splitlines() if line.strip().startswith("* ")]
         assert items == ["* Specify a conda environment or container for each rule.:"], block
@@ -464,3 +464,80 @@ def test_comparison_figure_states_each_gaps_compute_within_10x_of_the_runs(publi
     # no target compute within the range: no gap drawn, the row says so
     none = analysis.gap_rows(comp, {"openclip_vs_openai": (1e6, 1e7)}, 10)
     assert none["delta_error"].isna().all()
+
+
+# training curves (losses.csv) and learning curves (every checkpoint's error)
+
+
+def _run_with_losses(root: Path, model: str, scale: str, samples: int, batch: int, steps: int,
+                     resumed_at: int | None = None) -> Path:
+    """A run's folder as training leaves it: run.json and losses.csv ("step,loss" per step; a
+    resumed attempt writes the steps after its checkpoint again)."""
+    import json
+
+    folder = root / "results" / "train" / model / scale / str(samples)
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({
+        "model": model, "scale": scale, "samples_seen_label": f"{samples // 1000}k", "schedule": "cosine",
+        "global_batch_size": batch, "gmac_per_sample": {"vit-xs": 0.002, "vit-s": 0.006}[model]}))
+    lines = [f"{s},{3.0 - s / steps!r}" for s in range(steps)]
+    if resumed_at is not None:
+        lines = lines[: steps - 5] + [f"{s},1.0" for s in range(resumed_at, steps)]  # killed, resumed
+    (folder / "losses.csv").write_text("\n".join(lines) + "\n")
+    return folder / "run.json"
+
+
+def _data_lines(ax):
+    return [line for line in ax.get_lines() if len(line.get_xdata())]
+
+
+def test_training_curves_draw_each_runs_loss_against_samples_seen(tmp_path):
+    a = _run_with_losses(tmp_path, "vit-xs", "3k", 10_000, 256, 40, resumed_at=30)
+    b = _run_with_losses(tmp_path, "vit-xs", "12k", 10_000, 256, 40)
+    c = _run_with_losses(tmp_path, "vit-s", "12k", 30_000, 128, 60)
+    df = figures.read_losses([a, b, c])
+    ra = df[df["run"] == str(a.parent)]
+    assert ra["step"].tolist() == list(range(40))  # steps trained again count once, with the last loss
+    assert ra["samples_seen"].tolist() == [256 * (s + 1) for s in range(40)]
+    assert (ra.loc[ra["step"] >= 30, "loss"] == 1.0).all() and ra.loc[ra["step"] == 29, "loss"].item() != 1.0
+    assert df.loc[df["run"] == str(c.parent), "samples_seen"].max() == 60 * 128
+    fig = figures.draw_training_curves(df, {"3k": 3000, "12k": 12000}, {"vit-xs": "ViT-XS", "vit-s": "ViT-S"}, smooth=1)
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible() and ax.get_title()}
+    assert list(panels) == ["ViT-XS", "ViT-S"]  # in order of compute per sample
+    xs = panels["ViT-XS"]
+    assert len(_data_lines(xs)) == 2 and len(_data_lines(panels["ViT-S"])) == 1  # a line per run
+    assert xs.get_xscale() == "log" and "Training loss" in xs.get_ylabel()
+    assert all(tuple(line.get_xdata()[[0, -1]]) == (256, 256 * 40) for line in _data_lines(xs))
+    assert sorted(line.get_ydata()[-1] for line in _data_lines(xs)) == pytest.approx([1.0, 3.0 - 39 / 40])
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    outs = [tmp_path / "training_curves.pdf", tmp_path / "training_curves.png"]
+    figures.make_training_curves({"scales": {"3k": 3000, "12k": 12000}, "labels": {}}, [a, b, c], outs)
+    check_files(outs)
+    (b.parent / "losses.csv").unlink()
+    with pytest.raises(FigureError, match=r"losses.csv .*does not exist"):
+        figures.read_losses([a, b])
+
+
+def test_learning_curves_follow_each_run_through_its_checkpoints(cfg, tmp_path):
+    table = synthetic_ours(cfg, source="ours-cooldown")
+    # the samples each checkpoint had seen (the run's at its final one)
+    table["samples_seen"] = table["samples_seen"] * table["epoch"].astype(int) // 4
+    table["total_gmac"] = table["gmac_per_sample"] * table["samples_seen"]
+    table.to_parquet(tmp_path / "results.parquet")
+    settings = shaping.learning_curves(cfg)
+    assert settings["dataset"] == "shapes" and settings["sources"] == ["ours-cooldown"]
+    fig = figures.draw_learning_curves(table, settings["dataset"], sources=settings["sources"])
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible() and ax.get_title()}
+    assert set(panels) == set(GMAC)
+    lines = _data_lines(panels["ViT-S"])
+    assert len(lines) == len(SCALES) * len(SAMPLES)  # a line per run
+    ends = sorted(tuple(line.get_xdata()) for line in lines)
+    assert ends == sorted((s // 2, s) for s in SAMPLES for _ in SCALES)  # epochs 2 and 4 of 4
+    assert "every checkpoint" in fig._suptitle.get_text()
+    outs = [tmp_path / "learning_curves.pdf", tmp_path / "learning_curves.png"]
+    figures.make_learning_curves(settings, tmp_path / "results.parquet", outs)
+    check_files(outs)
+    with pytest.raises(FigureError, match="no rows"):
+        figures.draw_learning_curves(table, "colours_nothing", sources=settings["sources"])

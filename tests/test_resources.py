@@ -259,6 +259,9 @@ def test_figures_of_our_runs_wait_and_the_papers_go_early():
     assert prio["zeroshot_ours"] < prio["imagenet_zeroshot_published"] == resources.INDEPENDENT
     assert prio["overlap_ours"] == prio["overlap_published"] == resources.INDEPENDENT  # no training read
     assert prio["zeroshot_ours"] < resources.priority(cfg, "fit_input")(_wildcards(input="ours"))
+    # the training and learning curves read our runs: with our other figures, after the evaluations
+    for rule in ("figure_training_curves", "figure_learning_curves"):
+        assert resources.priority(cfg, rule) == resources.FIGURE_OURS < resources.EVALUATE, rule
 
 
 def test_deduplicated_training_waits_for_the_dedup_chain_first():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -289,7 +290,7 @@ def test_open_clip_args_follow_the_paper_recipe(manifest):
     assert a.save_frequency == 1 and a.resume == "latest"  # a checkpoint per virtual epoch, resumable
     assert a.train_data == m["url"] and a.model == MODEL and a.seed == cfg["seed"]
     assert Path(a.logs) == train.run_dir(run) and a.name == train.OPENCLIP_NAME
-    assert a.report_to == ""
+    assert a.report_to == "tensorboard"  # train.report_to: training curves by default
 
 
 def test_open_clip_args_take_per_run_overrides(manifest):
@@ -351,6 +352,76 @@ def test_pipeline_run_writes_checkpoints_and_record(baseline):
     train_log = (folder / "train.log").read_text()
     assert "training transform: FastTrainTransform(size=[32, 32], scale=(0.9, 1.0)" in train_log
     assert "tokenizer: CachedTokenizer(" in train_log
+
+
+def test_report_to_reaches_open_clip(manifest):
+    m = subsets.read_manifest(manifest)
+    for names, expected in (([], ""), (["tensorboard"], "tensorboard"), (["tensorboard", "wandb"], "tensorboard,wandb")):
+        cfg = tiny_config()
+        cfg["train"]["report_to"] = names  # past the config check (wandb may not be installed)
+        run = run_of(cfg, SAMPLES)
+        a = parsed(train.open_clip_args(cfg, run, m, grid.hparams(cfg, run)))
+        assert a.report_to == expected
+        assert ("tensorboard" in a.report_to, "wandb" in a.report_to) == ("tensorboard" in names, "wandb" in names)
+
+
+def test_wandb_without_its_package_is_refused_before_any_job(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    with pytest.raises(config_mod.ConfigError, match=r"train.report_to: wandb needs the wandb package"):
+        tiny_config(report_to=["tensorboard", "wandb"])
+    tiny_config(report_to=["tensorboard"])
+
+
+def test_wandb_logs_offline_into_the_run_folder_as_a_run_of_its_own(in_tmp, monkeypatch):
+    """open_clip names every W&B run after --name (``openclip`` here): each run gets its own name
+    and id, project clipscale, offline, its files under the run's folder."""
+    import types
+
+    import open_clip_train.main as oct_main
+
+    calls = []
+    fake = types.SimpleNamespace(init=lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr(oct_main, "wandb", fake)
+    for var in ("WANDB_MODE", "WANDB_DIR"):  # unset here, as they were before, after the test
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    cfg = tiny_config()
+    run = run_of(cfg, SAMPLES)
+    train.install_wandb_offline(run)
+    train.install_wandb_offline(run)  # a second install wraps open_clip's call once
+    oct_main.wandb.init(project="open-clip", name="openclip", id="openclip", resume="auto")
+    assert calls == [{"project": "clipscale", "name": "vit-xs/s/480", "id": "vit-xs-s-480", "resume": "auto"}]
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert Path(os.environ["WANDB_DIR"]) == (in_tmp / train.run_dir(run)).absolute()
+    monkeypatch.setattr(oct_main, "wandb", None)
+    with pytest.raises(train.TrainingError, match="wandb package is not installed"):
+        train.install_wandb_offline(run)
+
+
+@pytest.mark.slow
+def test_tensorboard_event_files_hold_the_training_loss(baseline):
+    """The default train.report_to: open_clip's TensorBoard event files under the run's folder,
+    with the loss of the steps it logs (every 10th and each epoch's last), the same values as
+    losses.csv, and the learning rate and samples/s beside it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = baseline["folder"]
+    tb = folder / "results" / "train" / MODEL / SCALE / str(SAMPLES) / train.OPENCLIP_NAME / "tensorboard"
+    events = sorted(tb.glob("events.out.tfevents.*"))
+    assert events, f"no event file in {tb}"
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/samples_per_second"} <= tags
+    logged = {e.step: e.value for e in acc.Scalars("train/loss")}
+    last = EPOCHS * STEPS_PER_EPOCH - 1
+    # each epoch's first step (0 mod 10 within it) and last step
+    assert set(logged) == {e * STEPS_PER_EPOCH + i for e in range(EPOCHS) for i in (0, STEPS_PER_EPOCH - 1)}
+    assert max(logged) == last
+    ours = losses(folder, SAMPLES)
+    for step, value in logged.items():
+        assert value == pytest.approx(float(ours[step]), rel=1e-6), step
 
 
 @pytest.mark.slow

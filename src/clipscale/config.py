@@ -271,6 +271,7 @@ def cross_check(config: dict) -> list[str]:
                     f"fit.predictions[{i}].model: {pred['model']!r} is neither a model of the config nor "
                     f"of the paper's Table 25 (its GMAC per sample is unknown: the fit would skip it)")
     problems += _comparison_problems(config)
+    problems += _report_problems(config)
     problems += released.problems(config)
     from clipscale.models import problems as model_problems
 
@@ -280,6 +281,19 @@ def cross_check(config: dict) -> list[str]:
     from clipscale.finetune.plan import problems as finetune_problems
 
     return problems + finetune_problems(config)
+
+
+def _report_problems(config: dict) -> list[str]:
+    """train.report_to (or an override's) naming wandb where the wandb package is missing: every
+    training job would fail at its start."""
+    import importlib.util
+
+    train = config.get("train", {})
+    wanted = [("train.report_to", train.get("report_to") or [])] + [
+        (f"train.overrides[{i}].report_to", o.get("report_to") or [])
+        for i, o in enumerate(train.get("overrides") or [])]
+    return [f"{key}: wandb needs the wandb package (pip install wandb), which is not installed"
+            for key, names in wanted if "wandb" in names and importlib.util.find_spec("wandb") is None]
 
 
 def _name_problems(config: dict) -> list[str]:

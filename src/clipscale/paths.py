@@ -86,6 +86,10 @@ BIN_WINNERS_TABLE = f"{RESULTS}/tables/bin_winners_{{input}}.md"
 COMPUTE_OPTIMAL_TABLE = f"{RESULTS}/tables/compute_optimal_{{input}}.md"
 EXTRAPOLATION_FIGURE = f"{RESULTS}/figures/extrapolation_{{input}}.{{ext}}"
 COMPARISON_FIGURE = f"{RESULTS}/figures/comparison_{{input}}.{{ext}}"
+# our runs' training loss against samples seen (losses.csv of each run), and, with
+# evaluate.all_checkpoints, the main set's error at every checkpoint (learning curves)
+TRAINING_CURVES_FIGURE = f"{RESULTS}/figures/training_curves.{{ext}}"
+LEARNING_CURVES_FIGURE = f"{RESULTS}/figures/learning_curves.{{ext}}"
 
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"

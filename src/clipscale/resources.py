@@ -45,6 +45,8 @@ FIXED: dict[str, tuple[int, int, int]] = {
     "figure_data_bottleneck": (1, 2000, 10),
     "figure_samples_bottleneck": (1, 2000, 10),
     "figure_overlap": (1, 1000, 5),
+    "figure_training_curves": (1, 2000, 10),
+    "figure_learning_curves": (1, 2000, 10),
 }
 
 
@@ -480,6 +482,8 @@ def priority(config: Mapping, rule: str, figures: Mapping | None = None):
                 return FIGURE_OURS
             return INDEPENDENT
         return figure_priority
+    if rule in ("figure_training_curves", "figure_learning_curves"):  # our runs' curves
+        return FIGURE_OURS
     if rule in _ENCODER_RULES:  # the encoder may be one of the grid's runs
         return 0
     return INDEPENDENT  # published_table, dedup

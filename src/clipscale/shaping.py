@@ -253,3 +253,19 @@ def figure(config: Mapping, spec) -> dict:
     if reads_finetune(spec):  # it fits the fine-tuning metrics' laws itself, as the fit step fits
         out.update(seed=config["seed"], fit=_without(config["fit"], _ANALYSIS_KEYS))
     return canonical(out)
+
+
+def training_curves(config: Mapping) -> dict:
+    """figure_training_curves: the models' labels and the data scales' sizes (colours, order);
+    the runs are its inputs (their run.json, losses.csv beside it)."""
+    from clipscale.config import parse_count
+
+    return canonical({"labels": {m: spec.get("label", m) for m, spec in config["models"].items()},
+                      "scales": {s: parse_count(n) for s, n in config["scales"].items()}})
+
+
+def learning_curves(config: Mapping) -> dict:
+    """figure_learning_curves: the main set (table.main_set) and the grid's sources."""
+    from clipscale.table import main_set
+
+    return canonical({"dataset": main_set(config), "metric": "acc1", "sources": grid.sources(config)})

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clipscale.logs import progress
 from clipscale.shards import ShardWriter, is_complete, iter_samples, scan_tar
 
 # n_readable = complete samples in the tar; n_duplicates = those of them whose key came earlier
@@ -211,9 +212,10 @@ def build_index(pool_dir: str | Path, workers: int = 1) -> pd.DataFrame:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers) as ex:
-            scanned = list(ex.map(_scan_shard, shards, chunksize=16))
+            scanned = list(progress(ex.map(_scan_shard, shards, chunksize=16), "pool index", len(shards),
+                                    "shards", "clipscale.subsets"))
     else:
-        scanned = [_scan_shard(shard) for shard in shards]
+        scanned = [_scan_shard(s) for s in progress(shards, "pool index", unit="shards", logger="clipscale.subsets")]
     rows = [row for row, _ in scanned]
     _mark_duplicates(shards, rows, [h for _, h in scanned])
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)

@@ -139,7 +139,9 @@ def open_clip_args(config: dict, run: grid.Run, manifest: dict, hp: dict) -> lis
         "--name", OPENCLIP_NAME,
         "--seed", str(config["seed"]),
         "--log-every-n-steps", "10",
-        "--report-to", "",
+        # training curves: tensorboard's event files under <run dir>/openclip/tensorboard/, wandb
+        # offline (train.report_to; open_clip tests each name's presence in this string)
+        "--report-to", ",".join(hp.get("report_to") or []),
     ]
     if run.schedule == grid.CONST_COOLDOWN:
         # constant after the warmup, then (1 - t)^power down to end_lr over the run's last
@@ -410,6 +412,33 @@ def install_shuffle_buffer(size: int) -> None:
         raise TrainingError("open_clip_train.data has no _SAMPLE_SHUFFLE_SIZE/_INITIAL: open_clip "
                             "changed; update clipscale.train.install_shuffle_buffer")
     oct_data._SAMPLE_SHUFFLE_SIZE, oct_data._SAMPLE_SHUFFLE_INITIAL = size, max(1, size // 5)
+
+
+def install_wandb_offline(run: grid.Run) -> None:
+    """With ``wandb`` in train.report_to: log offline (``WANDB_MODE=offline`` unless the
+    environment says otherwise) into the run's folder, and give each run its own W&B run.
+    open_clip names the W&B run and its id after ``--name``, which is ``openclip`` for every run
+    here (the folder layout): ``wandb sync`` would merge all runs into one. Patches the
+    ``wandb.init`` that open_clip_train.main calls to use the run's name (id: the name with
+    ``/`` as ``-``) and the project ``clipscale``, unless ``--wandb-project-name`` was given."""
+    import open_clip_train.main as oct_main
+
+    wandb = getattr(oct_main, "wandb", None)
+    if wandb is None:
+        raise TrainingError("train.report_to has wandb, but the wandb package is not installed "
+                            "(pip install wandb) in this environment")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_DIR", str(run_dir(run).absolute()))
+    init = getattr(wandb.init, "_clipscale_original", wandb.init)
+
+    def run_init(*args, **kwargs):
+        kwargs.update(name=run.name, id=re.sub(r"[^A-Za-z0-9_.-]", "-", run.name))
+        if kwargs.get("project") in (None, "open-clip"):  # open_clip's default project name
+            kwargs["project"] = "clipscale"
+        return init(*args, **kwargs)
+
+    run_init._clipscale_original = init
+    wandb.init = run_init
 
 
 def install_safe_saving() -> None:
@@ -717,6 +746,8 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
         install_shuffle_buffer(hp["shuffle_buffer"])
         stopping.keep_data_workers_through_stops()
         install_safe_saving()
+        if "wandb" in (hp.get("report_to") or []) and rank() == 0:
+            install_wandb_offline(run)
         skip_dir.mkdir(parents=True, exist_ok=True)
         os.environ[SKIP_DIR_ENV] = str(skip_dir.absolute())  # data workers inherit it
         t0 = time.time()

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
+from clipscale.logs import progress as progress_of
 from clipscale.shards import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -492,7 +493,10 @@ def generate(spec: WorldSpec, out: str | Path, progress: bool = True, workers: i
             written = pool.map(_write_pool_shard, shards)
         else:
             written = map(_write_pool_shard, shards)
-        for shard, (shard_truth, shard_kinds, n) in zip(shards, written):
+        done = zip(shards, written)
+        if progress:  # the pairs, not the map: zip stops before asking the map for more
+            done = progress_of(done, "world pool", spec.n_shards, "shards", log)
+        for shard, (shard_truth, shard_kinds, n) in done:
             truth += shard_truth
             for kind, count in shard_kinds.items():
                 kinds[kind] = kinds.get(kind, 0) + count

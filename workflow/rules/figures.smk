@@ -129,3 +129,55 @@ rule figure_overlap:
         settings=figure_settings,
     script:
         "../scripts/figure_draw.py"
+
+
+rule figure_training_curves:
+    """Training loss against samples seen, every run of the grid (losses.csv beside run.json)."""
+    input:
+        runs=run_records(),
+    output:
+        pdf=paths.fill(paths.TRAINING_CURVES_FIGURE, ext="pdf"),
+        png=report(
+            paths.fill(paths.TRAINING_CURVES_FIGURE, ext="png"),
+            caption="../report/training_curves.rst",
+            category="Figures",
+            subcategory="Training and learning curves",
+        ),
+    log:
+        f"{paths.LOGS}/figures/training_curves.log",
+    benchmark:
+        f"{paths.BENCHMARKS}/figures/training_curves.tsv"
+    priority: cs_resources.priority(config, "figure_training_curves")
+    threads: cs_resources.threads(config, "figure_training_curves")
+    resources:
+        **cs_resources.resources(config, "figure_training_curves"),
+    params:
+        settings=shaping.training_curves(config),
+    script:
+        "../scripts/figure_curves.py"
+
+
+rule figure_learning_curves:
+    """The main set's error at every checkpoint of each run (evaluate.all_checkpoints)."""
+    input:
+        table=paths.RESULTS_TABLE,
+    output:
+        pdf=paths.fill(paths.LEARNING_CURVES_FIGURE, ext="pdf"),
+        png=report(
+            paths.fill(paths.LEARNING_CURVES_FIGURE, ext="png"),
+            caption="../report/learning_curves.rst",
+            category="Figures",
+            subcategory="Training and learning curves",
+        ),
+    log:
+        f"{paths.LOGS}/figures/learning_curves.log",
+    benchmark:
+        f"{paths.BENCHMARKS}/figures/learning_curves.tsv"
+    priority: cs_resources.priority(config, "figure_learning_curves")
+    threads: cs_resources.threads(config, "figure_learning_curves")
+    resources:
+        **cs_resources.resources(config, "figure_learning_curves"),
+    params:
+        settings=shaping.learning_curves(config),
+    script:
+        "../scripts/figure_curves.py"

@@ -3,7 +3,7 @@
 import re
 
 from clipscale import figures as _figures
-from clipscale import paths, shaping
+from clipscale import grid, paths, shaping
 from clipscale import reference as _reference
 
 FIGURES = {spec.name: spec for spec in _figures.figure_specs(config)}
@@ -20,8 +20,26 @@ def figure_names_of(kind):
 
 
 def figure_targets():
-    """Every configured figure, PDF and PNG (for the top-level target)."""
-    return expand(paths.FIGURE, figure=list(FIGURES), ext=["pdf", "png"])
+    """Every configured figure, PDF and PNG (for the top-level target), and the curves."""
+    return (
+        expand(paths.FIGURE, figure=list(FIGURES), ext=["pdf", "png"]) + curve_targets()
+    )
+
+
+def run_records():
+    """Every run's run.json (training curves: losses.csv beside it)."""
+    return [paths.fill(paths.RUN_DONE, **run.wildcards) for run in grid.runs(config)]
+
+
+def curve_targets():
+    """Our runs' training curves; with evaluate.all_checkpoints, their learning curves."""
+    patterns = [paths.TRAINING_CURVES_FIGURE]
+    if (
+        config["evaluate"]["all_checkpoints"]
+        and shaping.learning_curves(config)["dataset"]
+    ):
+        patterns.append(paths.LEARNING_CURVES_FIGURE)
+    return [paths.fill(p, ext=ext) for p in patterns for ext in ("pdf", "png")]
 
 
 def published_figure_targets():

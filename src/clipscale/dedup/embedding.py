@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from clipscale import phash as P
 from clipscale.dedup.formats import PAIR_SCHEMA, DedupError
 from clipscale.dedup.hashing import iter_image_members, skip_bad_image
+from clipscale.logs import progress
 from clipscale.shards import SkipCounter
 
 log = logging.getLogger(__name__)
@@ -123,13 +124,14 @@ def embed_shards(encoder, tars: Sequence[str | Path], out: str | Path, name: str
     skipped, stats = SkipCounter(), {"n_samples": 0}
     start = time.perf_counter()
     keys, shards, feats = [], [], []
-    with torch.no_grad():
+    done = progress(what=f"encode {name}", unit="images", logger=log)  # the total is known once read
+    with torch.no_grad(), done:
         for k, s, images in _batches(tars, encoder.transform, skipped, stats, batch_size):
             f = F.normalize(encoder.model.encode_image(images.to(encoder.device)).float(), dim=-1)
             feats.append(f.cpu().numpy().astype(np.float16))
             keys += k
             shards += s
-            log.info("%s: %d images encoded", name, len(keys))
+            done.update(len(k))
     dim = feats[0].shape[1] if feats else 0
     features = np.concatenate(feats) if feats else np.zeros((0, dim), np.float16)
     report = {"name": name, "checkpoint": str(encoder.path), "model": encoder.name, "shards": len(tars),

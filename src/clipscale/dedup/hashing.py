@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from clipscale import phash as P
 from clipscale.dedup.formats import HASH_SCHEMA, META_KEY, DedupError
 from clipscale.dedup.modes import column, variant_function
+from clipscale.logs import progress
 from clipscale.shards import SkipCounter, iter_samples
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ def hash_shards(tars: Sequence[str | Path], out: str | Path, name: str | None = 
     skipped, stats = SkipCounter(), {"n_samples": 0, "n_hashed": 0}
     start = time.perf_counter()
     writer = pq.ParquetWriter(tmp, schema)
+    done = progress(what=f"hash {name or out.stem}", total=len(tars), unit="shards", logger=log)
     try:
         if workers > 1 and len(tars) > 1:
             from concurrent.futures import ProcessPoolExecutor
@@ -183,14 +185,18 @@ def hash_shards(tars: Sequence[str | Path], out: str | Path, name: str | None = 
                     _add_stats(stats, part)
                     writer.write_table(_hash_table(keys, shard, columns, schema))
                     log.info("%s: %d images hashed", shard, len(keys))
+                    done.update()
         else:
             for keys, shard, columns in iter_hash_columns(tars, skipped, stats, batch_size, variants):
                 writer.write_table(_hash_table(keys, shard, columns, schema))
                 log.info("%s: %d images hashed", shard, len(keys))
+                done.update()
     except BaseException:
+        done.close()
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
+    done.close()
     writer.close()
     seconds = time.perf_counter() - start
     if variants:

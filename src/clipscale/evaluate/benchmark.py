@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipscale.config import ConfigError
+from clipscale.logs import progress
 
 log = logging.getLogger("clipscale.evaluate")
 
@@ -265,7 +266,7 @@ def build(name: str, root: str, transform, split: str, task: str):
         dataset_name=name, root=root, transform=transform, split=split, download=False, task=task)
 
 
-def image_features(m: Model, loader) -> tuple:
+def image_features(m: Model, loader, what: str = "image features") -> tuple:
     """(features, targets) of every image of a loader: clip_benchmark's features,
     ``F.normalize(model.encode_image(images))`` under its autocast, on the CPU."""
     import torch
@@ -273,7 +274,7 @@ def image_features(m: Model, loader) -> tuple:
 
     feats, targets = [], []
     with torch.no_grad():
-        for images, target in loader:
+        for images, target in progress(loader, what, unit="batches", logger=log):
             with torch.autocast(m.device, enabled=m.amp):
                 feats.append(F.normalize(m.model.encode_image(images.to(m.device)), dim=-1).cpu())
             targets.append(target)
@@ -378,7 +379,8 @@ def zeroshot_retrieval(m: Model, s: SetSettings) -> TaskResult:
     loader = _loader(dataset, s.batch_size, s.workers, s.wds, collate)
     out, t0 = TaskResult(), time.time()
     raw = upstream("clip_benchmark.metrics.zeroshot_retrieval", "evaluate")(
-        m.model, loader, m.tokenizer, recall_k_list=list(s.recall_k), device=m.device, amp=m.amp)
+        m.model, progress(loader, f"{s.name} retrieval", unit="batches", logger=log), m.tokenizer,
+        recall_k_list=list(s.recall_k), device=m.device, amp=m.amp)
     out.add(raw, time.time() - t0)
     return out
 
@@ -408,7 +410,8 @@ def linear_probe(m: Model, s: SetSettings, test, feature_root: Path) -> TaskResu
     if not (folder / "targets_test.pt").exists() or not (folder / "targets_train.pt").exists():
         train = build(s.benchmark_name, s.root, m.transform, "train", "linear_probe")
         write_features(folder, "test", features, targets)
-        write_features(folder, "train", *image_features(m, _loader(train, s.batch_size, s.workers, s.wds)))
+        write_features(folder, "train", *image_features(m, _loader(train, s.batch_size, s.workers, s.wds),
+                                                            f"{s.name} train features"))
     probe = linear_probe_module(m.device).evaluate
     out = TaskResult()
     for k in s.linear_probe_k:
@@ -447,7 +450,8 @@ def evaluate_set(m: Model, s: SetSettings, tasks: list[str], feature_root: Path)
         torch.manual_seed(s.seed)
         t0 = time.time()
         dataset = build(s.benchmark_name, s.root, m.transform, "test", "zeroshot_classification")
-        features, targets = image_features(m, _loader(dataset, s.batch_size, s.workers, s.wds))
+        features, targets = image_features(m, _loader(dataset, s.batch_size, s.workers, s.wds),
+                                           f"{s.name} test features")
         log.info("%s: %d test images encoded in %.1f s (shared by %s)", s.name, len(features),
                  time.time() - t0, ", ".join(classification))
         test = (dataset, features, targets)
