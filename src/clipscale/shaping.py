@@ -88,7 +88,7 @@ def train(config: Mapping, run: grid.Run) -> dict:
     # from the rest: a cosine run's params are what they were before schedules existed
     drop = (execution_keys("train") | {"world_size", "schedule", "samples_trained_exact"}) - set(_DERIVED_SHAPING)
     return canonical({
-        "seed": config["seed"],
+        "seed": grid.open_clip_seed(dict(config), run),  # config seed + the run's seed index
         "model": _without(config["models"][run.model], _DISPLAY),
         "hparams": _without(hp, drop),
     })
