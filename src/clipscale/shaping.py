@@ -203,7 +203,8 @@ def extrapolation(config: Mapping, input_name: str) -> dict:
 def comparison(config: Mapping, input_name: str) -> dict:
     """fit_comparison: bins, bin_pad, bootstrap, ci, the comparisons of this input (None: the
     built-in pairs), the seed and, for our runs, the downstream groups."""
-    fit_cfg = {k: config["fit"][k] for k in ("bins", "bin_pad", "bootstrap", "ci") if k in config["fit"]}
+    fit_cfg = {k: config["fit"][k] for k in ("bins", "bin_pad", "bootstrap", "ci", "min_bootstrap_computes")
+               if k in config["fit"]}
     pairs = config["fit"].get("comparisons")
     fit_cfg["comparisons"] = None if pairs is None else [p for p in pairs if p["input"] == input_name]
     return _with_groups({"seed": config["seed"], "fit": fit_cfg}, config, input_name)
