@@ -248,3 +248,43 @@ def _train_jobs(tmp_path: Path, seeds: int) -> int:
 def test_three_seeds_make_three_times_the_training_jobs(tmp_path):
     one, three = _train_jobs(tmp_path, 1), _train_jobs(tmp_path, 3)
     assert one == 8 and three == 3 * one
+
+
+# ---------------------------------------------------------------------------------------------
+# the results table
+
+
+def _result(path: Path, samples: str, accuracy: float) -> Path:
+    import json
+
+    from clipscale.evaluate.plan import Target
+
+    target = Target("ours", "vit-xs", "3k", samples, "4", "shapes", "zeroshot_classification")
+    row = {"source": "ours-cooldown", "model": "ViT-XS", "arch_id": "vit-xs", "data": "world-3k",
+           "samples_seen": 10240, "samples_seen_label": "10k", "gmac_per_sample": 0.001, "total_gmac": 10.24,
+           "epoch": 4, "final": True, "checkpoint": f"results/train/vit-xs/3k/{samples}/epoch_4.pt", "data_size": 3000}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"target": target.__dict__, "row": row, "status": "ok",
+                                "metrics": {"acc1": accuracy}, "failures": [], "undefined": {}}))
+    return path
+
+
+def test_the_results_table_has_a_seed_column_only_with_seeds(tmp_path):
+    from clipscale import evaluate, table
+
+    cfg = _config(3)
+    files = [_result(tmp_path / f"{s}.json", s, a) for s, a in (("10k-cooldown", 60.0), ("10k-cooldown-seed1", 50.0),
+                                                               ("10k-cooldown-seed2", 55.0))]
+    df = evaluate.aggregate(cfg, files, tmp_path / "t.parquet", tmp_path / "t.csv", tmp_path / "log.txt")
+    back = table.read_table(tmp_path / "t.parquet")
+    assert sorted(back["seed"].tolist()) == [0, 1, 2] and str(back["seed"].dtype) == "Int64"
+    assert len(df) == 3
+    # the fit sees one cell of three seeds: its mean error
+    f = fit.fit_table(pd.concat([back, back.assign(samples_seen=30720, samples_seen_label="30k", total_gmac=30.72,
+                                                   checkpoint=back["checkpoint"] + "x", error=back["error"] - 0.1)]),
+                      input_name="ours", bootstrap=10, methods=["paper"])[0]
+    assert len(f.points) == 2 and f.n_runs == 6 and f.seeds == 3
+    assert f.points["error"].tolist() == pytest.approx([0.45, 0.35])  # by compute
+    # one seed: the table as it always was, no seed column
+    single = evaluate.aggregate(_config(1), files[:1], tmp_path / "s.parquet", tmp_path / "s.csv", tmp_path / "s.txt")
+    assert "seed" not in single.columns and "seed" not in table.read_table(tmp_path / "s.parquet").columns

@@ -13,8 +13,10 @@ predicted error, its bootstrap percentile interval, the prediction error in poin
 (best per bin, Pareto frontier), so the summary per task and method is over the held-out runs on
 the Pareto frontier of all the task's runs (``on_frontier``): mean absolute and mean signed
 prediction error, and coverage (share inside the interval). The interval is that of the law (the
-bootstrap band), not a prediction interval for one run's noise: a run outside it is a run the
-law, as fitted below the cut, did not foresee. Sources fitted directly on a few runs (OpenAI's
+bootstrap band, or the t band on few computes: ``fit.fit_points``); ``inside_pi`` also checks the
+prediction interval for one run (the law's uncertainty and one run's scatter). A list of
+``holdout_bins`` back-tests at several cuts: ``coverage`` counts, per method and cut, the
+held-out frontier runs inside the band and inside the prediction interval over all laws. Sources fitted directly on a few runs (OpenAI's
 three) are not checked, and a saturating fit that is not identifiable (``fit.diagnose_saturating``)
 predicts nothing: its row says why.
 
