@@ -901,7 +901,10 @@ def coefficients_markdown(coef: pd.DataFrame) -> str:
                                                                          notes.fillna(""))]
     out = pd.DataFrame({
         "input": coef["input"], "source": coef["source"], "dataset": coef["dataset"], "metric": coef["metric"],
-        "method": coef["method"], "runs": coef["n_points"], "fit pts": coef["n_fit"],
+        "method": coef["method"],
+        # runs fitted (with seeds: every seed; a law goes through its cells' means)
+        "runs": coef["n_runs"].fillna(coef["n_points"]) if "n_runs" in coef else coef["n_points"],
+        "fit pts": coef["n_fit"],
         "alpha": [ci(*v, ".3f") for v in zip(coef["alpha"], coef["alpha_lo"], coef["alpha_hi"])],
         "beta": [ci(*v, ".3g") for v in zip(coef["beta"], coef["beta_lo"], coef["beta_hi"])],
         "c (saturating)": [ci(*v, ".3f") for v in zip(coef["sat_c"], coef["sat_c_lo"], coef["sat_c_hi"])],
