@@ -37,6 +37,25 @@ fit (e.g. a single distinct compute value) are dropped and counted (``bootstrap_
 fit draws from its own generator seeded with (seed, crc32 of the fit's key), so results do not
 depend on the order or the number of fits.
 
+Seeds (``grid.seeds``): rows of a table with a ``seed`` column that differ only in it are one
+*cell* (model, data, samples seen) trained several times. A cell's point is the mean error of its
+seeds; the bootstrap then resamples cells and, within each drawn cell, its seeds (a two-stage
+bootstrap), so that intervals carry the seed noise. A table without seeds (or one seed per cell)
+is fitted and resampled exactly as before.
+
+Few computes (``fit.min_bootstrap_computes``, 5): a power law fitted on runs at fewer distinct
+computes gets a t-interval of its least-squares line in log-log space instead (n - 2 degrees of
+freedom through the points it goes through); its draws (for comparisons, crossings and bands)
+come from the matching multivariate t, the posterior of (alpha, log10 beta) under a flat prior.
+The ``interval`` column of the coefficients says which ("bootstrap" or "t").
+
+Prediction interval (``error_pi_lo``, ``error_pi_hi``): where one new run at C may land, the
+law's uncertainty plus one run's scatter around it. Bootstrap: every draw's prediction combined
+with every residual of a single run around the fitted law (log10 E, through the points the law
+goes through, with each of their seeds; scaled by sqrt(n / (n - k)) for the k fitted parameters).
+t: ŷ ± t·sqrt(s²(1 + 1/n + (x - x̄)²/Sxx) + σ²_seed(1 - 1/k)), σ²_seed the pooled variance of
+log10 E between seeds of a cell, k the seeds per cell.
+
 Command line: ``clipscale fit --table T.parquet --coefficients C.csv ...``.
 """
 
@@ -62,6 +81,9 @@ METHODS = ("binned", "direct", "pareto", "saturating")
 DEFAULT_BIN_PAD = schema_default("fit", "bin_pad")  # decades above the largest log10 C (the paper's code: 0.1)
 DIRECT_SOURCES = ("openai",)
 MIN_SATURATING_POINTS = 6  # 4 parameters + 2 degrees of freedom
+MIN_BOOTSTRAP_COMPUTES = schema_default("fit", "min_bootstrap_computes")  # fewer: a t-interval
+T_METHODS = ("binned", "direct", "pareto")  # the power laws that get a t-interval on few computes
+CELL_COLUMNS = ("source", "model", "data", "samples_seen", "total_gmac")  # rows of one cell differ in seed only
 #: the saturating fit's settings (config fit.saturating): Huber delta on ln E residuals, the widest
 #: bootstrap interval of c or d (orders of magnitude), the least AIC gain over the plain power law
 SATURATING_DEFAULTS = {k: v["default"] for k, v in
@@ -85,11 +107,13 @@ COEFFICIENT_COLUMNS = [
     "alpha", "alpha_lo", "alpha_hi", "beta", "beta_lo", "beta_hi",
     "sat_a", "sat_b", "sat_c", "sat_c_lo", "sat_c_hi", "sat_d", "sat_d_lo", "sat_d_hi",
     "r2_log", "rmse_log", "bins", "bootstrap", "bootstrap_valid", "ci", "formula", "identifiable", "note",
+    "interval", "n_runs", "seeds", "seed_sd_log",
 ]
 PREDICTION_COLUMNS = [
     "input", "source", "task", "dataset", "metric", "method", "model", "samples_seen",
     "samples_seen_label", "gmac_per_sample", "total_gmac", "beyond_data",
     "error", "error_lo", "error_hi", "value", "value_lo", "value_hi",
+    "error_pi_lo", "error_pi_hi", "value_pi_lo", "value_pi_hi",
 ]
 POINT_COLUMNS = [
     "input", "source", "task", "dataset", "metric", "method", "total_gmac", "error", "bin",
@@ -119,6 +143,7 @@ class FitSettings:
     saturating: dict
     predictions: tuple = ()
     extrapolation: dict = field(default_factory=dict)
+    min_bootstrap_computes: int = MIN_BOOTSTRAP_COMPUTES
 
     @classmethod
     def of(cls, fit_config: Mapping | None = None) -> "FitSettings":
@@ -131,7 +156,8 @@ class FitSettings:
                    ci=float(get("ci")), methods=tuple(get("methods")),
                    saturating={**SATURATING_DEFAULTS, **(given.get("saturating") or {})},
                    predictions=tuple(given.get("predictions") or ()),
-                   extrapolation=dict(given.get("extrapolation") or {}))
+                   extrapolation=dict(given.get("extrapolation") or {}),
+                   min_bootstrap_computes=int(get("min_bootstrap_computes")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,6 +388,13 @@ class Fit:
     bootstrap: int
     draws: list[dict[str, float]] = field(default_factory=list)
     diagnosis: list[str] = field(default_factory=list)  # why a saturating fit is not identifiable
+    interval_method: str = "bootstrap"  # or "t" (few computes: ``t_line``)
+    line: dict | None = None  # a t-interval's least-squares statistics (``t_line``)
+    n_runs: int | None = None  # rows fitted (cells x their seeds); None: one per point
+    seeds: int = 1  # the most seeds of a cell
+    seed_var: float = 0.0  # pooled variance of log10 E between the seeds of a cell (0: no seeds)
+    seed_k: float = 1.0  # mean seeds per cell of the points the law goes through
+    residuals: np.ndarray | None = None  # single runs' log10 E around the law (prediction interval)
 
     @property
     def identifiable(self) -> bool:
@@ -380,8 +413,11 @@ class Fit:
         return predict(self.params, C)
 
     def interval(self, C) -> tuple[np.ndarray, np.ndarray]:
-        """Percentile bootstrap interval of the prediction at C (NaN without draws)."""
+        """Interval of the law's prediction at C: the t band (``interval_method`` "t"), else the
+        percentile bootstrap interval (NaN without draws)."""
         C = np.atleast_1d(np.asarray(C, dtype=float))
+        if self.interval_method == "t":
+            return self._t_band(C, single=False)
         if len(self.draws) < 2:
             nan = np.full(C.shape, np.nan)
             return nan, nan
@@ -389,7 +425,50 @@ class Fit:
         q = (1 - self.ci) / 2
         return np.quantile(preds, q, axis=0), np.quantile(preds, 1 - q, axis=0)
 
+    def prediction_interval(self, C) -> tuple[np.ndarray, np.ndarray]:
+        """Where one new run at C may land: the law's uncertainty and a single run's scatter
+        (module docstring). NaN where it cannot be estimated."""
+        C = np.atleast_1d(np.asarray(C, dtype=float))
+        if self.interval_method == "t":
+            return self._t_band(C, single=True)
+        nan = np.full(C.shape, np.nan)
+        if len(self.draws) < 2 or self.residuals is None or len(self.residuals) < 1:
+            return nan, nan
+        logs = np.log10(np.clip(np.vstack([predict(d, C) for d in self.draws]), 1e-300, None))
+        both = logs[:, None, :] + self.residuals[None, :, None]  # every draw with every residual
+        both = both.reshape(-1, len(C))
+        q = (1 - self.ci) / 2
+        return 10.0 ** np.quantile(both, q, axis=0), 10.0 ** np.quantile(both, 1 - q, axis=0)
+
+    def _t_band(self, C: np.ndarray, single: bool) -> tuple[np.ndarray, np.ndarray]:
+        line = self.line
+        if not line or line["df"] < 1:
+            nan = np.full(C.shape, np.nan)
+            return nan, nan
+        from scipy import stats
+
+        x = np.log10(C)
+        t = stats.t.ppf(0.5 + self.ci / 2, line["df"])
+        var = line["s"] ** 2 * (1.0 / line["n"] + (x - line["xbar"]) ** 2 / line["sxx"])
+        if single:
+            var = var + line["s"] ** 2 + self.seed_var * max(0.0, 1.0 - 1.0 / self.seed_k)
+        y = line["intercept"] + line["slope"] * x
+        half = t * np.sqrt(var)
+        return 10.0 ** (y - half), 10.0 ** (y + half)
+
     def param_interval(self, name: str) -> tuple[float, float]:
+        if self.interval_method == "t" and name in ("alpha", "beta"):
+            line = self.line
+            if not line or line["df"] < 1:
+                return math.nan, math.nan
+            from scipy import stats
+
+            t = stats.t.ppf(0.5 + self.ci / 2, line["df"])
+            if name == "alpha":
+                se = line["s"] / math.sqrt(line["sxx"])
+                return line["slope"] - t * se, line["slope"] + t * se
+            se = line["s"] * math.sqrt(1.0 / line["n"] + line["xbar"] ** 2 / line["sxx"])
+            return 10.0 ** (line["intercept"] - t * se), 10.0 ** (line["intercept"] + t * se)
         vals = np.array([d[name] for d in self.draws if name in d])
         if len(vals) < 2:
             return math.nan, math.nan
@@ -492,29 +571,105 @@ def paper_method(source: str, n_distinct: int, bins: int, direct_sources: Sequen
     return "direct" if source in direct_sources or n_distinct <= bins else "binned"
 
 
+def cells_of(points: pd.DataFrame) -> tuple[pd.DataFrame, list[np.ndarray] | None]:
+    """Rows that differ only in ``seed`` (grid.seeds) as cells: one row per cell (its lowest
+    seed's, with the mean error of its seeds, ``n_seeds``) and the errors of each cell's seeds,
+    in the cells' order; (points, None) when every cell has one row (no seed column, one seed)."""
+    if "seed" not in points or points["seed"].isna().all():
+        return points, None
+    keys = [c for c in CELL_COLUMNS if c in points]
+    grouped = points.groupby(keys, sort=False, dropna=False)
+    if grouped.ngroups == len(points):
+        return points, None
+    rows, members = [], []
+    for _, g in grouped:
+        g = g.sort_values("seed", kind="mergesort", na_position="first")
+        row = g.iloc[0].copy()
+        errors = g["error"].to_numpy(float)
+        row["error"] = float(errors.mean())
+        if "value" in row:
+            row["value"] = 100.0 * (1.0 - row["error"])
+        row["n_seeds"] = len(g)
+        rows.append(row)
+        members.append(errors)
+    cells = pd.DataFrame(rows).reset_index(drop=True)
+    return cells, members
+
+
+def t_line(sel: Selection) -> dict:
+    """Least-squares statistics of log10 E on log10 C through the selected points: slope,
+    intercept, n, x̄, Sxx, s (residual standard deviation, n - 2 degrees of freedom), df."""
+    x, y = sel.log_c, sel.log_e
+    slope, intercept = _line(x, y)
+    n = len(x)
+    df = n - 2
+    sse = float(np.sum((y - (intercept + slope * x)) ** 2))
+    return {"slope": slope, "intercept": intercept, "n": n, "xbar": float(x.mean()),
+            "sxx": float(np.sum((x - x.mean()) ** 2)), "df": df, "s": math.sqrt(sse / df) if df > 0 else math.nan}
+
+
+def t_draws(line: Mapping, count: int, rng: np.random.Generator) -> list[dict[str, float]]:
+    """Draws of (alpha, beta) from the multivariate t of a least-squares line: (slope, intercept)
+    + z sqrt(df / chi2_df), z ~ N(0, s² (XᵀX)⁻¹); their percentiles are the t-intervals."""
+    if line["df"] < 1 or count < 1 or not np.isfinite(line["s"]):
+        return []
+    n, xbar, sxx, s2 = line["n"], line["xbar"], line["sxx"], line["s"] ** 2
+    cov = s2 * np.array([[1.0 / sxx, -xbar / sxx], [-xbar / sxx, 1.0 / n + xbar ** 2 / sxx]])
+    z = rng.multivariate_normal(np.zeros(2), cov, size=count, method="cholesky")
+    w = np.sqrt(line["df"] / rng.chisquare(line["df"], size=count))
+    slopes = line["slope"] + z[:, 0] * w
+    intercepts = line["intercept"] + z[:, 1] * w
+    # with 1 degree of freedom the tails are Cauchy's: a draw whose beta over- or underflows a
+    # float is dropped (bootstrap_valid counts the rest)
+    ok = np.abs(intercepts) < 300
+    return [{"alpha": float(a), "beta": float(10.0 ** b)} for a, b in zip(slopes[ok], intercepts[ok])]
+
+
 def fit_points(points: pd.DataFrame, method: str, key: Mapping, bins: int = 5, bootstrap: int = 1000,
                ci: float = 0.95, seed: int = 0, pad: float = DEFAULT_BIN_PAD,
-               saturating_options: Mapping | None = None) -> Fit:
-    """Fit final runs (rows of a results table) with a method and its bootstrap; a saturating fit
-    is diagnosed (``saturating_options``: config fit.saturating) and its reasons logged."""
+               saturating_options: Mapping | None = None,
+               min_bootstrap_computes: int = MIN_BOOTSTRAP_COMPUTES) -> Fit:
+    """Fit final runs (rows of a results table) with a method and its intervals; a saturating fit
+    is diagnosed (``saturating_options``: config fit.saturating) and its reasons logged. Rows
+    that differ only in ``seed`` are one cell (``cells_of``); a power law through fewer than
+    ``min_bootstrap_computes`` distinct computes gets a t-interval (module docstring)."""
     opts = {**SATURATING_DEFAULTS, **(saturating_options or {})}
     # a canonical order, so that the bootstrap draws do not depend on the table's row order
     order = [c for c in ("total_gmac", "error", "model", "data", "checkpoint") if c in points]
-    points = points.sort_values(order, kind="mergesort").reset_index(drop=True)
+    n_runs = len(points)
+    points, members = cells_of(points.sort_values(order, kind="mergesort").reset_index(drop=True))
+    if members is not None:  # cells: the canonical order of their mean errors
+        perm = points.sort_values(order, kind="mergesort").index.to_numpy()
+        points = points.loc[perm].reset_index(drop=True)
+        members = [members[i] for i in perm]
     C = points["total_gmac"].to_numpy(float)
     E = points["error"].to_numpy(float)
     params, sel = fit_arrays(C, E, method, bins=bins, pad=pad, huber_delta=opts["huber_delta"])
-    fit = Fit(dict(key), method, params, sel, points, bins, ci, bootstrap)
+    fit = Fit(dict(key), method, params, sel, points, bins, ci, bootstrap, n_runs=n_runs)
+    if members is not None:
+        fit.seeds = max(len(m) for m in members)
+        logs = [np.log10(m) for m in members if len(m) > 1]
+        dof = sum(len(m) - 1 for m in logs)
+        fit.seed_var = float(sum(np.sum((m - m.mean()) ** 2) for m in logs) / dof) if dof else 0.0
+        fit.seed_k = float(np.mean([len(members[i]) for i in sel.index]))
     rng = _seed(seed, key)
     n = len(C)
-    for _ in range(bootstrap):
-        idx = rng.integers(0, n, n)
-        try:
-            p, _ = fit_arrays(C[idx], E[idx], method, bins=bins, pad=pad,
-                              start=params if method == "saturating" else None, huber_delta=opts["huber_delta"])
-        except FitError:
-            continue
-        fit.draws.append(p)
+    if method in T_METHODS and len(np.unique(C)) < min_bootstrap_computes:
+        fit.interval_method = "t"
+        fit.line = t_line(sel)
+        fit.draws = t_draws(fit.line, bootstrap, rng)
+    else:
+        for _ in range(bootstrap):
+            idx = rng.integers(0, n, n)
+            E_b = E[idx] if members is None else np.array(
+                [members[i][rng.integers(0, len(members[i]), len(members[i]))].mean() for i in idx])
+            try:
+                p, _ = fit_arrays(C[idx], E_b, method, bins=bins, pad=pad,
+                                  start=params if method == "saturating" else None, huber_delta=opts["huber_delta"])
+            except FitError:
+                continue
+            fit.draws.append(p)
+    fit.residuals = _run_residuals(fit, members)
     if method == "saturating":
         fit.diagnosis = diagnose_saturating(fit, opts["max_span_decades"], opts["min_aic_gain"])
         if fit.diagnosis:
@@ -522,6 +677,20 @@ def fit_points(points: pd.DataFrame, method: str, key: Mapping, bins: int = 5, b
                      "/".join(str(key.get(k)) for k in ("input", "source", "dataset", "metric")),
                      fit.formula(), fit.note)
     return fit
+
+
+def _run_residuals(fit: Fit, members: list[np.ndarray] | None) -> np.ndarray:
+    """log10 E of single runs around the law at the points it goes through (each seed of a
+    cell its own), scaled by sqrt(n / (n - k)) for the law's k parameters: one run's scatter."""
+    sel = fit.selection
+    law = np.log10(np.clip(fit.predict(10.0 ** sel.log_c), 1e-300, None))
+    if members is None:
+        res = sel.log_e - law
+    else:
+        res = np.concatenate([np.log10(members[i]) - y for i, y in zip(sel.index, law)])
+    k = 4 if fit.method == "saturating" else 2
+    n = len(sel.log_c)
+    return res * math.sqrt(n / (n - k)) if n > k else res
 
 
 def final_points(df: pd.DataFrame) -> pd.DataFrame:
@@ -534,7 +703,8 @@ def fit_table(df: pd.DataFrame, input_name: str = "published", bins: int = 5, bo
               ci: float = 0.95, seed: int = 0, methods: Iterable[str] = ("paper", "pareto", "saturating"),
               direct_sources: Sequence[str] = DIRECT_SOURCES, pad: float = DEFAULT_BIN_PAD,
               where: Mapping[str, Iterable[str]] | None = None,
-              saturating_options: Mapping | None = None) -> list[Fit]:
+              saturating_options: Mapping | None = None,
+              min_bootstrap_computes: int = MIN_BOOTSTRAP_COMPUTES) -> list[Fit]:
     """Fit every (source, task, dataset, metric) of a results table with each method.
 
     ``methods`` may hold "paper" (binned or direct, see ``paper_method``), "binned", "direct",
@@ -547,14 +717,15 @@ def fit_table(df: pd.DataFrame, input_name: str = "published", bins: int = 5, bo
     fits = []
     for (source, task, dataset, metric), points in df.groupby(["source", "task", "dataset", "metric"], sort=True):
         key = {"input": input_name, "source": source, "task": task, "dataset": dataset, "metric": metric}
-        n_distinct = points["total_gmac"].nunique()
+        n_distinct = points["total_gmac"].nunique()  # (a cell's seeds share their compute)
         for m in methods:
             method = paper_method(source, n_distinct, bins, direct_sources) if m == "paper" else m
             if source in direct_sources and method in ("pareto", "saturating"):
                 continue
             try:
                 fits.append(fit_points(points, method, key, bins=bins, bootstrap=bootstrap, ci=ci, seed=seed,
-                                       pad=pad, saturating_options=saturating_options))
+                                       pad=pad, saturating_options=saturating_options,
+                                       min_bootstrap_computes=min_bootstrap_computes))
             except FitError as e:
                 log.info("no %s fit for %s/%s/%s (%d runs): %s", method, source, dataset, metric, len(points), e)
     return fits
@@ -581,7 +752,9 @@ def coefficients_frame(fits: Sequence[Fit]) -> pd.DataFrame:
         row = dict(f.key, method=f.method, n_points=len(f.points), n_fit=len(f.selection.log_c),
                    c_min=f.c_range[0], c_max=f.c_range[1], r2_log=r2, rmse_log=rmse, bins=f.bins,
                    bootstrap=f.bootstrap, bootstrap_valid=len(f.draws), ci=f.ci,
-                   formula=f.formula() if f.identifiable else "", identifiable=f.identifiable, note=f.note)
+                   formula=f.formula() if f.identifiable else "", identifiable=f.identifiable, note=f.note,
+                   interval=f.interval_method, n_runs=f.n_runs if f.n_runs is not None else len(f.points),
+                   seeds=f.seeds, seed_sd_log=math.sqrt(f.seed_var) if f.seeds > 1 else math.nan)
         for name in ("alpha", "beta", "sat_a", "sat_b", "sat_c", "sat_d"):
             row[name] = f.params.get(name, math.nan)
         for name in ("alpha", "beta", "sat_c", "sat_d"):
@@ -681,12 +854,15 @@ def predictions_frame(fits: Sequence[Fit], targets: Sequence[Mapping]) -> pd.Dat
         C = np.array([t["total_gmac"] for t in targets])
         est = f.predict(C)
         lo, hi = f.interval(C)
-        for t, e, l, h in zip(targets, est, lo, hi):
+        plo, phi = f.prediction_interval(C)
+        for t, e, l, h, pl, ph in zip(targets, est, lo, hi, plo, phi):
             rows.append(dict(f.key, method=f.method, model=t["model"], samples_seen=int(t["samples_seen"]),
                              samples_seen_label=t["samples_seen_label"], gmac_per_sample=t["gmac_per_sample"],
                              total_gmac=t["total_gmac"], beyond_data=bool(t["total_gmac"] > f.c_range[1]),
                              error=float(e), error_lo=float(l), error_hi=float(h), value=100 * (1 - float(e)),
-                             value_lo=100 * (1 - float(h)), value_hi=100 * (1 - float(l))))
+                             value_lo=100 * (1 - float(h)), value_hi=100 * (1 - float(l)),
+                             error_pi_lo=float(pl), error_pi_hi=float(ph), value_pi_lo=100 * (1 - float(ph)),
+                             value_pi_hi=100 * (1 - float(pl))))
     return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
 
 
@@ -725,15 +901,23 @@ def coefficients_markdown(coef: pd.DataFrame) -> str:
                                                                          notes.fillna(""))]
     out = pd.DataFrame({
         "input": coef["input"], "source": coef["source"], "dataset": coef["dataset"], "metric": coef["metric"],
-        "method": coef["method"], "runs": coef["n_points"], "fit pts": coef["n_fit"],
+        "method": coef["method"],
+        # runs fitted (with seeds: every seed; a law goes through its cells' means)
+        "runs": coef["n_runs"].fillna(coef["n_points"]) if "n_runs" in coef else coef["n_points"],
+        "fit pts": coef["n_fit"],
         "alpha": [ci(*v, ".3f") for v in zip(coef["alpha"], coef["alpha_lo"], coef["alpha_hi"])],
         "beta": [ci(*v, ".3g") for v in zip(coef["beta"], coef["beta_lo"], coef["beta_hi"])],
         "c (saturating)": [ci(*v, ".3f") for v in zip(coef["sat_c"], coef["sat_c_lo"], coef["sat_c_hi"])],
         "d (saturating)": [ci(*v, ".3f") for v in zip(coef["sat_d"], coef["sat_d_lo"], coef["sat_d_hi"])],
         "R² (log)": coef["r2_log"], "formula": formula,
     })
+    if "interval" in coef:  # bootstrap, or t (a power law on fewer than fit.min_bootstrap_computes computes)
+        out.insert(7, "interval", coef["interval"].fillna(""))
+    if "seeds" in coef and (pd.to_numeric(coef["seeds"], errors="coerce").fillna(1) > 1).any():
+        out.insert(6, "seeds", coef["seeds"])
     level = coef["ci"].iloc[0]
-    head = f"Scaling-law fits, E = β·C^α (C in GMAC, E error fraction); [{level:.0%} bootstrap interval]\n\n"
+    head = (f"Scaling-law fits, E = β·C^α (C in GMAC, E error fraction); [{level:.0%} interval: bootstrap, or "
+            f"t on fewer than {MIN_BOOTSTRAP_COMPUTES} distinct computes unless configured otherwise]\n\n")
     return head + to_markdown(out, floatfmt=".3f")
 
 
@@ -757,7 +941,11 @@ def predictions_markdown(pred: pd.DataFrame) -> str:
         ],
         "beyond data": pred["beyond_data"],
     })
-    return "Predicted performance (value = 100·(1 − E)) with bootstrap intervals\n\n" + to_markdown(out)
+    if "value_pi_lo" in pred:
+        out.insert(9, "one run % (PI)", [
+            "" if math.isnan(lo) else f"[{lo:.1f}, {hi:.1f}]" for lo, hi in zip(pred["value_pi_lo"], pred["value_pi_hi"])])
+    return ("Predicted performance (value = 100·(1 − E)) with the law's interval, and the prediction interval "
+            "(PI) where one new run may land\n\n" + to_markdown(out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -776,7 +964,8 @@ def run(table: pd.DataFrame, input_name: str, fit_config: Mapping, seed: int, ar
     # the paper's method always (the figures draw its laws), then the configured others
     methods = list(dict.fromkeys(["paper", *st.methods]))
     fits = fit_table(table, input_name=input_name, bins=st.bins, bootstrap=st.bootstrap, ci=st.ci,
-                     seed=seed, methods=methods, pad=st.bin_pad, saturating_options=st.saturating)
+                     seed=seed, methods=methods, pad=st.bin_pad, saturating_options=st.saturating,
+                     min_bootstrap_computes=st.min_bootstrap_computes)
     wanted = list(st.predictions) or default_targets(table, input_name)
     targets = resolve_targets(wanted, table, arch_gmac, model_gmac)
     return {

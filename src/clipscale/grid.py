@@ -13,6 +13,13 @@ every smaller samples-seen cell is a *branch* that starts from the trunk's check
 one virtual epoch (``cooldown_plan``): the greatest common divisor of every branch point and
 cooldown length, so that each branch point is a trunk checkpoint and open_clip's step count, data
 order and learning rate up to it are the trunk's.
+
+Seeds (``grid.seeds``, default 1). Each cell is trained ``seeds`` times; the run of seed index k
+passes open_clip ``--seed`` config seed + k (its initialisation and data order). Seed 0 is the
+run of a single-seed grid, with the same path and wildcards (adding seeds retrains nothing);
+seed k > 0 suffixes the samples wildcard with ``-seed<k>`` ("90k-seed2", "90k-cooldown-seed2"),
+so every path of the run (training, evaluation, features) is its own. A const-cooldown family
+(trunk and branches) is one seed's: a branch of seed k starts from the trunk of seed k.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ SOURCE_OF_SCHEDULE = {COSINE: "ours", CONST_COOLDOWN: "ours-cooldown"}  # the re
 SCHEDULE_OF_SOURCE = {source: schedule for schedule, source in SOURCE_OF_SCHEDULE.items()}
 # the samples wildcard of a const-cooldown run: "90k-cooldown" (a cosine run's is "90k")
 COOLDOWN_SUFFIX = "-cooldown"
+# the samples wildcard of a run of seed index k > 0: "90k-seed2", "90k-cooldown-seed2"
+SEED_SUFFIX = "-seed"
 
 
 def sources(config: dict) -> list[str]:
@@ -43,6 +52,7 @@ class Run:
     scale: str
     samples_seen: int  # nominal samples seen, as configured
     schedule: str = COSINE
+    seed: int = 0  # seed index (0 .. grid.seeds - 1); open_clip's --seed is config seed + this
 
     @property
     def samples_label(self) -> str:
@@ -51,8 +61,15 @@ class Run:
 
     @property
     def samples_key(self) -> str:
-        """The run's {samples} wildcard: "90k", or "90k-cooldown" for a const-cooldown run."""
-        return self.samples_label + (COOLDOWN_SUFFIX if self.schedule == CONST_COOLDOWN else "")
+        """The run's {samples} wildcard: "90k", "90k-cooldown" for a const-cooldown run, and
+        "-seed<k>" after it for a seed index k > 0 ("90k-seed1", "90k-cooldown-seed2")."""
+        return (self.samples_label + (COOLDOWN_SUFFIX if self.schedule == CONST_COOLDOWN else "")
+                + (f"{SEED_SUFFIX}{self.seed}" if self.seed else ""))
+
+    @property
+    def cell(self) -> "Run":
+        """The run's cell: the same run with seed index 0 (what its seeds repeat)."""
+        return Run(self.model, self.scale, self.samples_seen, self.schedule)
 
     @property
     def wildcards(self) -> dict:
@@ -64,9 +81,13 @@ class Run:
 
     @classmethod
     def from_wildcards(cls, model: str, scale: str, samples: str) -> "Run":
+        seed = 0
+        head, sep, tail = samples.rpartition(SEED_SUFFIX)
+        if sep and tail.isdigit() and int(tail) > 0 and str(int(tail)) == tail:
+            samples, seed = head, int(tail)
         if samples.endswith(COOLDOWN_SUFFIX):
-            return cls(model, scale, parse_count(samples[: -len(COOLDOWN_SUFFIX)]), CONST_COOLDOWN)
-        return cls(model, scale, parse_count(samples))
+            return cls(model, scale, parse_count(samples[: -len(COOLDOWN_SUFFIX)]), CONST_COOLDOWN, seed)
+        return cls(model, scale, parse_count(samples), COSINE, seed)
 
 
 def _matches(entry: dict, run: Run) -> bool:
@@ -81,17 +102,29 @@ def _matches(entry: dict, run: Run) -> bool:
     return True
 
 
+def seeds(config: dict) -> int:
+    """grid.seeds: how many times each cell is trained (1: one run per cell)."""
+    return int(config["grid"].get("seeds", 1))
+
+
+def open_clip_seed(config: dict, run: Run) -> int:
+    """open_clip's --seed of a run: the config's seed plus the run's seed index."""
+    return int(config["seed"]) + run.seed
+
+
 def runs(config: dict) -> list[Run]:
-    """All runs of the grid, minus grid.exclude, in a stable order (schedule by schedule)."""
+    """All runs of the grid, minus grid.exclude, in a stable order (schedule by schedule, seed by
+    seed within it; a single-seed grid's runs are seed 0's)."""
     grid = config["grid"]
     out = []
     for schedule in grid.get("schedules", [COSINE]):
-        for model in grid["models"]:
-            for scale in grid["scales"]:
-                for samples in grid["samples_seen"]:
-                    run = Run(model, scale, parse_count(samples), schedule)
-                    if not any(_matches(e, run) for e in grid.get("exclude", [])):
-                        out.append(run)
+        for seed in range(seeds(config)):
+            for model in grid["models"]:
+                for scale in grid["scales"]:
+                    for samples in grid["samples_seen"]:
+                        run = Run(model, scale, parse_count(samples), schedule, seed)
+                        if not any(_matches(e, run) for e in grid.get("exclude", [])):
+                            out.append(run)
     return out
 
 
@@ -134,10 +167,11 @@ def source_of(run: Run) -> str:
 
 
 def _family(config: dict, run: Run) -> list[Run]:
-    """The const-cooldown runs of the grid that share ``run``'s model and data scale (smallest
-    first): a trunk and its branches."""
+    """The const-cooldown runs of the grid that share ``run``'s model, data scale and seed
+    (smallest first): a trunk and its branches."""
     return sorted((r for r in runs(config) if r.schedule == CONST_COOLDOWN
-                   and (r.model, r.scale) == (run.model, run.scale)), key=lambda r: r.samples_seen)
+                   and (r.model, r.scale, r.seed) == (run.model, run.scale, run.seed)),
+                  key=lambda r: r.samples_seen)
 
 
 def _settings(config: dict, run: Run) -> dict:
@@ -204,7 +238,7 @@ def branches_of(config: dict, run: Run) -> dict[int, Run]:
     plan = cooldown_plan(config, run)
     if plan["trunk"] != run:
         return {}
-    return {m["branch_epoch"]: Run(run.model, run.scale, samples, CONST_COOLDOWN)
+    return {m["branch_epoch"]: Run(run.model, run.scale, samples, CONST_COOLDOWN, run.seed)
             for samples, m in plan["members"].items() if m["branch_epoch"] is not None}
 
 

@@ -88,7 +88,7 @@ def train(config: Mapping, run: grid.Run) -> dict:
     # from the rest: a cosine run's params are what they were before schedules existed
     drop = (execution_keys("train") | {"world_size", "schedule", "samples_trained_exact"}) - set(_DERIVED_SHAPING)
     return canonical({
-        "seed": config["seed"],
+        "seed": grid.open_clip_seed(dict(config), run),  # config seed + the run's seed index
         "model": _without(config["models"][run.model], _DISPLAY),
         "hparams": _without(hp, drop),
     })
@@ -217,7 +217,8 @@ def extrapolation(config: Mapping, input_name: str) -> dict:
 def comparison(config: Mapping, input_name: str) -> dict:
     """fit_comparison: bins, bin_pad, bootstrap, ci, the comparisons of this input (None: the
     built-in pairs), the figure's range of gaps, the seed and, for our runs, the downstream groups."""
-    fit_cfg = {k: config["fit"][k] for k in ("bins", "bin_pad", "bootstrap", "ci", "comparison_figure_within")
+    fit_cfg = {k: config["fit"][k] for k in ("bins", "bin_pad", "bootstrap", "ci", "comparison_figure_within",
+                                             "min_bootstrap_computes")
                if k in config["fit"]}
     pairs = config["fit"].get("comparisons")
     fit_cfg["comparisons"] = None if pairs is None else [p for p in pairs if p["input"] == input_name]

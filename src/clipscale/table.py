@@ -33,7 +33,8 @@ checkpoint          str     checkpoint file name or path
 =================== ======= =====================================================================
 
 Extra columns are kept after these (``data_size``, the number of unique samples of the training
-set, is used by the figures when present).
+set, is used by the figures when present; ``seed``, the seed index of our run when grid.seeds > 1,
+<NA> for other sources: the fits treat rows that differ only in it as one cell's repeats).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ DTYPES: dict[str, str] = {
 }
 
 #: Optional columns understood by the fit and the figures.
-OPTIONAL_COLUMNS: dict[str, str] = {"data_size": "Int64"}
+OPTIONAL_COLUMNS: dict[str, str] = {"data_size": "Int64", "seed": "Int64"}
 
 SOURCES = ("published", "openai", "ours", "ours-cooldown", "released")
 TASKS = ("zeroshot_classification", "zeroshot_retrieval", "linear_probe", "finetune", "patching")

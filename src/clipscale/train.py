@@ -137,7 +137,7 @@ def open_clip_args(config: dict, run: grid.Run, manifest: dict, hp: dict) -> lis
         "--resume", "latest",
         "--logs", str(run_dir(run)),
         "--name", OPENCLIP_NAME,
-        "--seed", str(config["seed"]),
+        "--seed", str(grid.open_clip_seed(config, run)),
         "--log-every-n-steps", "10",
         # training curves: tensorboard's event files under <run dir>/openclip/tensorboard/, wandb
         # offline (train.report_to; open_clip tests each name's presence in this string)
@@ -820,6 +820,8 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
         "segment_end": until,
         "checkpoints": {str(e): str(p) for e, p in checkpoints(run).items() if until is None or e <= until},
     }
+    if run.seed:  # grid.seeds > 1: which repeat of its cell (a seed-0 record is a single-seed grid's)
+        record.update(seed_index=run.seed, seed=grid.open_clip_seed(config, run))
     return record
 
 

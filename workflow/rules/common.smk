@@ -50,7 +50,7 @@ USE_WORLD = config["pool"]["source"] == "world"
 wildcard_constraints:
     model="[^/]+",
     scale="[^/]+",
-    samples="[0-9.]+[kMBG]?(-cooldown)?",
+    samples="[0-9.]+[kMBG]?(-cooldown)?(-seed[1-9][0-9]*)?",
     dataset="[^/]+",
     epoch="[0-9]+",
     group="[0-9]+",

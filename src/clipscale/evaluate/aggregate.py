@@ -55,6 +55,16 @@ def read_result(path: str | Path) -> dict:
     return data
 
 
+def _seed_of(target: Target) -> int | None:
+    """The seed index of our run behind an evaluation (grid.seeds: from its samples wildcard,
+    "90k-seed2" -> 2, "90k" -> 0); None for a released checkpoint."""
+    if target.source != "ours":
+        return None
+    from clipscale import grid
+
+    return grid.Run.from_wildcards(target.model, target.scale, target.samples).seed
+
+
 def collect(files: Iterable[str | Path]) -> Collected:
     """Rows of the results table from result files; every file that adds nothing, or less than
     it should, is a line of the log."""
@@ -82,9 +92,10 @@ def collect(files: Iterable[str | Path]) -> Collected:
             c.lines.append(f"UNDEFINED  {target.describe()} [{metric}]: {why}")
             c.undefined.add((target.source, data["row"].get("checkpoint"), target.dataset, metric))
         row = data["row"]
+        seed = _seed_of(target)
         for metric, value in data["metrics"].items():
             c.rows.append({**{k: row.get(k) for k in table.RESULTS_COLUMNS if k in row},
-                           "data_size": row.get("data_size"), "task": target.task,
+                           "data_size": row.get("data_size"), "seed": seed, "task": target.task,
                            "dataset": target.dataset, "metric": metric, "value": value})
     return c
 
@@ -120,7 +131,10 @@ def build_table(config: dict, files: Iterable[str | Path]) -> tuple[pd.DataFrame
     results have their own table (clipscale.finetune.results): this one never waits on them."""
     c = collect(files)
     if c.rows:
-        df = table.complete(pd.DataFrame(c.rows))
+        df = pd.DataFrame(c.rows)
+        if not (pd.to_numeric(df["seed"], errors="coerce").fillna(0) > 0).any():
+            df = df.drop(columns="seed")  # a single-seed grid: the table as it always was
+        df = table.complete(df)
         df = table.validate_table(df, where="(evaluation results)")
         lines = group_coverage(df, config, c.undefined)
         df = table.add_group_means(df, table.groups_of(config))
