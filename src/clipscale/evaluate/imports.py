@@ -6,9 +6,10 @@ An evaluation job of the embedded default spends more CPU importing than encodin
 are optional imports upstream (``try: import ... except ImportError``). A job whose model has
 neither kind of tower and whose sets need no timm (clip_benchmark's ``tfds/`` and ``vtab/``
 sets import it) uses none of them, so ``keep_out`` marks them absent in ``sys.modules`` before
-open_clip is imported: the same models, transforms and metrics, without 0.8 CPU-s of imports
-(benchmarks/README.md). Only for a process that is one evaluation job (the rule's script): the
-marks last as long as the process.
+open_clip is imported: the same models, transforms and metrics, with 700 modules and about
+1.4 of a tiny job's 7 CPU-s fewer (benchmarks/README.md, bench_limit.py). Only for a process
+that is one evaluation job (the rule's script, ``clipscale evaluate``): the marks last as long
+as the process.
 """
 
 from __future__ import annotations
