@@ -156,3 +156,29 @@ def test_the_cached_tokenizer_passes_lists_and_arguments_through_and_stays_bound
     for text in ["a", "b", "c", "a", "b", "c"]:
         assert torch.equal(tok(text), counting.inner(text))
     assert counting.calls == 2 + 4  # a and b remembered, c (over maxsize) tokenized twice
+
+
+ODD_CAPTIONS = ["", " ", "\n\t", "A RED Triangle", "a red triangle ", "&amp; caf\u00e9 &lt;3",
+                "\u4e09\u4e2a\u5706\u73af", "\U0001f600\U0001f600 smile", "\u00c5ngstr\u00f6m\u0301",
+                "word " * 400, "x" * 2000, "IMG_4276.jpg", "a\u200bzero\u00a0width"]
+
+
+@pytest.mark.parametrize("context_length", [16, 77])  # the embedded models' and open_clip's default
+def test_the_cached_tokenizer_gives_open_clips_ids_on_the_worlds_captions(small_world, context_length):
+    """Every caption of the small world's pool (repeated, as shards repeat them) and odd inputs:
+    the cache's token ids are those of open_clip's SimpleTokenizer, at first sight and from cache."""
+    import tarfile
+
+    captions = []
+    for shard in sorted((small_world / "pool").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            captions += [tar.extractfile(m).read().decode("utf-8") for m in tar.getmembers()
+                         if m.name.endswith(".txt")]
+    assert len(captions) >= 500 and len(set(captions)) < len(captions)  # the world repeats captions
+    reference = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+    tok = augment.CachedTokenizer(open_clip.tokenizer.SimpleTokenizer(context_length=context_length))
+    for text in captions + ODD_CAPTIONS + captions[::-1] + ODD_CAPTIONS:
+        got = tok(text)
+        want = reference(text)
+        assert got.dtype == want.dtype and torch.equal(got, want), text[:80]
+    assert len(tok._tokens) == len(set(captions + ODD_CAPTIONS))

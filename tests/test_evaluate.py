@@ -245,6 +245,51 @@ def test_zero_shot_retrieval(evaluated):
     assert 10 < m["image_retrieval_recall@10"] < 95
 
 
+KEPT_OUT_JOB = """
+import json, sys, yaml
+from clipscale import evaluate as E
+from clipscale.evaluate import imports
+cfg = yaml.safe_load(open("job.yaml"))
+ckpt = json.loads(sys.argv[1])
+marked = imports.keep_out(E.unused_imports(cfg, ckpt))
+outputs = {k: f"kept_out/{k[0]}_{k[1]}.json" for k in E.outputs_of(cfg, ckpt)}
+res = E.evaluate_checkpoint(cfg, ckpt, outputs)
+print(json.dumps({"marked": marked, "loaded": [m for m in ("wandb", "timm", "transformers") if sys.modules.get(m)],
+                  "metrics": {f"{d} {t}": r["metrics"] for (d, t), r in res.items()}}))
+"""
+
+
+def test_an_evaluation_job_without_its_unused_imports_gives_the_same_results(evaluated, in_root):
+    """The rule's script keeps wandb, timm and transformers out of a job whose model and sets do not
+    use them (issue 33: imports were a third of a job's CPU): the same metrics as with them."""
+    root, cfg = in_root
+    ours = _only(cfg, {"shapes": ["zeroshot_classification", "linear_probe"],
+                       "world_captions": ["zeroshot_retrieval"]})
+    (root / "job.yaml").write_text(yaml.safe_dump(ours, sort_keys=False))
+    out = subprocess.run([sys.executable, "-c", KEPT_OUT_JOB, json.dumps(OURS)], cwd=root,
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sorted(got["marked"]) == ["timm", "transformers", "wandb"] and got["loaded"] == []
+    for key, metrics in got["metrics"].items():
+        assert metrics == evaluated[("ours", *key.split())]["metrics"], key
+
+
+def test_unused_imports_keep_what_a_model_or_set_needs(setup):
+    from clipscale.evaluate import imports
+
+    _, cfg = setup
+    assert imports.unused(cfg, "vit-xs", ["wds/shapes"]) == ["wandb", "transformers", "timm"]
+    assert imports.unused(cfg, "vit-xs", ["wds/shapes", "vtab/cifar10"]) == ["wandb", "transformers"]
+    assert imports.unused(cfg, "ViT-B-32", ["wds/shapes"]) == ["wandb", "transformers", "timm"]  # built-in
+    assert imports.unused(cfg, "ViT-B-16-SigLIP", []) == ["wandb"]  # timm image tower, HF tokenizer
+    assert imports.unused(cfg, "roberta-ViT-B-32", []) == ["wandb", "timm"]  # HF text tower
+    assert imports.unused(cfg, "no-such-model", []) == ["wandb"]
+    hf = {**cfg, "models": {"m": {"open_clip": {"text_cfg": {"hf_model_name": "bert-base-uncased"}}}}}
+    assert imports.unused(hf, "m", []) == ["wandb", "timm"]
+
+
 def test_linear_probe_on_cpu_with_cached_features(evaluated, in_root):
     root, cfg = in_root
     res = evaluated[("ours", "shapes", "linear_probe")]

@@ -14,6 +14,7 @@ Modules, by role (as CLIP_benchmark separates its builder, metrics and CLI):
 * ``benchmark``: the calls into clip_benchmark, the shared features, the CPU linear probe;
 * ``job``: one checkpoint's evaluation job, result files with their fingerprints;
 * ``aggregate``: the results table and its log;
+* ``imports``: the optional packages an evaluation job keeps out of its process;
 * ``cli``: the ``clipscale evaluate|aggregate-results|eval-targets`` subcommands.
 
 Command line::
@@ -30,7 +31,7 @@ from clipscale.evaluate.benchmark import (CPU_LINEAR_PROBE_PATCHES, EvaluationEr
                                           prepare_feature_cache, resolve_device)
 from clipscale.evaluate.checkpoints import (CheckpointInfo, check_checkpoint, checkpoint_info, our_checkpoint,
                                             released_checkpoint, table_row)
-from clipscale.evaluate.job import RESULT_FORMAT, evaluate_checkpoint
+from clipscale.evaluate.job import RESULT_FORMAT, evaluate_checkpoint, unused_imports
 from clipscale.evaluate.plan import (FINAL, SOURCES, TASKS, Target, benchmark_name, checkpoint_wildcards,
                                      dataset_dir, dataset_tasks, job_inputs, missing_checkpoints,
                                      output_patterns, outputs_of, record_of, set_aside_stale_records,
@@ -43,5 +44,5 @@ __all__ = [
     "cpu_linear_probe_source", "data_lines", "dataset_dir", "dataset_tasks", "evaluate_checkpoint",
     "job_inputs", "missing_checkpoints", "our_checkpoint", "output_patterns", "outputs_of",
     "prepare_feature_cache", "read_result", "record_of", "released_checkpoint", "resolve_device",
-    "set_aside_stale_records", "table_row", "target_paths", "targets",
+    "set_aside_stale_records", "table_row", "target_paths", "targets", "unused_imports",
 ]

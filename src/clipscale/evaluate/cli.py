@@ -11,7 +11,8 @@ from clipscale import grid, paths, table
 from clipscale.config import ConfigError
 from clipscale.evaluate.aggregate import aggregate
 from clipscale.evaluate.benchmark import EvaluationError, UpstreamChanged
-from clipscale.evaluate.job import evaluate_checkpoint
+from clipscale.evaluate import imports
+from clipscale.evaluate.job import evaluate_checkpoint, unused_imports
 from clipscale.evaluate.plan import FINAL, SOURCES, TASKS, dataset_tasks, target_paths
 
 
@@ -49,6 +50,8 @@ def _cmd_run(a) -> int:
         if not dataset_tasks(cfg):
             raise ConfigError(f"no downstream set {a.dataset or ''} with task {a.task or ''} in the config")
     checkpoint = {"source": a.source, "model": a.model, "scale": a.scale, "samples": a.samples, "epoch": str(a.epoch)}
+    # this process is one evaluation: the optional packages its model and sets never use stay out
+    imports.keep_out(unused_imports(cfg, checkpoint, a.run_record))
     results = evaluate_checkpoint(cfg, checkpoint, run_record=a.run_record, threads=a.threads, device=a.device)
     print(json.dumps({f"{d} {t}": {"status": r["status"], "metrics": r["metrics"], "failures": r["failures"]}
                       for (d, t), r in results.items()}, indent=1))

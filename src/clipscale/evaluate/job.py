@@ -31,7 +31,7 @@ from clipscale import files, models, paths, shaping
 from clipscale.evaluate import benchmark
 from clipscale.evaluate.benchmark import EvaluationError, UpstreamChanged
 from clipscale.evaluate.checkpoints import check_checkpoint, checkpoint_info, stamp, table_row
-from clipscale.evaluate.plan import Target, benchmark_name, dataset_dir, outputs_of
+from clipscale.evaluate.plan import Target, benchmark_name, dataset_dir, dataset_tasks, outputs_of
 
 log = logging.getLogger("clipscale.evaluate")
 
@@ -62,6 +62,20 @@ def set_settings(config: dict, dataset: str) -> benchmark.SetSettings:
         batch_size=ev["batch_size"], workers=ev["workers"], recall_k=list(ev["recall_k"]),
         linear_probe_k=list(ev["linear_probe_k"]), linear_probe_epochs=ev["linear_probe_epochs"],
         linear_probe_lr=ev["linear_probe_lr"], seed=config.get("seed", 0))
+
+
+def unused_imports(config: dict, checkpoint: Mapping[str, str], run_record: str | Path | None = None,
+                   profile: str | Path | None = None) -> list[str]:
+    """The optional packages the evaluation job of ``checkpoint`` never uses (``imports.unused``:
+    its model's towers, its sets' builders), for the job's process to keep out. A checkpoint that
+    cannot be described keeps all but those never used: evaluate_checkpoint reports the problem."""
+    from clipscale.evaluate import imports
+
+    try:
+        model = checkpoint_info(config, checkpoint, run_record, profile).model
+    except Exception:  # noqa: BLE001 (evaluate_checkpoint raises it with its own message)
+        return list(imports.NEVER_USED)
+    return imports.unused(config, model, [benchmark_name(config, d) for d, _ in dataset_tasks(config)])
 
 
 def evaluate_checkpoint(config: dict, checkpoint: Mapping[str, str],
