@@ -265,3 +265,20 @@ def test_building_the_dag_loads_no_deep_learning_stack():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[]", (out.stdout, imports)
+
+
+def test_a_run_asked_for_by_another_spelling_of_its_samples_is_refused_naming_its_path(tmp_path):
+    """`results/train/vit-xs/1k/2000/run.json` names the run whose folder is `.../2k/`: refused
+    with the path to ask for, not trained in one folder and recorded in another."""
+    proc = subprocess.run(
+        [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n", "results/train/vit-xs/1k/2000/run.json",
+         "--configfile", str(REPO / "tests" / "data" / "ci.yaml")],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "is written '2k'" in out and "results/train/vit-xs/1k/2k/run.json" in out, out[-3000:]
+    ok = subprocess.run(
+        [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n", "results/train/vit-xs/1k/2k/run.json",
+         "--configfile", str(REPO / "tests" / "data" / "ci.yaml")],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert ok.returncode == 0, ok.stderr[-3000:]

@@ -333,6 +333,9 @@ def samples_per_epoch(train_num_samples: int, global_batch_size: int, workers: i
 
 def find_run(config: dict, model: str, scale: str, samples: str) -> Run:
     run = Run.from_wildcards(model, scale, samples)
+    if run.samples_key != samples:  # "1200" for "1.2k": one run, one folder, one way to write it
+        raise KeyError(f"samples seen {samples!r} of {model}/{scale} is written {run.samples_key!r} in the "
+                       f"run's paths (e.g. results/train/{model}/{scale}/{run.samples_key}/run.json)")
     if run not in runs(config):
         raise KeyError(f"{run.name} is not a run of the configured grid")
     return run

@@ -24,7 +24,10 @@ def previous_segment(wildcards):
     """The record of the job before this one: the run's previous segment (train.segments > 1),
     else, for a const-cooldown branch, its trunk's job that writes the checkpoint it starts
     from; or nothing."""
-    run = grid.Run.from_wildcards(wildcards.model, wildcards.scale, wildcards.samples)
+    try:  # a run of the grid, its samples written as its paths write them ("1.2k", not "1200")
+        run = grid.find_run(config, wildcards.model, wildcards.scale, wildcards.samples)
+    except KeyError as e:
+        raise WorkflowError(e.args[0]) from None
     ends = grid.segment_ends(config, run)
     if "epoch" in wildcards.keys():  # train_segment
         if int(wildcards.epoch) not in ends:
