@@ -393,13 +393,14 @@ def compare(fa: fitting.Fit, fb: fitting.Fit, computes: Sequence[float], c_range
     a_lo, a_hi = fa.param_interval("alpha")
     b_lo, b_hi = fb.param_interval("alpha")
     d_lo, d_hi = _pct(_paired(fa, fb, lambda a, b: a["alpha"] - b["alpha"]), ci)
-    # the ratio of exponents says something only where both errors surely fall (both intervals
-    # below 0): near 0 it runs to +-inf. Which law is steeper is read from the difference.
+    # the ratio of the fitted exponents (the paper's number) always; its interval only where both
+    # errors surely fall (both intervals below 0): near 0 a resampled ratio runs to +-inf. Which
+    # law is steeper is read from the difference.
+    ratio = fa.params["alpha"] / fb.params["alpha"] if fb.params["alpha"] != 0 else math.nan
     if a_hi < 0 and b_hi < 0:
-        ratio = fa.params["alpha"] / fb.params["alpha"]
         r_lo, r_hi = _pct(_paired(fa, fb, lambda a, b: a["alpha"] / b["alpha"]), ci)
     else:
-        ratio = r_lo = r_hi = math.nan
+        r_lo = r_hi = math.nan
     steeper = "a" if fa.params["alpha"] < fb.params["alpha"] else "b"
     decided = bool((d_lo > 0) or (d_hi < 0)) if not math.isnan(d_lo) else False
     x = _log_crossing(fa.params, fb.params)
@@ -511,8 +512,9 @@ def comparison_markdown(comp: pd.DataFrame) -> str:
             "dataset": first["dataset"], "metric": first["metric"],
             "α a": [_ci(*v, ".3f") for v in zip(first["alpha_a"], first["alpha_a_lo"], first["alpha_a_hi"])],
             "α b": [_ci(*v, ".3f") for v in zip(first["alpha_b"], first["alpha_b_lo"], first["alpha_b_hi"])],
-            "α a / α b": [_ci(*v, ".2f") or "n/a (an α interval reaches 0)" for v in
-                          zip(first["alpha_ratio"], first["alpha_ratio_lo"], first["alpha_ratio_hi"])],
+            "α a / α b": [_ci(v, lo, hi, ".2f") + ("" if not math.isnan(v) and not math.isnan(lo) else
+                                                    (" " if not math.isnan(v) else "") + "(no interval: an α interval reaches 0)")
+                          for v, lo, hi in zip(first["alpha_ratio"], first["alpha_ratio_lo"], first["alpha_ratio_hi"])],
             "steeper": [(a if s == "a" else b) + ("" if d else " (undecided: α a − α b's interval spans 0)")
                         for s, d in zip(first["steeper"], first["steeper_decided"])],
             "crossing": first["crossing"].to_numpy(),
