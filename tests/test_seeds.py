@@ -212,6 +212,16 @@ def test_three_points_get_the_t_interval_of_their_line():
     assert fit.coefficients_frame([f]).iloc[0]["interval"] == "t"
 
 
+def test_points_exactly_on_a_line_get_a_zero_width_t_interval_not_an_error():
+    """A task whose few runs lie on one power law exactly has s = 0: every draw is that line.
+    Seen on the cluster rehearsal's tiny runs, whose errors on a task were all 1.0 (numpy's
+    multivariate normal: 'Matrix is not positive definite', the fit job failed)."""
+    C = np.array([1e9, 1e10, 1e11])
+    f = fit.fit_points(_table([(c, [1.0]) for c in C], seed_column=False), "direct", KEY, bootstrap=50)
+    assert f.interval_method == "t" and f.line["s"] == 0 and f.params["alpha"] == 0
+    assert f.param_interval("alpha") == (0, 0) and len(f.draws) == 50
+
+
 def test_five_computes_keep_the_bootstrap_and_the_threshold_is_configurable():
     pts = _table([(c, [e]) for c, e in zip(C8[:5], LAW[:5] * [1.0, 1.02, 0.99, 1.01, 0.98])], seed_column=False)
     assert fit.fit_points(pts, "direct", KEY, bootstrap=50).interval_method == "bootstrap"

@@ -613,9 +613,14 @@ def t_draws(line: Mapping, count: int, rng: np.random.Generator) -> list[dict[st
     + z sqrt(df / chi2_df), z ~ N(0, s² (XᵀX)⁻¹); their percentiles are the t-intervals."""
     if line["df"] < 1 or count < 1 or not np.isfinite(line["s"]):
         return []
-    n, xbar, sxx, s2 = line["n"], line["xbar"], line["sxx"], line["s"] ** 2
-    cov = s2 * np.array([[1.0 / sxx, -xbar / sxx], [-xbar / sxx, 1.0 / n + xbar ** 2 / sxx]])
-    z = rng.multivariate_normal(np.zeros(2), cov, size=count, method="cholesky")
+    n, xbar, sxx, s = line["n"], line["xbar"], line["sxx"], line["s"]
+    if not sxx > 0:
+        return []
+    # z = s L x with L L^T = (X^T X)^-1 (positive definite where sxx > 0): numpy's multivariate
+    # normal by Cholesky, without its failure where s = 0 (points exactly on a line: every draw is
+    # that line, a zero-width interval)
+    unit = np.array([[1.0 / sxx, -xbar / sxx], [-xbar / sxx, 1.0 / n + xbar ** 2 / sxx]])
+    z = s * (rng.standard_normal((count, 2)) @ np.linalg.cholesky(unit).T)
     w = np.sqrt(line["df"] / rng.chisquare(line["df"], size=count))
     slopes = line["slope"] + z[:, 0] * w
     intercepts = line["intercept"] + z[:, 1] * w
