@@ -797,7 +797,8 @@ def draw_comparison(comp: pd.DataFrame, title: str | None = None,
 # the pipeline's steps
 
 
-def _table(table_path: str, input_name: str, settings: Mapping) -> pd.DataFrame:
+def input_table(table_path: str, input_name: str, settings: Mapping) -> pd.DataFrame:
+    """An analysis step's input: the results table, with our groups' means for our runs."""
     from clipscale.table import add_group_means, groups_of, read_table
 
     table = read_table(table_path)
@@ -805,7 +806,8 @@ def _table(table_path: str, input_name: str, settings: Mapping) -> pd.DataFrame:
     return add_group_means(table, groups) if groups else table
 
 
-def _write(path: str, text_or_frame) -> None:
+def write_output(path: str, text_or_frame) -> None:
+    """An analysis step's output: a frame as CSV or a text (its folder made)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if isinstance(text_or_frame, pd.DataFrame):
         text_or_frame.to_csv(path, index=False)
@@ -818,11 +820,11 @@ def extrapolation_step(table_path: str, input_name: str, settings: Mapping, runs
     """Rule fit_extrapolation: ``settings`` is clipscale.shaping.extrapolation's slice."""
     from clipscale.figures import save
 
-    table = _table(table_path, input_name, settings)
+    table = input_table(table_path, input_name, settings)
     out = extrapolation(table, input_name, settings.get("fit", {}), int(settings.get("seed", 0)))
-    _write(runs, out["runs"])
-    _write(summary, out["summary"])
-    _write(markdown, extrapolation_markdown(out["summary"], out["coverage"]))
+    write_output(runs, out["runs"])
+    write_output(summary, out["summary"])
+    write_output(markdown, extrapolation_markdown(out["summary"], out["coverage"]))
     checked = sorted({k[:4] for k in out["fits"]})
     panels = main_panels(checked, input_name, settings)
     title = (f"Extrapolation check ({input_name}): laws fitted below the cut, {len(panels)} main tasks"
@@ -836,11 +838,11 @@ def comparison_step(table_path: str, input_name: str, settings: Mapping, csv: st
     """Rule fit_comparison: ``settings`` is clipscale.shaping.comparison's slice."""
     from clipscale.figures import save
 
-    table = _table(table_path, input_name, settings)
+    table = input_table(table_path, input_name, settings)
     fit_config = settings.get("fit", {})
     comp = comparison(table, input_name, fit_config, int(settings.get("seed", 0)), fit_config.get("comparisons"))
-    _write(csv, comp)
-    _write(markdown, comparison_markdown(comp))
+    write_output(csv, comp)
+    write_output(markdown, comparison_markdown(comp))
     within = fit_config.get("comparison_figure_within", 10.0)
     save(draw_comparison(comp, f"Comparison of scaling laws ({input_name})",
                          data_ranges(table, input_name, fit_config.get("comparisons")), within), figures)
@@ -849,8 +851,8 @@ def comparison_step(table_path: str, input_name: str, settings: Mapping, csv: st
 
 def bin_winners_step(table_path: str, input_name: str, settings: Mapping, csv: str, markdown: str) -> None:
     """Rule fit_bin_winners: ``settings`` is clipscale.shaping.bin_winners's slice."""
-    table = _table(table_path, input_name, settings)
+    table = input_table(table_path, input_name, settings)
     front = bin_winners(table, input_name, settings.get("fit", {}))
-    _write(csv, front)
-    _write(markdown, bin_winners_markdown(front))
+    write_output(csv, front)
+    write_output(markdown, bin_winners_markdown(front))
     log.info("%s: %d bin winners", input_name, len(front))

@@ -47,7 +47,6 @@ import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -528,29 +527,19 @@ def markdown(out: Mapping[str, pd.DataFrame]) -> str:
     return "".join(parts) + "\n"
 
 
-def _write(path: str, obj) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(obj, pd.DataFrame):
-        obj.to_csv(path, index=False)
-    else:
-        Path(path).write_text(obj)
-
-
 def step(table_path: str, input_name: str, settings: Mapping, laws: str, optima_csv: str, runs: str,
          markdown_path: str) -> None:
     """Rule fit_compute_optimal: ``settings`` is clipscale.shaping.compute_optimal's slice."""
-    from clipscale.table import add_group_means, groups_of, read_table
+    from clipscale.analysis import input_table, write_output
 
-    table = read_table(table_path)
-    groups = groups_of(settings) if input_name == "ours" else None
-    table = add_group_means(table, groups) if groups else table
+    table = input_table(table_path, input_name, settings)
     fit_cfg = settings.get("fit", {})
     opts = dict(fit_cfg.get("compute_optimal") or {})
     opts["ci"] = fit_cfg.get("ci", 0.95)
     out = analyse(table, input_name, opts, int(settings.get("seed", 0)), settings.get("scales"))
-    _write(laws, out["laws"])
-    _write(optima_csv, out["optima"])
-    _write(runs, out["runs"])
-    _write(markdown_path, markdown(out))
+    write_output(laws, out["laws"])
+    write_output(optima_csv, out["optima"])
+    write_output(runs, out["runs"])
+    write_output(markdown_path, markdown(out))
     log.info("%s: %d joint laws, %d optima, %d runs compared", input_name, len(out["laws"]), len(out["optima"]),
              len(out["runs"]))
