@@ -7,7 +7,7 @@ EVAL_TARGETS = cs_eval.target_paths(config)
 EVAL_OUTPUTS = cs_eval.output_patterns(config)
 
 # A checkpoint to evaluate deleted after its training job finished: Snakemake cannot see it
-# (checkpoints are not rule outputs), so the record of that job is moved aside (".stale"):
+# (checkpoints are outputs of no rule), so the record of that job is moved aside (".stale"):
 # the job runs again (it writes the checkpoint anew), then what reads it. In the main process
 # only: a cluster job's own snakemake runs just its job.
 if workflow.is_main_process:
