@@ -4,6 +4,11 @@
 #   snakemake --profile profiles/slurm --configfile config/paper.yaml     # the paper's grid
 # Logic lives in the clipscale package (src/clipscale); rules only wire artifacts together.
 
+from snakemake.utils import min_version
+
+# the version line the workflow is written for (tested: 9.27.1, pinned in requirements.txt)
+min_version("9.0")
+
 
 # --configfile replaces this default (it is not merged into it); --config key=value amends it.
 if not workflow.overwrite_configfiles:

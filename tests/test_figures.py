@@ -291,18 +291,6 @@ def test_one_figure_needs_only_its_inputs(smk_dir):
     assert r.returncode != 0 and "results/results/results.parquet" in r.stdout + r.stderr
 
 
-def test_lint_clean(smk_dir):
-    """Snakemake's linter finds nothing in the fit and figure rule files but the advice to
-    declare a conda environment per rule (the project installs one environment instead)."""
-    r = snakemake(smk_dir, "--lint")
-    blocks = (r.stdout + r.stderr).split("Lints for ")[1:]
-    ours = [b for b in blocks if "workflow/rules/fit" in b.splitlines()[0] or "workflow/rules/figures" in b.splitlines()[0]]
-    assert len(ours) == 13, blocks  # the 13 rules, each with the conda advice only
-    for block in ours:
-        items = [line.strip() for line in block.splitlines() if line.strip().startswith("* ")]
-        assert items == ["* Specify a conda environment or container for each rule.:"], block
-
-
 @pytest.mark.slow
 def test_published_target_and_report(smk_dir):
     """Redraw the paper's figures and refit its numbers without training, then the HTML report."""
