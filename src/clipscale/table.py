@@ -318,7 +318,7 @@ MAIN_GROUP = "main"
 def main_set(config: Mapping) -> str | None:
     """The main downstream set (the paper's ImageNet; both bottleneck figures show it): the set in
     group "main", else the only zero-shot classification set; None when there is none (or several,
-    none in group main: config.cross_check refuses that unless config.figures is given). Named,
+    none in group main: ``problems`` refuses that unless config.figures is given). Named,
     not the first key: reordering config.downstream changes no figure's set."""
     down = config.get("downstream", {})
     marked = [name for name, spec in down.items() if MAIN_GROUP in set_groups(spec)]
@@ -344,6 +344,18 @@ def main_set_problems(config: Mapping) -> list[str]:
         return [f"downstream: no set is in group {MAIN_GROUP!r}: the bottleneck figures show the main set; "
                 f"put one of {cls} in it (e.g. group: {MAIN_GROUP}, or a list of groups with {MAIN_GROUP})"]
     return []
+
+
+def problems(config: Mapping) -> list[str]:
+    """The results table's groups of downstream sets: the main set (``main_set_problems``), and a
+    group named as a set (the table would hold the set, not the group's mean)."""
+    out = main_set_problems(config)
+    for name, spec in config["downstream"].items():
+        for g in set_groups(spec):
+            if g in config["downstream"]:
+                out.append(f"downstream.{name}.group: {g!r} is also a downstream set's name "
+                           f"(the results table would hold the set, not the group's mean)")
+    return out
 
 
 _COUNT_IN_NAME = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKMBG])\b")

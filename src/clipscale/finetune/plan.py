@@ -214,6 +214,8 @@ def problems(config: Mapping) -> list[str]:
     exist, a control that is also a joint task, runs that select nothing."""
     import jsonschema
 
+    from clipscale import world  # here: PIL and pandas, for the checks only
+
     ft = section(config)
     out = []
     schema = config_mod.load_schema()["properties"]["finetune"]["properties"]["recipe"]
@@ -263,7 +265,7 @@ def problems(config: Mapping) -> list[str]:
     for protocol in ft["protocols"]:
         for name in datasets(config, protocol):
             known = name in config.get("downstream", {}) or name in own
-            problem = None if known else config_mod.unmade_set_problem(config, name)
+            problem = None if known else world.unmade_set_problem(config, name)
             if problem:
                 out.append(f"finetune.{protocol}: {name!r} is not under downstream and {problem}")
     if ft["patching"]["control"] in ft["patching"]["tasks"]:
