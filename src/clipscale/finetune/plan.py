@@ -214,7 +214,7 @@ def problems(config: Mapping) -> list[str]:
     exist, a control that is also a joint task, runs that select nothing."""
     import jsonschema
 
-    from clipscale import world  # here: PIL and pandas, for the checks only
+    from clipscale.world import unmade_set_problem  # here: PIL and pandas, for the checks only
 
     ft = section(config)
     out = []
@@ -265,7 +265,7 @@ def problems(config: Mapping) -> list[str]:
     for protocol in ft["protocols"]:
         for name in datasets(config, protocol):
             known = name in config.get("downstream", {}) or name in own
-            problem = None if known else world.unmade_set_problem(config, name)
+            problem = None if known else unmade_set_problem(config, name)
             if problem:
                 out.append(f"finetune.{protocol}: {name!r} is not under downstream and {problem}")
     if ft["patching"]["control"] in ft["patching"]["tasks"]:
