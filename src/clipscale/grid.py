@@ -106,7 +106,7 @@ def _matches(entry: dict, run: Run) -> bool:
 
 def seeds(config: dict) -> int:
     """grid.seeds: how many times each cell is trained (1: one run per cell)."""
-    return int(config["grid"].get("seeds", 1))
+    return int(config["grid"]["seeds"])
 
 
 def open_clip_seed(config: dict, run: Run) -> int:
@@ -119,7 +119,7 @@ def runs(config: dict) -> list[Run]:
     seed within it; a single-seed grid's runs are seed 0's)."""
     grid = config["grid"]
     out = []
-    for schedule in grid.get("schedules", [COSINE]):
+    for schedule in grid["schedules"]:
         for seed in range(seeds(config)):
             for model in grid["models"]:
                 for scale in grid["scales"]:
@@ -135,7 +135,7 @@ def exclude_problems(config: dict) -> list[str]:
     schedule the grid does not run: a typo would exclude nothing, silently). Names not defined
     at all and counts that do not parse are ``problems``'s (which calls this one without them)."""
     grid = config["grid"]
-    schedules = grid.get("schedules", [COSINE])
+    schedules = grid["schedules"]
     counts = [parse_count(n) for n in grid["samples_seen"]]
     full = [Run(m, s, n, sch) for sch in schedules for m in grid["models"] for s in grid["scales"] for n in counts]
     out = []

@@ -306,7 +306,7 @@ def groups_of(config: Mapping) -> dict[str, list[str]]:
     """config.downstream groups: group name -> member datasets (for ``add_group_means``); a set
     with a list of groups is a member of each."""
     groups: dict[str, list[str]] = {}
-    for name, spec in config.get("downstream", {}).items():
+    for name, spec in config["downstream"].items():
         for group in set_groups(spec):
             groups.setdefault(group, []).append(name)
     return groups
@@ -320,7 +320,7 @@ def main_set(config: Mapping) -> str | None:
     group "main", else the only zero-shot classification set; None when there is none (or several,
     none in group main: ``problems`` refuses that unless config.figures is given). Named,
     not the first key: reordering config.downstream changes no figure's set."""
-    down = config.get("downstream", {})
+    down = config["downstream"]
     marked = [name for name, spec in down.items() if MAIN_GROUP in set_groups(spec)]
     if marked:
         return marked[0] if len(marked) == 1 else None
@@ -331,7 +331,7 @@ def main_set(config: Mapping) -> str | None:
 def main_set_problems(config: Mapping) -> list[str]:
     """Group main holding more than one set, or a set without zero-shot classification; several
     zero-shot classification sets and none in group main while the default figures are drawn."""
-    down = config.get("downstream", {})
+    down = config["downstream"]
     marked = [name for name, spec in down.items() if MAIN_GROUP in set_groups(spec)]
     cls = sorted(name for name, spec in down.items() if "zeroshot_classification" in spec["tasks"])
     if len(marked) > 1:

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
+from clipscale.config import section
 from clipscale.logs import progress as progress_of
 from clipscale.shards import ShardWriter
 
@@ -136,8 +137,7 @@ class WorldSpec:
 
     @classmethod
     def from_config(cls, config: dict) -> "WorldSpec":
-        world = dict(config.get("world", {}))
-        return cls(seed=config["seed"], **world)
+        return cls(seed=config["seed"], **section(config, "world"))  # the schema's defaults
 
     @property
     def n_shards(self) -> int:
