@@ -304,9 +304,10 @@ def set_groups(spec: Mapping) -> list[str]:
 
 def groups_of(config: Mapping) -> dict[str, list[str]]:
     """config.downstream groups: group name -> member datasets (for ``add_group_means``); a set
-    with a list of groups is a member of each."""
+    with a list of groups is a member of each. ``config`` may be a rule's settings (clipscale.shaping),
+    without downstream."""
     groups: dict[str, list[str]] = {}
-    for name, spec in config["downstream"].items():
+    for name, spec in config.get("downstream", {}).items():
         for group in set_groups(spec):
             groups.setdefault(group, []).append(name)
     return groups
