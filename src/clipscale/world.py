@@ -82,7 +82,6 @@ DOWNSTREAM_SETS = {
 }
 
 
-
 def unmade_set_problem(config: dict, name: str) -> str | None:
     """Why a downstream set without a path of its own cannot be made, or None: the embedded
     world makes its sets; with another pool every set needs a path."""
