@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clipscale import config, grid
+from clipscale import checks, config, grid
 from clipscale.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,14 +23,14 @@ def base():
 
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
 def test_shipped_configs_are_valid(name):
-    cfg = config.load(REPO / "config" / name)
+    cfg = checks.load(REPO / "config" / name)
     assert grid.runs(cfg)
 
 
 def test_defaults_are_filled():
     cfg = base()
     del cfg["dedup"]
-    cfg = config.validate(cfg)
+    cfg = config.validate(cfg)  # the bottom layer: the schema, its defaults
     assert cfg["dedup"]["radius"] == 4
     assert cfg["train"]["checkpoints"] == 4
 
@@ -155,7 +155,7 @@ def test_bad_config_is_rejected_with_the_key(edit, message):
     cfg = base()
     edit(cfg)
     with pytest.raises(config.ConfigError) as err:
-        config.validate(cfg, source="my.yaml")
+        checks.validate(cfg, source="my.yaml")
     assert "my.yaml" in str(err.value)
     assert message in str(err.value)
 
@@ -217,7 +217,7 @@ def test_check_config_command(tmp_path, capsys):
 
 def test_shipped_configs_have_no_samples_below_a_global_batch():
     for name in ("config.yaml", "paper.yaml"):
-        cfg = config.load(REPO / "config" / name)
+        cfg = checks.load(REPO / "config" / name)
         for run in grid.runs(cfg):
             hp = grid.hparams(cfg, run)
             assert hp["train_num_samples"] >= hp["global_batch_size"], run.name
@@ -313,11 +313,11 @@ def _rm(path: Path) -> None:
 ])
 def test_configured_paths_are_checked(tmp_path, breakage, message):
     cfg = _user_config(tmp_path)
-    config.validate(copy.deepcopy(cfg), check_paths=True)
+    checks.validate(copy.deepcopy(cfg), check_paths=True)
     breakage(tmp_path)
-    config.validate(copy.deepcopy(cfg))  # without check_paths: the filesystem is not read
+    checks.validate(copy.deepcopy(cfg))  # without check_paths: the filesystem is not read
     with pytest.raises(config.ConfigError) as err:
-        config.validate(cfg, source="my.yaml", check_paths=True)
+        checks.validate(cfg, source="my.yaml", check_paths=True)
     assert "my.yaml" in str(err.value)
     assert message.format(r=tmp_path) in str(err.value)
 
@@ -325,19 +325,19 @@ def test_configured_paths_are_checked(tmp_path, breakage, message):
 def test_released_dir_without_files_is_listed(tmp_path):
     cfg = _user_config(tmp_path)
     del cfg["evaluate"]["released"]["files"]
-    config.validate(copy.deepcopy(cfg), check_paths=True)
+    checks.validate(copy.deepcopy(cfg), check_paths=True)
     _rm(tmp_path / "ckpts" / RELEASED)
     with pytest.raises(config.ConfigError, match=r"evaluate.released.dir: .*/ckpts has no \*\.pt checkpoint"):
-        config.validate(cfg, check_paths=True)
+        checks.validate(cfg, check_paths=True)
 
 
 def test_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch):
     cfg = _user_config(tmp_path, relative=True)
     monkeypatch.chdir(tmp_path)
-    config.validate(copy.deepcopy(cfg), check_paths=True)
+    checks.validate(copy.deepcopy(cfg), check_paths=True)
     monkeypatch.chdir(tmp_path / "wds")
     with pytest.raises(config.ConfigError) as err:
-        config.validate(cfg, check_paths=True)
+        checks.validate(cfg, check_paths=True)
     for line in ("pool.source: pool does not exist", "downstream.imagenet1k.path: wds/imagenet1k does not exist",
                  "downstream.mscoco_captions.path: wds/mscoco_captions does not exist",
                  "evaluate.released.dir: ckpts does not exist"):
@@ -429,10 +429,10 @@ def test_a_label_is_not_what_a_run_trains():
     job and model profile as they were (no rerun); the model's definition does not."""
     from clipscale import shaping
 
-    cfg = config.validate(base())
+    cfg = checks.validate(base())
     relabelled = copy.deepcopy(cfg)
     relabelled["models"]["vit-xs"]["label"] = "ViT-Tiny"
-    config.validate(relabelled)
+    checks.validate(relabelled)
     runs = grid.runs(cfg)
     assert all(repr(shaping.train(relabelled, r)) == repr(shaping.train(cfg, r)) for r in runs)
     assert repr(shaping.model(relabelled, "vit-xs")) == repr(shaping.model(cfg, "vit-xs"))
@@ -447,10 +447,10 @@ def test_reordered_sets_rerun_no_evaluation_and_keep_the_main_set():
     and both bottleneck figures show the main set (group main), not the first one."""
     from clipscale import figures, shaping
 
-    cfg = config.validate(base())
+    cfg = checks.validate(base())
     reordered = copy.deepcopy(cfg)
     reordered["downstream"] = dict(reversed(cfg["downstream"].items()))
-    config.validate(reordered)
+    checks.validate(reordered)
     for source in ("ours", "released"):
         assert (repr(shaping.evaluations(reordered, source, "vit-xs", "3k"))
                 == repr(shaping.evaluations(cfg, source, "vit-xs", "3k")))
@@ -462,7 +462,7 @@ def test_reordered_sets_rerun_no_evaluation_and_keep_the_main_set():
     only["downstream"] = {"colours": {"tasks": ["zeroshot_classification"]},
                           "world_captions": {"tasks": ["zeroshot_retrieval"]}}
     only["finetune"]["enabled"] = False
-    specs = {s.name: s for s in figures.figure_specs(config.validate(only))}
+    specs = {s.name: s for s in figures.figure_specs(checks.validate(only))}
     assert specs["data_bottleneck_ours"].datasets == ["colours"]
 
 
@@ -474,13 +474,13 @@ def test_counts_round_trip(text, n):
 
 
 def test_grid_and_overrides():
-    cfg = config.validate(base())
+    cfg = checks.validate(base())
     runs = grid.runs(cfg)
     assert len(runs) == 27 and len(set(runs)) == 27
     cfg2 = copy.deepcopy(cfg)
     cfg2["grid"]["exclude"] = [{"model": "vit-m", "scale": "3k"}]
     cfg2["train"]["overrides"] = [{"model": "vit-xs", "lr": 0.5}, {"samples_seen": "90k", "batch_size": 64}]
-    cfg2 = config.validate(cfg2)
+    cfg2 = checks.validate(cfg2)
     runs2 = grid.runs(cfg2)
     assert len(runs2) == 24
     hp = grid.hparams(cfg2, grid.Run("vit-xs", "3k", 90000))
@@ -492,7 +492,7 @@ def test_grid_and_overrides():
 
 
 def test_paper_grid_matches_table18():
-    cfg = config.load(REPO / "config" / "paper.yaml")
+    cfg = checks.load(REPO / "config" / "paper.yaml")
     runs = grid.runs(cfg)
     assert len(runs) == 29  # the runs of the paper's Table 18
     hp = grid.hparams(cfg, grid.Run("ViT-H-14", "2B", 34 * 10**9))
@@ -503,9 +503,9 @@ def test_a_walltime_warning_outside_the_walltime_is_refused():
     cfg = yaml.safe_load(CI_CONFIG.read_text())
     cfg["train"].update(runtime=5, signal_lead_s=300)
     with pytest.raises(config.ConfigError, match=r"train.signal_lead_s: 300 s is not less than .* train.runtime 5 min"):
-        config.validate(cfg, "t.yaml")
+        checks.validate(cfg, "t.yaml")
     cfg["train"]["signal_lead_s"] = 240
-    config.validate(cfg, "t.yaml")
+    checks.validate(cfg, "t.yaml")
 
 
 def test_paper_downstream_is_the_papers_suite_under_clip_benchmarks_names():
@@ -517,7 +517,7 @@ def test_paper_downstream_is_the_papers_suite_under_clip_benchmarks_names():
     from clipscale import reference, table
     from clipscale.evaluate import benchmark_name
 
-    cfg = config.load(REPO / "config" / "paper.yaml")
+    cfg = checks.load(REPO / "config" / "paper.yaml")
     down, groups = cfg["downstream"], table.groups_of(cfg)
     assert sorted(groups["vtab+"]) == sorted(reference.VTAB_PLUS_DATASETS.values())
     assert len(groups["vtab+"]) == 35

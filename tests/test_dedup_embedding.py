@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from clipscale import checks
 from clipscale import config as config_mod
 from clipscale import dedup
 from clipscale.dedup import embedding
@@ -123,15 +124,15 @@ def test_the_encoder_is_the_grids_largest_run_or_a_users_checkpoint():
     assert dedup.encoder(config_mod.validate(cfg))["run"].name == "vit-xs/1k/2k"
     cfg["dedup"]["embedding"] = {"checkpoint": "elsewhere.pt"}
     with pytest.raises(config_mod.ConfigError, match="dedup.embedding.checkpoint needs dedup.embedding.model"):
-        config_mod.validate(cfg)
+        checks.validate(cfg)
     cfg["dedup"]["embedding"] = {"run": {"model": "vit-xs", "scale": "1k", "samples_seen": "9k"}}
     with pytest.raises(config_mod.ConfigError, match="dedup.embedding.run: vit-xs/1k/9k is not a run of the grid"):
-        config_mod.validate(cfg)
+        checks.validate(cfg)
     # subsets filtered by the features of a run trained on them: a loop, refused before any job
     cfg["dedup"]["embedding"] = {}
     cfg["dedup"]["remove_duplicates"] = ["phash", "embedding"]
     with pytest.raises(config_mod.ConfigError, match="dedup.remove_duplicates: removing mode embedding's matches"):
-        config_mod.validate(cfg)
+        checks.validate(cfg)
 
 
 @pytest.mark.slow

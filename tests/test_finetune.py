@@ -22,6 +22,7 @@ import pytest
 import torch
 import yaml
 
+from clipscale import checks
 from clipscale import config as config_mod
 from clipscale import paths
 from clipscale.finetune import plan
@@ -185,7 +186,7 @@ def test_config_problems_are_named_before_any_job(small_world):
     bad["finetune"]["patching"]["recipe"] = {"layer_decay": 2}
     bad["finetune"]["patching"]["tasks"] = ["colours", "shapes", "letters"]
     with pytest.raises(config_mod.ConfigError) as e:
-        config_mod.validate(bad)
+        checks.validate(bad)
     msg = str(e.value)
     assert "finetune.models.vit-xs: ['learning_rate'] are not recipe keys" in msg
     assert "finetune.models: 'vit-zz' is not defined" in msg
@@ -195,7 +196,7 @@ def test_config_problems_are_named_before_any_job(small_world):
     none = copy.deepcopy(cfg)
     none["finetune"]["runs"] = {"scales": ["12k"]}  # not in the grid (changed since)
     with pytest.raises(config_mod.ConfigError, match="finetune.runs.scales: '12k' is not in grid.scales"):
-        config_mod.validate(none)
+        checks.validate(none)
 
 
 def test_a_batch_smaller_than_the_processes_and_a_bad_micro_batch_are_refused(small_world):
@@ -205,7 +206,7 @@ def test_a_batch_smaller_than_the_processes_and_a_bad_micro_batch_are_refused(sm
     bad["finetune"]["models"] = {"vit-xs": {"micro_batch_size": 0}}
     bad["finetune"]["patching"]["recipe"] = {"micro_batch_size": 4}
     with pytest.raises(config_mod.ConfigError) as e:
-        config_mod.validate(bad)
+        checks.validate(bad)
     msg = str(e.value)
     assert ("finetune.recipe.batch_size: 16 for vit-xs (classification, with its overrides) is smaller than "
             "the job's 20 processes (finetune.nproc x finetune.nodes)") in msg

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from clipscale import checks
 from clipscale import config as config_mod
 from clipscale import reference
 from clipscale.finetune import job, plan
@@ -131,7 +132,7 @@ def test_an_ema_warmup_reaches_the_stated_decay_within_the_recipe():
     bad["finetune"]["recipe"]["ema_warmup_epochs"] = 12
     with pytest.raises(config_mod.ConfigError, match=r"finetune.recipe.ema_warmup_epochs: 12 for \S+ "
                                                      r"\(classification, with its overrides\) is longer than its 10"):
-        config_mod.validate(bad)
+        checks.validate(bad)
 
 
 def test_table_9s_robustness_sets_with_imagenet_real(paper):

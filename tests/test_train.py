@@ -1378,11 +1378,13 @@ def test_cooldown_branches_start_at_the_trunk_checkpoint_and_count_exactly():
 
 
 def test_cooldown_config_without_a_common_epoch_is_rejected():
+    from clipscale import checks  # every domain's checks (config.validate: the schema's)
+
     cfg = tiny_config(samples=(CD_SAMPLES, CD_TRUNK))
     cfg["grid"]["schedules"] = ["const-cooldown"]
     cfg["train"]["cooldown"] = {"fraction": 0.21}  # cooldowns 67 and 202: a common epoch of 1 sample
     with pytest.raises(config_mod.ConfigError, match=r"const-cooldown.*virtual epochs of 1 samples"):
-        config_mod.validate(cfg, "cfg")
+        checks.validate(cfg, "cfg")
 
 
 @pytest.fixture(scope="module")

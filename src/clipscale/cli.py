@@ -18,14 +18,14 @@ from clipscale.evaluate import cli as evaluate_cli
 
 
 def _check_config(a) -> int:
-    """The Snakefile's check (schema, cross-references, configured paths from the working
-    directory); the runs it reports are grid.runs, the train jobs of the DAG."""
-    from clipscale import config, grid
+    """The Snakefile's check (clipscale.checks: schema, every domain's checks, configured paths
+    from the working directory); the runs it reports are grid.runs, the train jobs of the DAG."""
+    from clipscale import checks, grid
 
     for path in a.files:
         try:
-            cfg = config.load(path, check_paths=True)
-        except config.ConfigError as e:
+            cfg = checks.load(path, check_paths=True)
+        except checks.ConfigError as e:
             print(e, file=sys.stderr)
             return 2
         runs = grid.runs(cfg)
@@ -38,7 +38,7 @@ def _status(a) -> int:
     takes them: --configfile (merged in order, later ones win), else config/config.yaml."""
     import os
 
-    from clipscale import config, status
+    from clipscale import checks, config, status
 
     files = a.configfile
     if not files:
@@ -51,7 +51,7 @@ def _status(a) -> int:
             if not isinstance(content, dict):
                 raise config.ConfigError(f"config file {path} must hold a mapping")
             merged = config.merge(merged, content)
-        cfg = config.validate(merged, source=" + ".join(files))
+        cfg = checks.validate(merged, source=" + ".join(files))
     except config.ConfigError as e:
         print(e, file=sys.stderr)
         return 2
@@ -65,10 +65,10 @@ def _status(a) -> int:
 
 
 def _make_world(a) -> int:
-    from clipscale import config
+    from clipscale import checks
     from clipscale.world import WorldSpec, generate
 
-    cfg = config.load(a.config)
+    cfg = checks.load(a.config)
     summary = generate(WorldSpec.from_config(cfg), a.out)
     print(json.dumps(summary["pool"], indent=1))
     return 0
@@ -100,9 +100,9 @@ def _subset(a) -> int:
 
 
 def _gmac(a) -> int:
-    from clipscale import config, models
+    from clipscale import checks, models
 
-    cfg = config.load(a.config) if a.config else None
+    cfg = checks.load(a.config) if a.config else None
     if cfg:
         models.register(cfg)
     for name in a.models:
@@ -130,11 +130,11 @@ def _published_table(a) -> int:
 def _standin(a) -> int:
     import yaml
 
-    from clipscale import config, standin
+    from clipscale import checks, config, standin
 
     cfg = yaml.safe_load(Path(a.config).read_text())
     try:
-        config.validate(cfg, source=a.config)
+        checks.validate(cfg, source=a.config)
     except config.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

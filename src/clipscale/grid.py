@@ -28,7 +28,9 @@ import math
 from dataclasses import dataclass
 from functools import reduce
 
-from clipscale.config import ConfigError, format_count, parse_count, section
+import jsonschema
+
+from clipscale.config import ConfigError, checked_count, dotted, format_count, load_schema, parse_count, section
 
 COSINE, CONST_COOLDOWN = "cosine", "const-cooldown"
 SCHEDULES = (COSINE, CONST_COOLDOWN)
@@ -104,7 +106,7 @@ def _matches(entry: dict, run: Run) -> bool:
 
 def seeds(config: dict) -> int:
     """grid.seeds: how many times each cell is trained (1: one run per cell)."""
-    return int(config["grid"].get("seeds", 1))
+    return int(config["grid"]["seeds"])
 
 
 def open_clip_seed(config: dict, run: Run) -> int:
@@ -117,7 +119,7 @@ def runs(config: dict) -> list[Run]:
     seed within it; a single-seed grid's runs are seed 0's)."""
     grid = config["grid"]
     out = []
-    for schedule in grid.get("schedules", [COSINE]):
+    for schedule in grid["schedules"]:
         for seed in range(seeds(config)):
             for model in grid["models"]:
                 for scale in grid["scales"]:
@@ -131,9 +133,9 @@ def runs(config: dict) -> list[Run]:
 def exclude_problems(config: dict) -> list[str]:
     """grid.exclude entries that leave out no run of the grid (a samples seen, model, scale or
     schedule the grid does not run: a typo would exclude nothing, silently). Names not defined
-    at all and counts that do not parse are config.cross_check's."""
+    at all and counts that do not parse are ``problems``'s (which calls this one without them)."""
     grid = config["grid"]
-    schedules = grid.get("schedules", [COSINE])
+    schedules = grid["schedules"]
     counts = [parse_count(n) for n in grid["samples_seen"]]
     full = [Run(m, s, n, sch) for sch in schedules for m in grid["models"] for s in grid["scales"] for n in counts]
     out = []
@@ -339,3 +341,162 @@ def find_run(config: dict, model: str, scale: str, samples: str) -> Run:
     if run not in runs(config):
         raise KeyError(f"{run.name} is not a run of the configured grid")
     return run
+
+
+# ---- the checks of the grid's settings (and of train's, which the grid resolves per run) ----
+
+def problems(config: dict) -> list[str]:
+    """What a JSON schema cannot express about grid.*, the names of models and scales, and
+    train.* (per run: overrides, report_to), fit.comparisons' sources: names that must refer to
+    each other, counts, names that would collide. Not the per-run checks (``run_problems``, which
+    need a config without other problems)."""
+    problems = []
+    grid = config["grid"]
+    models, scales = config["models"], config["scales"]
+    for model in grid["models"]:
+        if model not in models:
+            problems.append(f"grid.models: {model!r} is not defined under models")
+    for scale in grid["scales"]:
+        if scale not in scales:
+            problems.append(f"grid.scales: {scale!r} is not defined under scales")
+    counts: dict[int, object] = {}
+    for value in grid["samples_seen"]:
+        n = checked_count(value, "grid.samples_seen", problems)
+        if n in counts:
+            problems.append(f"grid.samples_seen: {counts[n]!r} and {value!r} name the same count "
+                            f"({format_count(n)}), so the same runs")
+        elif n is not None:
+            counts[n] = value
+    for i, entry in enumerate(grid.get("exclude", [])):  # no default: absent, it is not in the params
+        if "model" in entry and entry["model"] not in models:
+            problems.append(f"grid.exclude[{i}].model: {entry['model']!r} is not defined under models")
+        if "scale" in entry and entry["scale"] not in scales:
+            problems.append(f"grid.exclude[{i}].scale: {entry['scale']!r} is not defined under scales")
+        if "samples_seen" in entry:
+            checked_count(entry["samples_seen"], f"grid.exclude[{i}].samples_seen", problems)
+    if not problems:
+        problems += exclude_problems(config)
+    return (problems + name_problems(config) + override_problems(config) + comparison_problems(config)
+            + report_problems(config))
+
+
+def name_problems(config: dict) -> list[str]:
+    """Names that would collide: a model, scale or set name of dots only ("." or "..": a folder
+    of results/ would be its parent's or another run's), two models with one label (one line
+    and one row in the figures and the results table), two scales of one size (one subset)."""
+    problems = []
+    for kind in ("models", "scales", "downstream"):
+        for name in config[kind]:
+            if not name.strip("."):
+                problems.append(f"{kind}: {name!r} cannot name a folder (results/.../{name}/ is another "
+                                f"folder); give it a name with a letter or digit")
+    shown: dict[str, str] = {}
+    for name, spec in config["models"].items():
+        label = spec.get("label") or name
+        if label in shown:
+            problems.append(f"models.{name}.label: {label!r} is also models.{shown[label]}'s label (or "
+                            f"name): figures and the results table would merge the two models")
+        else:
+            shown[label] = name
+    sizes: dict[int, str] = {}
+    for name, size in config["scales"].items():
+        if size in sizes:
+            problems.append(f"scales.{name}: {size} samples, as scales.{sizes[size]}: the same subset "
+                            f"twice (give each scale its own size)")
+        else:
+            sizes[size] = name
+    return problems
+
+
+def override_problems(config: dict) -> list[str]:
+    """train.overrides (applied per run by ``hparams``): keys that are no train setting, values
+    the train schema refuses, a model, scale or count that selects nothing."""
+    problems = []
+    train_keys = dict(load_schema()["properties"]["train"]["properties"])
+    del train_keys["overrides"]
+    settings = jsonschema.Draft202012Validator({"type": "object", "properties": train_keys})
+    for i, over in enumerate(config["train"].get("overrides") or []):  # no default, as grid.exclude
+        unknown = set(over) - set(train_keys) - {"model", "scale", "samples_seen", "schedule"}
+        if unknown:
+            problems.append(f"train.overrides[{i}]: unknown keys {sorted(unknown)}")
+        for e in settings.iter_errors(over):
+            problems.append(f"train.overrides[{i}].{dotted(e)}: {e.message}")
+        if "model" in over and over["model"] not in config["models"]:
+            problems.append(f"train.overrides[{i}].model: {over['model']!r} is not a model")
+        if "scale" in over and over["scale"] not in config["scales"]:
+            problems.append(f"train.overrides[{i}].scale: {over['scale']!r} is not a scale")
+        if "samples_seen" in over:
+            checked_count(over["samples_seen"], f"train.overrides[{i}].samples_seen", problems)
+    return problems
+
+
+def comparison_problems(config: dict) -> list[str]:
+    """A side of fit.comparisons naming runs of a schedule the grid does not run (e.g. source
+    ours, the cosine runs, with grid.schedules [const-cooldown]): it would compare nothing."""
+    made = sources(config)
+    problems = []
+    for i, spec in enumerate(config["fit"]["comparisons"] or []):
+        for side in ("a", "b"):
+            source = spec[side]["source"]
+            if source in SCHEDULE_OF_SOURCE and source not in made:
+                problems.append(
+                    f"fit.comparisons[{i}].{side}.source: {source!r} are the "
+                    f"{SCHEDULE_OF_SOURCE[source]} runs, and grid.schedules {list(config['grid']['schedules'])} makes none (its runs: "
+                    f"{', '.join(repr(s) for s in made)})")
+    return problems
+
+
+def report_problems(config: dict) -> list[str]:
+    """train.report_to (or an override's) naming wandb where the wandb package is missing: every
+    training job would fail at its start."""
+    import importlib.util
+
+    train = config["train"]
+    wanted = [("train.report_to", train["report_to"] or [])] + [
+        (f"train.overrides[{i}].report_to", o.get("report_to") or [])
+        for i, o in enumerate(train.get("overrides") or [])]
+    return [f"{key}: wandb needs the wandb package (pip install wandb), which is not installed"
+            for key, names in wanted if "wandb" in names and importlib.util.find_spec("wandb") is None]
+
+
+MAX_COOLDOWN_EPOCHS = 10_000  # a const-cooldown family's virtual epochs (open_clip logs and saves per epoch)
+
+
+def run_problems(config: dict) -> list[str]:
+    """Per run (overrides applied; on a config without other problems): fewer samples per
+    checkpoint than one global batch (open_clip_train cannot run it; clipscale.train.open_clip_args
+    refuses it), and a walltime warning that would not come inside the walltime (reported once)."""
+    labels = {parse_count(v): v for v in config["grid"]["samples_seen"]}
+    train = config["train"]
+    problems, walltime = [], None
+    for run in runs(config):
+        try:
+            hp = hparams(config, run)
+        except ConfigError as e:
+            problems.append(f"grid.schedules: {e}")
+            continue
+        if run.schedule == CONST_COOLDOWN:
+            if hp["train_num_samples"] < hp["global_batch_size"] or hp["epochs"] > MAX_COOLDOWN_EPOCHS:
+                problems.append(
+                    f"grid.schedules: const-cooldown: {run.name}'s runs share virtual epochs of "
+                    f"{hp['train_num_samples']} samples (the greatest common divisor of every branch "
+                    f"point and cooldown length, train.cooldown.fraction {hp['cooldown']['fraction']}), "
+                    f"{hp['epochs']} of them; it needs at least one global batch "
+                    f"({hp['global_batch_size']}) and at most {MAX_COOLDOWN_EPOCHS} epochs: choose "
+                    f"samples_seen and a fraction with a larger common divisor (e.g. 10k, 30k, 90k and 0.2)")
+            continue
+        if walltime is None and hp["signal_lead_s"] >= hp["runtime"] * 60:
+            walltime = (f"train.signal_lead_s: {hp['signal_lead_s']} s is not less than {run.name}'s walltime "
+                        f"train.runtime {hp['runtime']} min: the job would stop before training")
+        if hp["train_num_samples"] >= hp["global_batch_size"]:
+            continue
+        keys = ("checkpoints", "batch_size", "nproc", "nodes", "accum_freq")
+        overridden = " after train.overrides" if any(hp[k] != train[k] for k in keys) else ""
+        problems.append(
+            f"grid.samples_seen: {labels[run.samples_seen]}: {run.name} has {hp['train_num_samples']} "
+            f"samples per checkpoint ({run.samples_seen} / train.checkpoints {hp['checkpoints']}), less "
+            f"than one global batch of {hp['global_batch_size']} (train.batch_size {hp['batch_size']} x "
+            f"train.nproc {hp['nproc']} x train.nodes {hp['nodes']} x train.accum_freq {hp['accum_freq']}){overridden}; "
+            f"raise samples_seen or "
+            f"lower train.checkpoints or the batch")
+    return problems + ([walltime] if walltime else [])

@@ -155,7 +155,7 @@ def profile_needed(config: dict, model: str) -> bool:
     """A model whose GMAC per sample is measured (its profile, results/models/<model>.profile.json,
     is an input of its training and of its released checkpoints' evaluation): a custom open_clip
     model of the config without a given gmac_per_sample."""
-    spec = config.get("models", {}).get(model, {})
+    spec = config["models"].get(model, {})
     return "open_clip" in spec and not spec.get("gmac_per_sample")
 
 
@@ -225,7 +225,7 @@ def estimated_gmac(config, name: str) -> float:
     estimate from a custom model's open_clip definition, (4 + 2 x mlp_ratio) x width^2 MACs
     per token and layer in each tower (attention projections and MLP). For ordering work
     (clipscale.resources.priority), not for the results: 1.0 where nothing is known."""
-    spec = config.get("models", {}).get(name, {})
+    spec = config["models"].get(name, {})
     if spec.get("gmac_per_sample"):
         return float(spec["gmac_per_sample"])
     cfg = spec.get("open_clip")
@@ -243,7 +243,7 @@ def estimated_gmac(config, name: str) -> float:
 def open_clip_definition(config, name: str) -> dict | None:
     """A model's open_clip definition without importing open_clip (torch): the config's own
     (models.<name>.open_clip), else the JSON open_clip ships for its architecture, else None."""
-    spec = config.get("models", {}).get(name, {})
+    spec = config["models"].get(name, {})
     if spec.get("open_clip"):
         return spec["open_clip"]
     found = importlib.util.find_spec("open_clip")

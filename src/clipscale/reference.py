@@ -25,7 +25,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from clipscale.config import format_count
+from clipscale.config import checked_count, format_count
 from clipscale.table import RESULTS_COLUMNS, validate_table
 
 log = logging.getLogger(__name__)
@@ -408,3 +408,21 @@ def load_published(directory: Path | None = None) -> pd.DataFrame:
     )
     df["data_size"] = df["data"].map(DATA_SIZES).astype("Int64")
     return validate_table(df[RESULTS_COLUMNS + ["data_size"]], where=str(directory or REFERENCE_DIR))
+
+
+def problems(config: Mapping) -> list[str]:
+    """fit.predictions: a count that does not parse, a model that is neither the config's nor of
+    the paper's Table 25 (its GMAC per sample is unknown: the fit would skip it)."""
+    predictions = config["fit"].get("predictions") or []  # no default: absent, not in the params
+    if not predictions:
+        return []
+    models = config["models"]
+    known = set(models) | {m["label"] for m in models.values() if m.get("label")} | set(gmac_lookup())
+    out: list[str] = []
+    for i, pred in enumerate(predictions):
+        checked_count(pred["samples_seen"], f"fit.predictions[{i}].samples_seen", out)
+        if pred["model"] not in known:
+            out.append(
+                f"fit.predictions[{i}].model: {pred['model']!r} is neither a model of the config nor "
+                f"of the paper's Table 25 (its GMAC per sample is unknown: the fit would skip it)")
+    return out

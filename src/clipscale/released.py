@@ -130,7 +130,7 @@ def settings(config: dict) -> dict:
 
 def resolve_model(config: dict, token: str, where: str = "") -> str:
     """The model (a config model or an open_clip architecture) a Model token names."""
-    models = config.get("models", {})
+    models = config["models"]
     explicit = settings(config).get("models") or {}
     if token in explicit:
         model = explicit[token]
@@ -178,7 +178,7 @@ class ReleasedCheckpoint:
 
 
 def _label(config: dict, model: str) -> str:
-    spec = config.get("models", {}).get(model, {})
+    spec = config["models"].get(model, {})
     if spec.get("label"):
         return spec["label"]
     from clipscale.models import table25
@@ -212,7 +212,7 @@ def problems(config: dict) -> list[str]:
     model map to no model, a listed file name that does not parse or names no model, two files
     of one result folder."""
     spec = settings(config)
-    models = config.get("models", {})
+    models = config["models"]
     out = []
     for token, model in (spec.get("models") or {}).items():
         if model not in models and model not in _open_clip_models():

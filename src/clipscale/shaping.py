@@ -127,7 +127,7 @@ def evaluate(config: Mapping, source: str, model: str, scale: str, dataset: str,
 def evaluations(config: Mapping, source: str, model: str, scale: str) -> dict:
     """evaluate (one job, every set and task of a checkpoint): ``evaluate`` of each (set, task),
     keyed "set/task" in sorted order, so that reordering config.downstream reruns no evaluation."""
-    from clipscale.evaluate import dataset_tasks
+    from clipscale.evaluate.plan import dataset_tasks  # not the package (its jobs import this)
 
     return canonical({f"{dataset}/{task}": evaluate(config, source, model, scale, dataset, task)
                       for dataset, task in dataset_tasks(config)})

@@ -304,7 +304,8 @@ def set_groups(spec: Mapping) -> list[str]:
 
 def groups_of(config: Mapping) -> dict[str, list[str]]:
     """config.downstream groups: group name -> member datasets (for ``add_group_means``); a set
-    with a list of groups is a member of each."""
+    with a list of groups is a member of each. ``config`` may be a rule's settings (clipscale.shaping),
+    without downstream."""
     groups: dict[str, list[str]] = {}
     for name, spec in config.get("downstream", {}).items():
         for group in set_groups(spec):
@@ -318,9 +319,9 @@ MAIN_GROUP = "main"
 def main_set(config: Mapping) -> str | None:
     """The main downstream set (the paper's ImageNet; both bottleneck figures show it): the set in
     group "main", else the only zero-shot classification set; None when there is none (or several,
-    none in group main: config.cross_check refuses that unless config.figures is given). Named,
+    none in group main: ``problems`` refuses that unless config.figures is given). Named,
     not the first key: reordering config.downstream changes no figure's set."""
-    down = config.get("downstream", {})
+    down = config["downstream"]
     marked = [name for name, spec in down.items() if MAIN_GROUP in set_groups(spec)]
     if marked:
         return marked[0] if len(marked) == 1 else None
@@ -331,7 +332,7 @@ def main_set(config: Mapping) -> str | None:
 def main_set_problems(config: Mapping) -> list[str]:
     """Group main holding more than one set, or a set without zero-shot classification; several
     zero-shot classification sets and none in group main while the default figures are drawn."""
-    down = config.get("downstream", {})
+    down = config["downstream"]
     marked = [name for name, spec in down.items() if MAIN_GROUP in set_groups(spec)]
     cls = sorted(name for name, spec in down.items() if "zeroshot_classification" in spec["tasks"])
     if len(marked) > 1:
@@ -344,6 +345,18 @@ def main_set_problems(config: Mapping) -> list[str]:
         return [f"downstream: no set is in group {MAIN_GROUP!r}: the bottleneck figures show the main set; "
                 f"put one of {cls} in it (e.g. group: {MAIN_GROUP}, or a list of groups with {MAIN_GROUP})"]
     return []
+
+
+def problems(config: Mapping) -> list[str]:
+    """The results table's groups of downstream sets: the main set (``main_set_problems``), and a
+    group named as a set (the table would hold the set, not the group's mean)."""
+    out = main_set_problems(config)
+    for name, spec in config["downstream"].items():
+        for g in set_groups(spec):
+            if g in config["downstream"]:
+                out.append(f"downstream.{name}.group: {g!r} is also a downstream set's name "
+                           f"(the results table would hold the set, not the group's mean)")
+    return out
 
 
 _COUNT_IN_NAME = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKMBG])\b")

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
+from clipscale.config import section
 from clipscale.logs import progress as progress_of
 from clipscale.shards import ShardWriter
 
@@ -80,6 +81,38 @@ DOWNSTREAM_SETS = {
     "world_captions": ("retrieval", None, None, "retrieval"),
 }
 
+
+def unmade_set_problem(config: dict, name: str) -> str | None:
+    """Why a downstream set without a path of its own cannot be made, or None: the embedded
+    world makes its sets; with another pool every set needs a path."""
+    if config["pool"]["source"] != "world":
+        return "needs a path (pool.source is not 'world')"
+    if name not in DOWNSTREAM_SETS:
+        return f"the world makes no set of that name (it makes {sorted(DOWNSTREAM_SETS)})"
+    return None
+
+
+def problems(config: dict) -> list[str]:
+    """The world's settings and what it must make: a downstream set without a path that it does
+    not make, a scale larger than its pool, caption shares over 1 (the filesystem is not read)."""
+    problems = []
+    for name, spec in config["downstream"].items():
+        if "path" not in spec:
+            problem = unmade_set_problem(config, name)
+            if problem:
+                problems.append(f"downstream.{name}: no path given: {problem}")
+    if config["pool"]["source"] == "world":
+        world = config["world"]  # filled from the schema's defaults
+        pool_size = world["pool_size"]
+        for name, size in config["scales"].items():
+            if size > pool_size:
+                problems.append(f"scales.{name}: {size} samples > world.pool_size {pool_size}")
+        if world["caption_noise"] + world["short_captions"] > 1:
+            problems.append(f"world: caption_noise {world['caption_noise']} + short_captions "
+                            f"{world['short_captions']} > 1 (they are shares of the captions)")
+    return problems
+
+
 _STREAMS = {"pool": 1, "downstream": 2, "planted": 3, "split": 4}
 _DATASET_IDS = {name: i for i, name in enumerate(DOWNSTREAM_SETS)}
 _SUPERSAMPLE = 4
@@ -103,8 +136,7 @@ class WorldSpec:
 
     @classmethod
     def from_config(cls, config: dict) -> "WorldSpec":
-        world = dict(config.get("world", {}))
-        return cls(seed=config["seed"], **world)
+        return cls(seed=config["seed"], **section(config, "world"))  # the schema's defaults
 
     @property
     def n_shards(self) -> int:

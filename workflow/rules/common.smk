@@ -1,6 +1,7 @@
 # Config validation (before any job) and the helpers every rule file uses.
 import os
 
+from clipscale import checks as cs_checks
 from clipscale import config as cs_config
 from clipscale import dedup as cs_dedup
 from clipscale import models as cs_models
@@ -9,9 +10,9 @@ from clipscale import resources as cs_resources
 from clipscale.world import WorldSpec
 
 # A bad config stops here, before any job is scheduled. One validator, the one `clipscale
-# check-config` calls: the JSON schema (src/clipscale/schemas/config.schema.yaml, defaults filled
-# in), the cross-references a schema cannot express, and every configured path (relative to the
-# working directory); every problem as a dotted key, naming the config files. Each config file
+# check-config` calls (clipscale.checks): the JSON schema (src/clipscale/schemas/config.schema.yaml,
+# defaults filled in), every domain's checks of its settings, and every configured path (relative
+# to the working directory); every problem as a dotted key, naming the config files. Each config file
 # is read again by clipscale's loader too, which refuses a key given twice (Snakemake's keeps the
 # last one silently).
 _CONFIG_SOURCE = (
@@ -24,7 +25,7 @@ _CONFIG_SOURCE = (
 try:
     for _file in workflow.configfiles:
         cs_config.read_yaml(_file)
-    cs_config.validate(config, source=_CONFIG_SOURCE, check_paths=True)
+    cs_checks.validate(config, source=_CONFIG_SOURCE, check_paths=True)
 except cs_config.ConfigError as error:
     raise WorkflowError(str(error)) from None
 

@@ -5,7 +5,7 @@ from clipscale import paths
 def fit_inputs():
     """Inputs fitted: ours always, the paper's numbers when published.enabled."""
     inputs = ["ours"]
-    if config.get("published", {}).get("enabled", True):
+    if config["published"]["enabled"]:  # validated: the schema fills it
         inputs.insert(0, "published")
     return inputs
 

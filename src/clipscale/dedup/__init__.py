@@ -28,10 +28,11 @@ their pairs apart (column ``mode``), in columns of their own in the overlap tabl
 ``embedding`` compares the features of a CLIP image encoder (faiss; ``embedding``).
 The package's modules, by role: ``formats`` (the parquets' schemas, the overlap table's columns,
 ``DedupError``), ``modes`` (the matching modes and image variants), ``hashing`` (1-2), ``index`` (multi-index hashing) and ``matching`` (3),
-``reports`` (4), ``filtering`` (subsets without duplicates), ``cli`` (the ``clipscale dedup-*``
-subcommands). The names below are the package's interface.
+``reports`` (4), ``filtering`` (subsets without duplicates), ``checks`` (the dedup.* settings'
+checks, ``problems``), ``cli`` (the ``clipscale dedup-*`` subcommands). The names below are the package's interface.
 """
 
+from clipscale.dedup.checks import problems
 from clipscale.dedup.cli import add_commands
 from clipscale.dedup.filtering import filter_subset
 from clipscale.dedup.formats import (HASH_SCHEMA, MODE_COLUMNS, OVERLAP_COLUMNS, PAIR_COLUMNS, PAIR_SCHEMA,
@@ -55,6 +56,6 @@ __all__ = [
     "fetch_images", "filter_subset", "gather", "group_shards", "hash_report", "hash_shards",
     "iter_hash_columns", "iter_hashes", "list_shards", "load_test_hashes", "match", "match_exact",
     "match_files", "open_hashes", "overlap_table", "plan_chunks", "plan_modes", "planted_recall",
-    "pool_variants", "read_matches", "read_planted", "read_pool_hashes", "read_report", "removal_modes",
+    "pool_variants", "problems", "read_matches", "read_planted", "read_pool_hashes", "read_report", "removal_modes",
     "select_modes", "settings", "shards_stamp", "trim", "trim_box", "variant_function",
 ]

@@ -19,7 +19,9 @@ from clipscale.evaluate.plan import FINAL, SOURCES, TASKS, dataset_tasks, target
 def _load_config(a) -> dict:
     if a.config_json:
         return config_mod.validate(json.loads(Path(a.config_json).read_text()), a.config_json)
-    return config_mod.load(a.config)
+    from clipscale import checks  # every domain's checks, as check-config
+
+    return checks.load(a.config)
 
 
 def _add_config(p) -> None:

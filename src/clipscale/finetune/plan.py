@@ -109,9 +109,9 @@ def recipe_settings(config: Mapping, protocol: str, model: str) -> dict:
     patching) finetune.patching.recipe on top."""
     ft = section(config)
     out = dict(ft["recipe"])
-    out.update({k: v for k, v in ft.get("models", {}).get(model, {}).items() if k not in MODEL_EXECUTION_KEYS})
+    out.update({k: v for k, v in ft["models"].get(model, {}).items() if k not in MODEL_EXECUTION_KEYS})
     if protocol == "patching":
-        out.update(ft["patching"].get("recipe", {}))
+        out.update(ft["patching"]["recipe"])
     return out
 
 
@@ -121,8 +121,8 @@ def intermediate_settings(config: Mapping, model: str) -> dict:
     (Table 11's columns, not Table 10's: finetune.models does not apply)."""
     inter = section(config)["intermediate"]
     out = dict(section(config)["recipe"])
-    out.update(inter.get("recipe", {}))
-    out.update(inter.get("models", {}).get(model, {}))
+    out.update(inter["recipe"])
+    out.update(inter["models"].get(model, {}))
     return out
 
 
@@ -136,7 +136,7 @@ def micro_batch_size(config: Mapping, model: str) -> int | None:
     """The most samples a process runs through the model at once (finetune.models.<model>.
     micro_batch_size, else finetune.micro_batch_size); None: its whole share of the batch."""
     ft = section(config)
-    return ft.get("models", {}).get(model, {}).get("micro_batch_size", ft.get("micro_batch_size")) or None
+    return ft["models"].get(model, {}).get("micro_batch_size", ft.get("micro_batch_size")) or None
 
 
 def bf16(config: Mapping, device: str) -> bool:
@@ -163,12 +163,12 @@ def dataset_dir(config: Mapping, name: str) -> str:
     """A set's webdataset folder: finetune.sets' (sets only fine-tuning reads: ImageNet-12k,
     ImageNet-ReaL), else its downstream entry's, else the world's set of that name (the world
     makes sets the default does not evaluate zero-shot, e.g. positions and digits)."""
-    own = section(config).get("sets", {})
+    own = section(config)["sets"]
     if name in own:
         return own[name]["path"]
-    if name in config.get("downstream", {}):
+    if name in config["downstream"]:
         return paths.downstream_dir(dict(config), name)
-    if config["pool"].get("source") == "world":
+    if config["pool"]["source"] == "world":
         return paths.fill(paths.WORLD_DOWNSTREAM, dataset=name)
     raise ConfigError(f"finetune: downstream set {name!r} is not under downstream (give it a path there)")
 
@@ -204,7 +204,7 @@ def job_inputs(config: Mapping, model: str, scale: str, samples: str) -> dict[st
     """The run's record (its final checkpoint) and the world when it makes a set of the job."""
     run = grid.find_run(dict(config), model, scale, samples)
     out = {"run": paths.fill(paths.RUN_DONE, **run.wildcards)}
-    if config["pool"].get("source") == "world":
+    if config["pool"]["source"] == "world":
         out["world"] = paths.WORLD_DONE
     return out
 
@@ -214,15 +214,17 @@ def problems(config: Mapping) -> list[str]:
     exist, a control that is also a joint task, runs that select nothing."""
     import jsonschema
 
+    from clipscale.world import unmade_set_problem  # here: PIL and pandas, for the checks only
+
     ft = section(config)
     out = []
     schema = config_mod.load_schema()["properties"]["finetune"]["properties"]["recipe"]
     values = jsonschema.Draft202012Validator({"type": "object", "properties": schema["properties"]})
     inter = ft["intermediate"]
-    for where, over in [(f"finetune.models.{m}", o) for m, o in ft.get("models", {}).items()] + [
-            ("finetune.patching.recipe", ft["patching"].get("recipe", {})),
-            ("finetune.intermediate.recipe", inter.get("recipe", {}))] + [
-            (f"finetune.intermediate.models.{m}", o) for m, o in inter.get("models", {}).items()]:
+    for where, over in [(f"finetune.models.{m}", o) for m, o in ft["models"].items()] + [
+            ("finetune.patching.recipe", ft["patching"]["recipe"]),
+            ("finetune.intermediate.recipe", inter["recipe"])] + [
+            (f"finetune.intermediate.models.{m}", o) for m, o in inter["models"].items()]:
         allowed = RECIPE_KEYS | (MODEL_EXECUTION_KEYS if where.startswith("finetune.models.") else set())
         unknown = sorted(set(over) - allowed)
         if unknown:
@@ -232,8 +234,8 @@ def problems(config: Mapping) -> list[str]:
             out.append(f"{where}.micro_batch_size: {micro!r} is not a positive integer")
         for e in values.iter_errors(over):
             out.append(f"{where}.{'.'.join(str(x) for x in e.absolute_path)}: {e.message}")
-    for where, names in (("finetune.models", ft.get("models", {})),
-                         ("finetune.intermediate.models", inter.get("models", {}))):
+    for where, names in (("finetune.models", ft["models"]),
+                         ("finetune.intermediate.models", inter["models"])):
         out += [f"{where}: {m!r} is not defined under models" for m in names if m not in config["models"]]
     world = world_size(config)
     for protocol in ft["protocols"]:
@@ -259,11 +261,11 @@ def problems(config: Mapping) -> list[str]:
         if lacking:
             out.append(f"finetune.classification.high_res: no image size for {lacking} (protocols {hires} "
                        f"fine-tune them at it)")
-    own = ft.get("sets", {})
+    own = ft["sets"]
     for protocol in ft["protocols"]:
         for name in datasets(config, protocol):
-            known = name in config.get("downstream", {}) or name in own
-            problem = None if known else config_mod.unmade_set_problem(config, name)
+            known = name in config["downstream"] or name in own
+            problem = None if known else unmade_set_problem(config, name)
             if problem:
                 out.append(f"finetune.{protocol}: {name!r} is not under downstream and {problem}")
     if ft["patching"]["control"] in ft["patching"]["tasks"]:
@@ -300,7 +302,7 @@ def path_problems(config: Mapping) -> list[str]:
         return []
     used = {name for protocol in ft["protocols"] for name in datasets(config, protocol)}
     out = []
-    for name, spec in ft.get("sets", {}).items():
+    for name, spec in ft["sets"].items():
         if name not in used:
             continue
         root = Path(spec["path"])
