@@ -615,7 +615,7 @@ def draw_extrapolation(table: pd.DataFrame, result: Mapping, title: str | None =
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from clipscale.figures import (
+    from clipscale.figures.style import (
         LABEL_FONTSIZE,
         TITLE_FONTSIZE,
         _log_error_axis,

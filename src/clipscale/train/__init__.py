@@ -21,6 +21,7 @@ Modules, by role:
   ``--help``);
 """
 
+from clipscale.stopping import TrainingStopped, stop_on_signals  # as train.py had them
 from clipscale.train.arguments import device_of, open_clip_args, seed_branch, trunk_checkpoint
 from clipscale.train.entry import main
 from clipscale.train.launcher import (check_requeue, end_of_window, launch, refuse_hopeless, requeue_this_job,
@@ -37,11 +38,11 @@ from clipscale.train.run import train
 
 __all__ = [
     "ATTEMPTS_NAME", "DivergenceError", "LOSSES_NAME", "LossGuard", "MAX_SKIP_EXAMPLES", "OPENCLIP_NAME", "Requeued",
-    "SETTINGS_NAME", "SKIPPED_NAME", "SKIP_DIR_ENV", "SUPERSEDED_NAME", "TrainingError", "check_requeue",
-    "check_resume_checkpoints", "check_shards", "checkpoint_dir", "checkpoint_problem", "checkpoints", "device_of",
-    "end_attempt", "end_of_window", "file_identity", "install_fast_data_path", "install_guards",
-    "install_safe_saving", "install_shuffle_buffer", "install_skip_counting", "install_wandb_offline", "launch",
-    "main", "open_clip_args", "rank", "read_attempts", "refuse_hopeless", "requeue_this_job", "resume_before_missing",
-    "run_dir", "seed_branch", "skipped_summary", "slurm_job_fields", "start_attempt", "supersede_other_settings",
-    "train", "trunk_checkpoint",
+    "SETTINGS_NAME", "SKIPPED_NAME", "SKIP_DIR_ENV", "SUPERSEDED_NAME", "TrainingError", "TrainingStopped",
+    "check_requeue", "check_resume_checkpoints", "check_shards", "checkpoint_dir", "checkpoint_problem",
+    "checkpoints", "device_of", "end_attempt", "end_of_window", "file_identity", "install_fast_data_path",
+    "install_guards", "install_safe_saving", "install_shuffle_buffer", "install_skip_counting",
+    "install_wandb_offline", "launch", "main", "open_clip_args", "rank", "read_attempts", "refuse_hopeless",
+    "requeue_this_job", "resume_before_missing", "run_dir", "seed_branch", "skipped_summary", "slurm_job_fields",
+    "start_attempt", "stop_on_signals", "supersede_other_settings", "train", "trunk_checkpoint",
 ]
