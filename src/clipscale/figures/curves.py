@@ -31,7 +31,7 @@ def read_losses(run_records: Iterable[str | Path]) -> pd.DataFrame:
     (a step trained again after a resume counts with its last value) with the run's name, model
     label, data, samples seen label, schedule, and ``samples_seen`` = (step + 1) x the global
     batch. A const-cooldown branch's file starts at its trunk's checkpoint."""
-    from clipscale.train import LOSSES_NAME
+    from clipscale.train.records import LOSSES_NAME
 
     frames = []
     for record_path in run_records:
