@@ -213,7 +213,7 @@ def test_compute_figures_draw_the_fit_steps_laws(tmp_path, published, monkeypatc
     coef.to_csv(out["coefficients"], index=False)
     monkeypatch.setattr(fit, "fit_table", lambda *a, **k: pytest.fail("the figure step fitted"))
     drawn = {}
-    monkeypatch.setattr(figures, "save", lambda fig, outputs: drawn.setdefault("fig", fig))
+    monkeypatch.setattr(figures.step, "save", lambda fig, outputs: drawn.setdefault("fig", fig))
     spec = figures.published_specs()[0]
     figures.make({"spec": dataclasses.asdict(spec), "scales": {}, "downstream": {}}, {"published": str(tab)},
                  None, [tmp_path / "f.pdf"], fits={"published": (out["coefficients"], out["draws"])})

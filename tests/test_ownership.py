@@ -122,7 +122,7 @@ def test_a_job_that_cannot_requeue_says_so_at_once_and_its_window_ends_cleanly(m
     train.run_dir(RUN).mkdir(parents=True)
     (train.run_dir(RUN) / train.ATTEMPTS_NAME).write_text(json.dumps({"id": 1, "ended": "signal SIGUSR1", "steps": 5}) + "\n")
     called = []
-    monkeypatch.setattr(train, "requeue_this_job", lambda job: called.append(job))
+    monkeypatch.setattr(train.launcher, "requeue_this_job", lambda job: called.append(job))
     with pytest.raises(train.TrainingError, match="cannot requeue itself: Snakemake's retry resumes there") as e:
         train.end_of_window(RUN, {**HP, "requeue": False}, None)
     assert not isinstance(e.value, train.Requeued) and not called

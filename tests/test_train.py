@@ -539,7 +539,7 @@ def test_a_window_without_a_step_is_requeued_once_after_progress(in_tmp, monkeyp
     train.run_dir(run).mkdir(parents=True)
     monkeypatch.setenv("SLURM_JOB_ID", "123")
     calls = []
-    monkeypatch.setattr(train, "requeue_this_job", lambda job: calls.append(job))
+    monkeypatch.setattr(train.launcher, "requeue_this_job", lambda job: calls.append(job))
     hp = grid.hparams(cfg, run)
     not_requeued = r"before this attempt trained a step.*not requeued.*train.runtime.*signal_lead_s.*see job.log"
 
@@ -579,7 +579,7 @@ def test_a_walltime_warning_after_the_run_finished_does_not_requeue_it(in_tmp, m
     run = run_of(cfg, SAMPLES)
     monkeypatch.setenv("SLURM_JOB_ID", "123")
     calls = []
-    monkeypatch.setattr(train, "requeue_this_job", lambda job: calls.append(job))
+    monkeypatch.setattr(train.launcher, "requeue_this_job", lambda job: calls.append(job))
     monkeypatch.setattr(clipscale.launch, "build_command",
                         lambda target, args, **kw: [sys.executable, "-c", FINISH_THEN_DIE, how, args[-1]])
     with caplog.at_level(logging.WARNING, logger="clipscale.train"):

@@ -50,7 +50,7 @@ def _read_json(path: str | Path, what: str) -> dict:
 def our_checkpoint(config: dict, model: str, scale: str, samples: str, epoch: int | str,
                    run_record: str | Path | None = None) -> CheckpointInfo:
     """Checkpoint ``epoch`` of one of our runs, described from its run.json."""
-    from clipscale.train import checkpoint_dir
+    from clipscale.train.records import checkpoint_dir
 
     run = grid.find_run(config, model, scale, samples)
     record_path = run_record or paths.fill(paths.RUN_DONE, **run.wildcards)

@@ -5,7 +5,9 @@ of our runs' final checkpoints (Sec. 4.4; supplement B.2.2).
   and recipes (no torch: the Snakefile and the config check import it);
 * ``recipe``: the recipe of the paper's Table 10 made of timm's parts, patching's interpolation;
 * ``job``: the job (resumable, data parallel), its result file; ``python -m clipscale.finetune``
-  is one process of a launched job;
+  is one process of a launched job; its parts: ``data`` (a task's shards, splits, batches, seeded
+  decoding; the ranks), ``loop`` (the training loop, the ``Trainer``), ``evaluation`` (heads,
+  accuracy, the protocols' runs, patching's sweep);
 * ``results``: the fine-tuning table of the jobs' result files and its log.
 """
 
