@@ -50,7 +50,7 @@ from datetime import datetime
 from pathlib import Path
 
 from clipscale import config as config_mod
-from clipscale import files, grid, models, ownership, paths, resume, shaping, stopping
+from clipscale import files, grid, models, ownership, paths, resume, shaping, stopping, train_imports
 from clipscale.stopping import TrainingStopped, run_until_stopped, stop_on_signals
 from clipscale.subsets import read_manifest
 
@@ -1058,6 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = config_mod.load(a.config)
     run = grid.find_run(cfg, a.model, a.scale, a.samples)
+    train_imports.keep_out(train_imports.unused(cfg, run))  # one job, one process: before open_clip
     with stop_on_signals():
         try:
             record = train(cfg, run, a.manifest, until=a.until_epoch)
