@@ -299,3 +299,117 @@ def test_the_fused_pipeline_refuses_a_pipeline_it_does_not_know():
     loader = wds.WebLoader(wds.DataPipeline(*steps), batch_size=None, num_workers=0)
     with pytest.raises(datapath.DataPathError, match="open_clip changed"):
         datapath.fuse(loader)
+
+
+def _odd_tars(small_world, folder):
+    """Archives the fast reader must read as tarfile does, or leave to it: pax headers (a long
+    and a non-ASCII name), gzip, a directory and webdataset meta files, a bad checksum in the
+    middle, truncated data, an empty file, a GNU-format archive."""
+    import gzip
+    import io
+    import tarfile
+
+    with tarfile.open(small_world / "pool" / "00000.tar") as src:
+        members = [(m.name, src.extractfile(m).read()) for m in src.getmembers()[:30]]
+
+    def write(path, fmt=tarfile.USTAR_FORMAT, extra=(), dirs=False):
+        with tarfile.open(path, "w", format=fmt) as dst:
+            if dirs:
+                dst.addfile(_dir("sub"))
+            for name, data in list(members) + list(extra):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                dst.addfile(info, io.BytesIO(data))
+        return path
+
+    def _dir(name):
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.DIRTYPE
+        return info
+
+    out = {"plain": write(folder / "plain.tar"),
+           "gnu": write(folder / "gnu.tar", tarfile.GNU_FORMAT),
+           "pax": write(folder / "pax.tar", tarfile.PAX_FORMAT,
+                        [("x" * 120 + ".txt", b"long"), ("caf\u00e9.txt", b"accent")]),
+           "meta": write(folder / "meta.tar", extra=[("__meta__.json", b"{}"), ("a/__x__/y.txt", b"z")],
+                         dirs=True)}
+    plain = out["plain"].read_bytes()
+    (folder / "plain.tar.gz").write_bytes(gzip.compress(plain))
+    out["gz"] = folder / "plain.tar.gz"
+    bad = bytearray(plain)
+    bad[512 * 12 + 10] ^= 0x55  # a byte of a later header's name: its checksum no longer matches
+    (folder / "badsum.tar").write_bytes(bytes(bad))
+    out["badsum"] = folder / "badsum.tar"
+    (folder / "truncated.tar").write_bytes(plain[:512 * 20 + 100])
+    out["truncated"] = folder / "truncated.tar"
+    (folder / "empty.tar").write_bytes(b"")
+    out["empty"] = folder / "empty.tar"
+    return out
+
+
+def test_the_fast_tar_reader_gives_webdatasets_samples_and_errors(small_world, tmp_path):
+    """open_clip_train's tarfile_to_samples_nothrow with clipscale.datapath's tar_file_expander:
+    the same samples (keys, bytes, urls) and the same errors handed to the handler, archive by
+    archive and all in one stream."""
+    import webdataset.tariterators as wt
+    from open_clip_train import data as oct_data
+
+    from clipscale import datapath
+
+    tars = _odd_tars(small_world, tmp_path)
+    tars["world"] = small_world / "pool" / "00001.tar"
+
+    def read(urls, fast):
+        errors = []
+
+        def handler(exn):
+            errors.append((type(exn).__name__, str(exn.args[0])[:60] if exn.args else ""))
+            return True
+
+        original = oct_data.tar_file_expander
+        oct_data.tar_file_expander = datapath.tar_file_expander if fast else wt.tar_file_expander
+        try:
+            samples = list(oct_data.tarfile_to_samples_nothrow([{"url": str(u)} for u in urls], handler=handler))
+        finally:
+            oct_data.tar_file_expander = original
+        return samples, errors
+
+    for name, path in [*tars.items(), ("all", list(tars.values()))]:
+        urls = path if isinstance(path, list) else [path]
+        want, want_errors = read(urls, False)
+        got, got_errors = read(urls, True)
+        assert got == want and got_errors == want_errors, name
+        if name in ("plain", "world", "gnu"):
+            assert len(want) >= 10 and not want_errors
+    assert read([tars["empty"]], False)[1]  # ReadError('empty file'): errors were compared
+    assert 0 < len(read([tars["truncated"]], False)[0]) < len(read([tars["plain"]], False)[0])
+    assert len(read([tars["badsum"]], False)[0]) < len(read([tars["plain"]], False)[0])
+
+
+def test_the_fast_tar_reader_is_installed_where_open_clip_reads():
+    from open_clip_train import data as oct_data
+
+    from clipscale import datapath
+
+    original = oct_data.tar_file_expander
+    try:
+        datapath.install_tar_reader()
+        assert oct_data.tar_file_expander is datapath.tar_file_expander
+        datapath.install_tar_reader()  # twice: the same
+    finally:
+        oct_data.tar_file_expander = original
+
+
+def test_plain_shards_are_read_without_tarfile(small_world, monkeypatch):
+    from open_clip_train import data as oct_data
+
+    from clipscale import datapath
+
+    def no_tarfile():
+        raise AssertionError("left to tarfile")
+
+    want = list(oct_data.tarfile_to_samples_nothrow([{"url": str(small_world / "pool" / "00000.tar")}]))
+    monkeypatch.setattr(datapath, "_upstream_expander", no_tarfile)
+    monkeypatch.setattr(oct_data, "tar_file_expander", datapath.tar_file_expander)
+    got = list(oct_data.tarfile_to_samples_nothrow([{"url": str(small_world / "pool" / "00000.tar")}]))
+    assert got == want and len(got) >= 100

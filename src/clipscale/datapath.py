@@ -24,6 +24,14 @@ decoder's Python, as in the work itself (benchmarks/README.md, "How far from the
 
 For a seed the batches are bit-identical to upstream's (tests/test_augment.py): same samples,
 same crops, same float32 values, same token ids.
+
+Before the shuffle, open_clip reads the shards with webdataset's ``tar_file_expander`` (Python's
+tarfile in stream mode: about 25 µs of Python per member, three members a sample here).
+``install_tar_reader`` gives it ``tar_file_expander`` of this module: plain ustar/GNU archives in
+a local file are parsed here (each header checked as tarfile checks it), yielding the same file
+dicts; an archive with anything else (pax or long-name headers, compression, links, a bad
+checksum, truncation) is read by webdataset's own from the start, skipping what was already
+yielded, so its samples and its errors are upstream's.
 """
 
 from __future__ import annotations
@@ -50,6 +58,22 @@ def decode_image(data: bytes):
     return img
 
 
+def decode_sample(sample: dict, decoder) -> tuple:
+    """(image, caption) of a selected sample as decode("pilrgb") + rename(image=..., text="txt")
+    give them: the first of IMAGE_KEYS by ``decode_image``, the caption as UTF-8, and every other
+    member (not ``__``-prefixed) through webdataset's ``decoder`` as upstream does, in the
+    sample's order (so that the first error raised is upstream's), its result dropped."""
+    image_key = next(k for k in IMAGE_KEYS if k in sample)
+    for key, value in sample.items():
+        if key == image_key:
+            img = decode_image(value)
+        elif key == "txt":
+            text = value.decode("utf-8")
+        elif key[:2] != "__":
+            decoder.decode1(key, value)
+    return img, text
+
+
 def batches(data, select, handler, decoder, transform, text_fn, batchsize: int, partial: bool,
             collation_fn):
     """The stages select, decode("pilrgb", handler), rename(image="jpg;png;jpeg;webp",
@@ -73,14 +97,7 @@ def batches(data, select, handler, decoder, transform, text_fn, batchsize: int, 
         if not select(sample):
             continue
         try:
-            image_key = next(k for k in IMAGE_KEYS if k in sample)
-            for key, value in sample.items():  # in upstream's order: the same first error
-                if key == image_key:
-                    img = decode_image(value)
-                elif key == "txt":
-                    text = value.decode("utf-8")
-                elif key[:2] != "__":
-                    decoder.decode1(key, value)  # decoded by upstream too, then dropped
+            img, text = decode_sample(sample, decoder)
         except Exception as exn:  # as webdataset's _decode
             if handler(exn):
                 continue
@@ -147,3 +164,115 @@ def fuse(loader) -> None:
     start, kw = _tail(steps)
     decoder = wa.Decoder([wa.imagehandler("pilrgb")])  # as webdataset's _decode builds it
     steps[start:start + 6] = [wf.FilterFunction(batches, decoder=decoder, **kw)]
+
+
+# --- reading the shards --------------------------------------------------------------------
+
+BLOCK = 512
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gz, bz2, xz, zstd: tarfile's "r|*"
+
+
+class _NotPlain(Exception):
+    """A header the plain reader leaves to tarfile."""
+
+
+def _plain_members(stream):
+    """(name, bytes) of the regular files of an uncompressed tar archive, as tarfile's stream
+    mode reads them, for archives of plain ustar/GNU headers (what webdataset's and Python's
+    writers make of short ASCII names); raises _NotPlain at anything else (pax or GNU long-name
+    headers, links, a bad checksum, truncation, an empty file), so that tarfile reads it."""
+    import tarfile
+
+    read = stream.read
+    offset = 0
+    while True:
+        header = read(BLOCK)
+        if not header and offset:
+            return  # tarfile: an empty header after the first ends the archive
+        if len(header) < BLOCK:
+            raise _NotPlain("truncated header")
+        if header.count(0) == BLOCK:
+            if not offset:
+                raise _NotPlain("empty archive")
+            return  # the end-of-archive zero block
+        if offset == 0 and header.startswith(_COMPRESSED):
+            raise _NotPlain("compressed")
+        kind = header[156:157]
+        size_field = header[124:136]
+        if kind not in (b"0", b"\x00") or header[345:500].count(0) != 155 or size_field[0] & 0x80:
+            raise _NotPlain(f"header type {kind!r}")
+        stored = int(header[148:156].split(b"\x00", 1)[0].strip() or b"-1", 8)
+        if stored != sum(header) - sum(header[148:156]) + 256:  # chksum field counted as 8 spaces
+            raise _NotPlain("checksum")
+        name = header[:100].split(b"\x00", 1)[0].decode(tarfile.ENCODING, "surrogateescape")
+        size = int(size_field.split(b"\x00", 1)[0].strip() or b"0", 8)
+        if name.endswith("/"):
+            raise _NotPlain("directory")
+        data = read(size)
+        padding = -size % BLOCK
+        if len(data) < size or (padding and len(read(padding)) < padding):
+            raise _NotPlain("truncated data")
+        offset += BLOCK + size + padding
+        yield name, data
+
+
+def _upstream_expander():
+    import webdataset.tariterators as wt
+
+    return wt.tar_file_expander
+
+
+def tar_file_expander(data, handler=None, select_files=None, rename_files=None):
+    """webdataset's tar_file_expander (open_clip_train's tarfile_to_samples_nothrow reads the
+    shards with it), yielding the same file dicts (fname, data, __url__) and handling errors the
+    same way: plain archives in a seekable stream (a local shard) are parsed here, a dozen times
+    faster than by tarfile; anything else, and any archive where the plain reader meets a header it
+    leaves to tarfile, is read by webdataset's own (from the start, skipping what was yielded)."""
+    import re
+
+    import webdataset.tariterators as wt
+    from webdataset.handlers import reraise_exception
+
+    handler = handler or reraise_exception
+    if select_files is not None or rename_files is not None:
+        yield from _upstream_expander()(data, handler=handler, select_files=select_files, rename_files=rename_files)
+        return
+    meta = re.compile(r"__[^/]*__($|/)")  # tar_file_iterator's skip_meta
+    for source in data:
+        stream = source.get("stream") if isinstance(source, dict) else None
+        seekable = getattr(stream, "seekable", None)
+        if stream is None or seekable is None or not seekable() or stream.tell() != 0:
+            yield from _upstream_expander()([source], handler=handler)
+            continue
+        url, done = source["url"], 0
+        try:
+            for name, value in _plain_members(stream):
+                if ("/" not in name and name.startswith(wt.meta_prefix) and name.endswith(wt.meta_suffix)) \
+                        or meta.match(name):
+                    continue
+                done += 1
+                yield {"fname": name, "data": value, "__url__": url}
+        except Exception:  # _NotPlain, or an error that tarfile shall meet and report itself
+            stream.seek(0)
+            for n, sample in enumerate(_upstream_expander()([source], handler=handler)):
+                if n >= done:
+                    yield sample
+
+
+def install_tar_reader() -> None:
+    """Make open_clip_train's tarfile_to_samples_nothrow read shards with ``tar_file_expander``
+    (it looks the name up in open_clip_train.data at each call); raises DataPathError if upstream
+    no longer reads them through that name."""
+    import open_clip_train.data as oct_data
+
+    reader = getattr(oct_data, "_clipscale_originals", {}).get("tarfile_to_samples_nothrow") \
+        or getattr(oct_data, "tarfile_to_samples_nothrow", None)
+    if reader is None or "tar_file_expander" not in reader.__code__.co_names \
+            or getattr(oct_data, "tar_file_expander", None) is None:
+        raise DataPathError("open_clip_train.data.tarfile_to_samples_nothrow no longer reads with "
+                            "tar_file_expander: open_clip changed; update clipscale.datapath")
+    import webdataset.tariterators as wt
+
+    if oct_data.tar_file_expander not in (wt.tar_file_expander, tar_file_expander):
+        raise DataPathError("open_clip_train.data.tar_file_expander is not webdataset's: update clipscale.datapath")
+    oct_data.tar_file_expander = tar_file_expander

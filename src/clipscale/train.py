@@ -373,9 +373,9 @@ def install_fast_data_path() -> None:
     """Give open_clip_train's data pipeline ``clipscale.augment``'s faster equivalents of its
     default training transform (the same crop distribution and, for a crop, the same tensor) and
     of its tokenizer (tokens of repeated captions remembered); any other transform passes
-    unchanged; and the training pipeline's per-sample stages done a batch at a time, the same
-    batches (``clipscale.datapath.fuse``). Patches the name ``get_data`` that open_clip_train's
-    main calls; fails loudly if upstream stopped calling it there."""
+    unchanged; and the training pipeline's per-sample stages done a batch at a time and its shards
+    read without tarfile, the same batches (``clipscale.datapath``). Patches the name ``get_data``
+    that open_clip_train's main calls; fails loudly if upstream stopped calling it there."""
     import open_clip_train.main as oct_main
 
     from clipscale import augment, datapath
@@ -385,6 +385,7 @@ def install_fast_data_path() -> None:
     if not hasattr(oct_main, "get_data") or (upstream_main and "get_data" not in main.__code__.co_names):
         raise TrainingError("open_clip_train.main.main no longer calls get_data: open_clip changed; "
                             "update clipscale.train.install_fast_data_path")
+    datapath.install_tar_reader()  # the shards read without tarfile's per-member Python
     if getattr(oct_main.get_data, "_clipscale_fast", False):
         return
     original = oct_main.get_data
