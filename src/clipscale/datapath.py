@@ -79,19 +79,20 @@ def batches(data, select, handler, decoder, transform, text_fn, batchsize: int, 
     """The stages select, decode("pilrgb", handler), rename(image="jpg;png;jpeg;webp",
     text="txt"), map_dict(image=transform, text=text_fn), to_tuple("image", "text") and
     batched(batchsize, collation_fn, partial) of webdataset, as one stage (see the module)."""
+    import webdataset.filters as wf
+
     from clipscale.augment import FastTrainTransform
 
-    fast = transform if isinstance(transform, FastTrainTransform) else None
+    fast = transform if isinstance(transform, FastTrainTransform) and collation_fn is wf.default_collation_fn \
+        else None
     batch: list[tuple] = []
 
     def finish(batch):
         texts = [text_fn(text) for _, text in batch]
         if fast is None:
             return collation_fn([(image, text) for (image, _), text in zip(batch, texts)])
-        import torch
-
         images = fast.normalize_batch([fast.crop_bytes(img, params) for (img, params), _ in batch])
-        return [images, torch.stack(texts)]
+        return [images, collation_fn([(text,) for text in texts])[0]]  # torch.stack of token tensors
 
     for sample in data:
         if not select(sample):
