@@ -17,11 +17,14 @@ bounds of the rates.
    data path), batches of train.batch_size: samples/s and FLOP/s (6 x the measured forward GMAC
    per sample, clipscale.models.measure_gmac), and the share of the matmul rate at its shapes.
 3. The data path per sample, stage by stage, on a small world's shards (clipscale's world
-   generator, 32-px images): read (webdataset's tar reader and open_clip's shuffle buffer),
-   decode (open_clip's select + pilrgb decode + rename), transform (open_clip's training
-   transform, and clipscale.augment's FastTrainTransform that training uses), tokenize (open_clip's
-   SimpleTokenizer, and clipscale.augment's CachedTokenizer that training uses), collate (to_tuple
-   + batched); then the whole pipeline as training builds it.
+   generator, 32-px images): read (webdataset's tar reader, clipscale.datapath's plain tar reader
+   that training uses, and open_clip's shuffle buffer), decode (open_clip's select + pilrgb decode
+   + rename, and datapath's direct PIL decode), transform (open_clip's training transform,
+   clipscale.augment's FastTrainTransform per sample, and datapath's batch-wise one that training
+   uses: crop per sample, ToTensor + Normalize per batch), tokenize (open_clip's SimpleTokenizer,
+   and clipscale.augment's CachedTokenizer that training uses), collate (to_tuple + batched); then
+   the whole pipeline as open_clip builds it (cut after each group of stages) and as training
+   runs it now (datapath's reader and fused stage).
 4. Per model: samples/s on one core with the data path in the same process (workers: 0, the
    default) = 1 / (training s/sample + data s/sample): the limit and what stands before it.
 5. One evaluation job (workflow/scripts/evaluate.py's body) of a tiny checkpoint on the world's
@@ -139,7 +142,9 @@ def data_path(shards: list[str], batch: int, context_length: int, repeats: int) 
     import webdataset as wds
     from open_clip_train import data as oct_data
 
-    from clipscale import augment
+    import webdataset.autodecode as wa
+
+    from clipscale import augment, datapath
 
     def read():
         return list(wds.tarfile_to_samples()(iter([{"url": s} for s in shards])))
@@ -155,6 +160,19 @@ def data_path(shards: list[str], batch: int, context_length: int, repeats: int) 
             it = f(it)
         return list(it)
 
+    def read_plain():  # open_clip's reader with clipscale.datapath's tar_file_expander
+        original = oct_data.tar_file_expander
+        oct_data.tar_file_expander = datapath.tar_file_expander
+        try:
+            return list(oct_data.tarfile_to_samples_nothrow(iter([{"url": s} for s in shards])))
+        finally:
+            oct_data.tar_file_expander = original
+
+    def decode_direct(samples):  # clipscale.datapath's per-sample select + decode
+        decoder = wa.Decoder([wa.imagehandler("pilrgb")])
+        select = oct_data.filter_no_caption_or_no_image
+        return [datapath.decode_sample(s, decoder) for s in samples if select(s)]
+
     samples = read()
     n = len(samples)
     decoded = decode(shuffle(samples))
@@ -167,6 +185,14 @@ def data_path(shards: list[str], batch: int, context_length: int, repeats: int) 
     torch.manual_seed(0)
     tensors = [fast(im) for im in images]
     tokens = [tokenizer(t)[0] for t in texts]
+
+    def batchwise():  # clipscale.datapath's transform: draw + crop per sample, the tensors per batch
+        out = []
+        for k in range(0, len(images) - batch + 1, batch):
+            chunk = images[k:k + batch]
+            params = [fast.draw(im) for im in chunk]
+            out.append(fast.normalize_batch([fast.crop_bytes(im, p) for im, p in zip(chunk, params)]))
+        return out
 
     def collate():
         it = wds.batched(batch, partial=False)(iter(list(zip(tensors, tokens))))
@@ -182,9 +208,12 @@ def data_path(shards: list[str], batch: int, context_length: int, repeats: int) 
     stages = {
         "read (tar)": cpu_of(read, repeats),
         "shuffle buffer": cpu_of(lambda: shuffle(samples), repeats),
+        "read: datapath's plain tar reader": cpu_of(read_plain, repeats),
         "decode (select, pilrgb, rename)": cpu_of(lambda: decode(samples), repeats),
+        "decode: datapath (select, PIL)": cpu_of(lambda: decode_direct(samples), repeats),
         "transform: open_clip's": cpu_of(lambda: [upstream(im) for im in images], repeats),
         "transform: FastTrainTransform": cpu_of(lambda: [fast(im) for im in images], repeats),
+        "transform: datapath, per batch": cpu_of(batchwise, repeats),
         "tokenize: SimpleTokenizer": cpu_of(lambda: [tokenizer(t)[0] for t in texts], repeats),
         "tokenize: CachedTokenizer": cpu_of(cached_tokenize, repeats),
         "tokenize: CachedTokenizer, warm": cpu_of(lambda: [warm(t)[0] for t in texts], repeats),
@@ -209,7 +238,26 @@ def data_path(shards: list[str], batch: int, context_length: int, repeats: int) 
     for label, upto in cuts.items():
         pipeline(upto)  # warm
         pipe[label] = cpu_of(lambda: pipeline(upto), repeats) / n
-    whole_s = pipe["+ to_tuple, batched"]
+    def pipeline_now() -> int:  # clipscale.datapath's reader and fused stage, as training runs it now
+        tok = augment.CachedTokenizer(tokenizer)
+        steps = [wds.SimpleShardList(shards), oct_data.tarfile_to_samples_nothrow, wds.shuffle(500, 100),
+                 wds.select(oct_data.filter_no_caption_or_no_image), wds.decode("pilrgb"),
+                 wds.rename(image="jpg;png;jpeg;webp", text="txt"),
+                 wds.map_dict(image=fast, text=lambda text: tok(text)[0]),
+                 wds.to_tuple("image", "text"), wds.batched(batch, partial=False)]
+        loader = wds.WebLoader(wds.DataPipeline(*steps), batch_size=None, shuffle=False, num_workers=0)
+        datapath.fuse(loader)
+        original = oct_data.tar_file_expander
+        oct_data.tar_file_expander = datapath.tar_file_expander
+        try:
+            return sum(1 for _ in loader)
+        finally:
+            oct_data.tar_file_expander = original
+
+    pipeline_now()  # warm
+    pipe["clipscale.datapath (training now)"] = cpu_of(pipeline_now, repeats) / n
+    whole_s = pipe["clipscale.datapath (training now)"]
+    pipe["before: open_clip's stages"] = pipe["+ to_tuple, batched"]
     per_sample["_pipeline"] = pipe
     return per_sample, len(set(texts)), whole_s
 
@@ -350,16 +398,18 @@ def main() -> None:
               f"captions of {len(shards) * 1000}; median of {repeats})")
         for stage, s in per_sample.items():
             print(f"  {stage:<34} {s * 1e6:7.1f} us")
-        used = ("read (tar)", "shuffle buffer", "decode (select, pilrgb, rename)", "transform: FastTrainTransform",
-                "tokenize: CachedTokenizer", "collate (batched)")
+        used = ("read: datapath's plain tar reader", "shuffle buffer", "decode: datapath (select, PIL)",
+                "transform: datapath, per batch", "tokenize: CachedTokenizer", "collate (batched)")
         upstream = ("read (tar)", "shuffle buffer", "decode (select, pilrgb, rename)", "transform: open_clip's",
                     "tokenize: SimpleTokenizer", "collate (batched)")
         stage_sum = sum(per_sample[k] for k in used)
         print(f"  {'sum, as training runs it':<34} {stage_sum * 1e6:7.1f} us  "
               f"(open_clip's own steps: {sum(per_sample[k] for k in upstream) * 1e6:.1f} us)")
-        print("  the pipeline as training builds it (stages interleaved), cumulative:")
+        print("  the pipeline as open_clip builds it (stages interleaved; fast transform, cached tokenizer),"
+              " cumulative, then as training runs it now (clipscale.datapath's reader and fused stage):")
         for label, t in pipe.items():
-            print(f"    {label:<32} {t * 1e6:7.1f} us")
+            if label != "before: open_clip's stages":
+                print(f"    {label:<36} {t * 1e6:7.1f} us")
         print(f"  {'whole pipeline, as training runs it':<34} {whole * 1e6:7.1f} us  (target of issue 33: 250 us)")
 
         print("\n4. one core, data read in the training process (train.workers: 0)")

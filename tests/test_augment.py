@@ -182,3 +182,234 @@ def test_the_cached_tokenizer_gives_open_clips_ids_on_the_worlds_captions(small_
         want = reference(text)
         assert got.dtype == want.dtype and torch.equal(got, want), text[:80]
     assert len(tok._tokens) == len(set(captions + ODD_CAPTIONS))
+
+
+# --- clipscale.datapath: open_clip's per-sample pipeline stages, done a batch at a time --------
+
+
+def _shard_with_faults(small_world, out, every: int = 10) -> None:
+    """The small world's first shard with every ``every``-th image corrupt, caption missing and
+    json unreadable (at different keys), and one PNG and one grey-scale image: what the stages
+    before the batch must skip or convert as upstream does."""
+    import io
+    import tarfile
+
+    with tarfile.open(small_world / "pool" / "00000.tar") as src, tarfile.open(out, "w") as dst:
+        for n, member in enumerate(src.getmembers()):
+            key, ext = member.name.split(".", 1)
+            data = src.extractfile(member).read()
+            k = int(key)
+            if ext == "txt" and k % every == 7:
+                continue
+            if ext == "jpg" and k % every == 3:
+                data = b"this is not a JPEG"
+            if ext == "json" and k % every == 5:
+                data = b"{not json"
+            if ext == "jpg" and k in (1, 2):  # a PNG (RGBA) and a grey-scale JPEG
+                buf = io.BytesIO()
+                img = Image.open(io.BytesIO(data))
+                img.convert("RGBA" if k == 1 else "L").save(buf, "PNG" if k == 1 else "JPEG")
+                data, ext = buf.getvalue(), ("png" if k == 1 else "jpg")
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+
+
+def _batches_of(shards, transform, tokenizer, fused: bool, batch: int, partial: bool = False):
+    """open_clip_train.data.get_wds_dataset's training stages after its shuffle (a seeded one,
+    reseeding torch at each batch of the stream as clipscale.resume does), optionally fused, and
+    the batches with torch's generator drawn between them (as a training step could)."""
+    import random
+
+    import webdataset as wds
+    from open_clip_train import data as oct_data
+
+    from clipscale import datapath
+
+    skipped = []
+
+    def handler(exn):
+        skipped.append(type(exn).__name__)
+        return True
+
+    def reseed(src):
+        for n, sample in enumerate(src):
+            if n % batch == 0:
+                torch.manual_seed(n // batch)
+            yield sample
+
+    steps = [wds.SimpleShardList(shards), wds.tarfile_to_samples(),
+             wds.shuffle(300, 60, rng=random.Random(0)), reseed,
+             wds.select(oct_data.filter_no_caption_or_no_image), wds.decode("pilrgb", handler=handler),
+             wds.rename(image="jpg;png;jpeg;webp", text="txt"),
+             wds.map_dict(image=transform, text=lambda text: tokenizer(text)[0]),
+             wds.to_tuple("image", "text"), wds.batched(batch, partial=partial)]
+    loader = wds.WebLoader(wds.DataPipeline(*steps), batch_size=None, shuffle=False, num_workers=0)
+    if fused:
+        datapath.fuse(loader)
+        assert [getattr(s, "f", None) for s in loader.pipeline[0].dataset.pipeline][-1] is datapath.batches
+    random.seed(0)  # open_clip's grey scale and colour jitter draw from Python's generator
+    out = []
+    for b in loader:
+        out.append(b)
+        torch.rand(7)
+    return out, skipped
+
+
+@pytest.mark.parametrize("fast,partial", [(True, False), (False, True)], ids=["fast-transform", "other-transform"])
+def test_the_fused_pipeline_gives_open_clips_batches_bit_for_bit(small_world, tmp_path, fast, partial):
+    """The same batches (images' float32 values, token ids, order), the same samples skipped for
+    the same reasons, with open_clip's default transform (FastTrainTransform, its pixel work done
+    per batch) and with any other transform (run per sample as upstream)."""
+    shard = tmp_path / "faulty.tar"
+    _shard_with_faults(small_world, shard)
+    if fast:
+        transform = augment.faster(open_clip.image_transform(32, is_train=True))
+        assert isinstance(transform, augment.FastTrainTransform)
+    else:
+        transform = open_clip.image_transform(32, is_train=True, aug_cfg={"gray_scale_prob": 0.5})
+    tokenizer = augment.CachedTokenizer(open_clip.tokenizer.SimpleTokenizer(context_length=16))
+    shards = [str(shard)] + sorted(str(p) for p in (small_world / "pool").glob("*.tar"))[1:2]
+    want, want_skipped = _batches_of(shards, transform, tokenizer, False, 32, partial)
+    got, got_skipped = _batches_of(shards, transform, tokenizer, True, 32, partial)
+    assert len(got) == len(want) >= 3
+    assert got_skipped == want_skipped and set(want_skipped) == {"UnidentifiedImageError", "JSONDecodeError"}
+    for (gi, gt), (wi, wt) in zip(got, want):
+        assert gi.dtype == wi.dtype == torch.float32 and gi.shape == wi.shape and gi.is_contiguous()
+        assert torch.equal(gi, wi) and gt.dtype == wt.dtype and torch.equal(gt, wt)
+    assert partial == (len(want[-1][0]) < 32)
+
+
+def test_the_batch_normalisation_is_the_per_sample_one_bit_for_bit():
+    fast = augment.faster(open_clip.image_transform(32, is_train=True))
+    imgs = [image(40 + k, 30 + 2 * k, seed=k) for k in range(16)]
+    torch.manual_seed(0)
+    params = [fast.draw(im) for im in imgs]
+    batch = fast.normalize_batch([fast.crop_bytes(im, p) for im, p in zip(imgs, params)])
+    assert torch.equal(batch, torch.stack([fast.apply(im, p) for im, p in zip(imgs, params)]))
+
+
+def test_the_fused_pipeline_refuses_a_pipeline_it_does_not_know():
+    import webdataset as wds
+
+    from clipscale import datapath
+
+    steps = [wds.SimpleShardList(["x.tar"]), wds.tarfile_to_samples(), wds.decode("pil"),
+             wds.to_tuple("jpg", "txt"), wds.batched(4)]
+    loader = wds.WebLoader(wds.DataPipeline(*steps), batch_size=None, num_workers=0)
+    with pytest.raises(datapath.DataPathError, match="open_clip changed"):
+        datapath.fuse(loader)
+
+
+def _odd_tars(small_world, folder):
+    """Archives the fast reader must read as tarfile does, or leave to it: pax headers (a long
+    and a non-ASCII name), gzip, a directory and webdataset meta files, a bad checksum in the
+    middle, truncated data, an empty file, a GNU-format archive."""
+    import gzip
+    import io
+    import tarfile
+
+    with tarfile.open(small_world / "pool" / "00000.tar") as src:
+        members = [(m.name, src.extractfile(m).read()) for m in src.getmembers()[:30]]
+
+    def write(path, fmt=tarfile.USTAR_FORMAT, extra=(), dirs=False):
+        with tarfile.open(path, "w", format=fmt) as dst:
+            if dirs:
+                dst.addfile(_dir("sub"))
+            for name, data in list(members) + list(extra):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                dst.addfile(info, io.BytesIO(data))
+        return path
+
+    def _dir(name):
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.DIRTYPE
+        return info
+
+    out = {"plain": write(folder / "plain.tar"),
+           "gnu": write(folder / "gnu.tar", tarfile.GNU_FORMAT),
+           "pax": write(folder / "pax.tar", tarfile.PAX_FORMAT,
+                        [("x" * 120 + ".txt", b"long"), ("caf\u00e9.txt", b"accent")]),
+           "meta": write(folder / "meta.tar", extra=[("__meta__.json", b"{}"), ("a/__x__/y.txt", b"z")],
+                         dirs=True)}
+    plain = out["plain"].read_bytes()
+    (folder / "plain.tar.gz").write_bytes(gzip.compress(plain))
+    out["gz"] = folder / "plain.tar.gz"
+    bad = bytearray(plain)
+    bad[512 * 12 + 10] ^= 0x55  # a byte of a later header's name: its checksum no longer matches
+    (folder / "badsum.tar").write_bytes(bytes(bad))
+    out["badsum"] = folder / "badsum.tar"
+    (folder / "truncated.tar").write_bytes(plain[:512 * 20 + 100])
+    out["truncated"] = folder / "truncated.tar"
+    (folder / "empty.tar").write_bytes(b"")
+    out["empty"] = folder / "empty.tar"
+    return out
+
+
+def test_the_fast_tar_reader_gives_webdatasets_samples_and_errors(small_world, tmp_path):
+    """open_clip_train's tarfile_to_samples_nothrow with clipscale.datapath's tar_file_expander:
+    the same samples (keys, bytes, urls) and the same errors handed to the handler, archive by
+    archive and all in one stream."""
+    import webdataset.tariterators as wt
+    from open_clip_train import data as oct_data
+
+    from clipscale import datapath
+
+    tars = _odd_tars(small_world, tmp_path)
+    tars["world"] = small_world / "pool" / "00001.tar"
+
+    def read(urls, fast):
+        errors = []
+
+        def handler(exn):
+            errors.append((type(exn).__name__, str(exn.args[0])[:60] if exn.args else ""))
+            return True
+
+        original = oct_data.tar_file_expander
+        oct_data.tar_file_expander = datapath.tar_file_expander if fast else wt.tar_file_expander
+        try:
+            samples = list(oct_data.tarfile_to_samples_nothrow([{"url": str(u)} for u in urls], handler=handler))
+        finally:
+            oct_data.tar_file_expander = original
+        return samples, errors
+
+    for name, path in [*tars.items(), ("all", list(tars.values()))]:
+        urls = path if isinstance(path, list) else [path]
+        want, want_errors = read(urls, False)
+        got, got_errors = read(urls, True)
+        assert got == want and got_errors == want_errors, name
+        if name in ("plain", "world", "gnu"):
+            assert len(want) >= 10 and not want_errors
+    assert read([tars["empty"]], False)[1]  # ReadError('empty file'): errors were compared
+    assert 0 < len(read([tars["truncated"]], False)[0]) < len(read([tars["plain"]], False)[0])
+    assert len(read([tars["badsum"]], False)[0]) < len(read([tars["plain"]], False)[0])
+
+
+def test_the_fast_tar_reader_is_installed_where_open_clip_reads():
+    from open_clip_train import data as oct_data
+
+    from clipscale import datapath
+
+    original = oct_data.tar_file_expander
+    try:
+        datapath.install_tar_reader()
+        assert oct_data.tar_file_expander is datapath.tar_file_expander
+        datapath.install_tar_reader()  # twice: the same
+    finally:
+        oct_data.tar_file_expander = original
+
+
+def test_plain_shards_are_read_without_tarfile(small_world, monkeypatch):
+    from open_clip_train import data as oct_data
+
+    from clipscale import datapath
+
+    def no_tarfile():
+        raise AssertionError("left to tarfile")
+
+    want = list(oct_data.tarfile_to_samples_nothrow([{"url": str(small_world / "pool" / "00000.tar")}]))
+    monkeypatch.setattr(datapath, "_upstream_expander", no_tarfile)
+    monkeypatch.setattr(oct_data, "tar_file_expander", datapath.tar_file_expander)
+    got = list(oct_data.tarfile_to_samples_nothrow([{"url": str(small_world / "pool" / "00000.tar")}]))
+    assert got == want and len(got) >= 100

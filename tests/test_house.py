@@ -8,7 +8,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "clipscale"
 
@@ -131,10 +130,6 @@ def test_no_import_loop_through_the_layers():
     assert not through, "import loops:\n" + shown(through)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a loop outside the layers remains: clipscale.figures -> clipscale.train -> clipscale.shaping -> "
-    "clipscale.figures (shaping's reads_finetune is figures', figures reads train's LOSSES_NAME, "
-    "train imports shaping); issue 32 item 2 splits those modules"))
 def test_no_import_loop():
     loops = cycles(import_graph(PACKAGE))
     assert not loops, "import loops:\n" + shown(loops)

@@ -15,10 +15,12 @@ CPU time every sample pays.
 draws them (uniform area in ``scale``, log-uniform aspect ratio in ``ratio``, ten tries, then
 the same central fallback), from one ``torch.rand`` per image, so the draws still come from
 torch's generator (which ``clipscale.resume`` reseeds at each batch: a resumed run augments its
-batches as the uninterrupted run did); the pixels go through torchvision's own
-``resized_crop`` (PIL, bicubic), and the conversion to a normalized tensor is one numpy
-expression with the very operations of ``ToTensor`` and ``Normalize`` (divide by 255, subtract
-the mean, divide by the std, in float32): for the same crop the tensor is bit-identical
+batches as the uninterrupted run did); the pixels go through the PIL calls of torchvision's
+``resized_crop`` (crop, bicubic resize), and the conversion to a normalized tensor is the very
+operations of ``ToTensor`` and ``Normalize`` (to float32, divide by 255, subtract the mean,
+divide by the std), which ``normalize_batch`` runs once on a batch's stack
+(``clipscale.datapath`` does the pixel work of a batch at a time): for the same crop the tensor
+is bit-identical
 (tests/test_augment.py). Any other training transform (colour jitter, grey scale, timm's) is
 left as open_clip made it.
 
@@ -52,6 +54,7 @@ class FastTrainTransform:
         self.antialias = antialias
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
+        self._mean_t = self._std_t = None  # as tensors, made at first use
 
     def crop_params(self, width: int, height: int, draws: list[float]) -> tuple[int, int, int, int]:
         """(top, left, height, width) of the crop: torchvision's get_params with its random
@@ -80,24 +83,54 @@ class FastTrainTransform:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def apply(self, img, params: tuple[int, int, int, int]):
-        """The transform with a given crop (top, left, height, width): a float32 tensor C x H x W."""
-        import numpy as np
-        import torch
-        from torchvision.transforms import functional as F
-
-        img = F.resized_crop(img, *params, self.size, self.interpolation, antialias=self.antialias)
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        pixels = np.asarray(img, dtype=np.float32)  # H x W x C, exactly the uint8 values
-        pixels = (pixels / np.float32(255) - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
-
-    def __call__(self, img):
+    def draw(self, img) -> tuple[int, int, int, int]:
+        """The crop (top, left, height, width) for ``img``: 4 x TRIES numbers from torch's
+        generator, one ``torch.rand`` call."""
         import torch
 
         width, height = img.size
-        return self.apply(img, self.crop_params(width, height, torch.rand(4 * TRIES).tolist()))
+        return self.crop_params(width, height, torch.rand(4 * TRIES).tolist())
+
+    def crop_bytes(self, img, params: tuple[int, int, int, int]) -> bytes:
+        """The crop resized to ``size``, in RGB: H x W x 3 uint8 pixels as bytes. PIL's own calls,
+        as torchvision's ``resized_crop`` makes them for a PIL image (crop, then resize with the
+        interpolation unless the crop already has the size; PIL always antialiases)."""
+        from PIL import Image
+
+        top, left, height, width = params
+        img = img.crop((left, top, left + width, top + height))
+        if [height, width] != self.size:
+            img = img.resize((self.size[1], self.size[0]), self._pil_interpolation())
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return img.tobytes()
+
+    def _pil_interpolation(self):
+        from torchvision.transforms.functional import pil_modes_mapping
+
+        return pil_modes_mapping[self.interpolation]
+
+    def normalize_batch(self, crops: list[bytes]):
+        """The tensor B x 3 x H x W of a batch of ``crop_bytes``: ``torch.stack`` of each one's
+        ``apply``, bit for bit, as one pass of each of torchvision's operations over the batch
+        (ToTensor: to float32, divide by 255; Normalize: subtract the mean, divide by the std,
+        in place)."""
+        import torch
+
+        h, w = self.size
+        if getattr(self, "_mean_t", None) is None:
+            self._mean_t = torch.as_tensor(self.mean).view(1, 3, 1, 1)
+            self._std_t = torch.as_tensor(self.std).view(1, 3, 1, 1)
+        pixels = torch.frombuffer(bytearray(b"".join(crops)), dtype=torch.uint8)
+        pixels = pixels.view(len(crops), h, w, 3).permute(0, 3, 1, 2).contiguous()
+        return pixels.to(torch.float32).div_(255).sub_(self._mean_t).div_(self._std_t)
+
+    def apply(self, img, params: tuple[int, int, int, int]):
+        """The transform with a given crop (top, left, height, width): a float32 tensor C x H x W."""
+        return self.normalize_batch([self.crop_bytes(img, params)])[0]
+
+    def __call__(self, img):
+        return self.apply(img, self.draw(img))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio}, "

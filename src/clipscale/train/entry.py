@@ -39,8 +39,8 @@ import logging
 import os
 from pathlib import Path
 
+from clipscale import checks, grid, models, train_imports
 from clipscale import config as config_mod
-from clipscale import grid, models
 from clipscale.stopping import TrainingStopped, stop_on_signals
 from clipscale.train.records import TrainingError, rank
 from clipscale.train.run import train
@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.config_json:
         cfg = config_mod.validate(json.loads(Path(a.config_json).read_text()), a.config_json)
     else:
-        cfg = config_mod.load(a.config)
+        cfg = checks.load(a.config)  # a config the Snakefile did not check: all its checks
     run = grid.find_run(cfg, a.model, a.scale, a.samples)
+    train_imports.keep_out(train_imports.unused(cfg, run))  # one job, one process: before open_clip
     with stop_on_signals():
         try:
             record = train(cfg, run, a.manifest, until=a.until_epoch)

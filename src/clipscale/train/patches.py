@@ -120,17 +120,19 @@ def install_fast_data_path() -> None:
     """Give open_clip_train's data pipeline ``clipscale.augment``'s faster equivalents of its
     default training transform (the same crop distribution and, for a crop, the same tensor) and
     of its tokenizer (tokens of repeated captions remembered); any other transform passes
-    unchanged. Patches the name ``get_data`` that open_clip_train's main calls; fails loudly if
-    upstream stopped calling it there."""
+    unchanged; and the training pipeline's per-sample stages done a batch at a time and its shards
+    read without tarfile, the same batches (``clipscale.datapath``). Patches the name ``get_data``
+    that open_clip_train's main calls; fails loudly if upstream stopped calling it there."""
     import open_clip_train.main as oct_main
 
-    from clipscale import augment
+    from clipscale import augment, datapath
 
     main = getattr(oct_main, "main", None)
     upstream_main = main is not None and getattr(main, "__module__", None) == oct_main.__name__
     if not hasattr(oct_main, "get_data") or (upstream_main and "get_data" not in main.__code__.co_names):
         raise TrainingError("open_clip_train.main.main no longer calls get_data: open_clip changed; "
                             "update clipscale.train.install_fast_data_path")
+    datapath.install_tar_reader()  # the shards read without tarfile's per-member Python
     if getattr(oct_main.get_data, "_clipscale_fast", False):
         return
     original = oct_main.get_data
@@ -143,7 +145,10 @@ def install_fast_data_path() -> None:
         if kwargs.get("tokenizer") is not None:
             kwargs["tokenizer"] = augment.CachedTokenizer(kwargs["tokenizer"])
             log.info("tokenizer: %r", kwargs["tokenizer"])
-        return original(args, (fast, preprocess_val), *rest, **kwargs)
+        data = original(args, (fast, preprocess_val), *rest, **kwargs)
+        if "train" in data:  # its per-sample stages a batch at a time (clipscale.datapath)
+            datapath.fuse(data["train"].dataloader)
+        return data
 
     get_data._clipscale_fast = True
     oct_main.get_data = get_data
