@@ -1527,3 +1527,55 @@ def test_a_walltime_warning_with_accumulation_saves_the_place_and_resumes_exactl
     assert losses(folder, SAMPLES) == losses(baseline_accum["folder"], SAMPLES)
     final = load(ckpt_dir(folder, SAMPLES) / f"epoch_{EPOCHS}.pt")
     assert same_weights(final["state_dict"], baseline_accum["final"]["state_dict"])
+
+
+def test_open_clips_adamw_steps_multi_tensor_with_the_same_parameters(monkeypatch):
+    """open_clip's AdamW, as its main creates it (two groups, weight decay on the matrices only), on
+    the embedded default's ViT-XS: with the multi-tensor steps the parameters after several steps
+    are upstream's bit for bit; an explicit foreach is kept; torch.optim itself is untouched."""
+    import open_clip
+    import open_clip_train.main as oct_main
+    import torch
+
+    monkeypatch.setattr(oct_main, "optim", oct_main.optim)  # put back after the test
+    upstream = oct_main.optim.AdamW
+    train.install_multi_tensor_adamw()
+    train.install_multi_tensor_adamw()  # a second install wraps once
+    patched = oct_main.optim.AdamW
+    assert patched.__mro__[1] is upstream and torch.optim.AdamW is upstream
+    assert oct_main.optim.SGD is torch.optim.SGD
+
+    spec = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"]["vit-xs"]["open_clip"]
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(**spec)
+    params = [p.detach() for p in model.parameters()]
+    grads = torch.Generator().manual_seed(1)
+    steps = [[torch.randn(p.shape, generator=grads) * 1e-2 for p in params] for _ in range(4)]
+
+    def stepped(optimizer_class, **kwargs):
+        copies = [p.clone().requires_grad_() for p in params]
+        groups = [{"params": [p for p in copies if p.ndim < 2], "weight_decay": 0.0},
+                  {"params": [p for p in copies if p.ndim >= 2], "weight_decay": 0.2}]
+        opt = optimizer_class(groups, lr=5e-3, betas=(0.9, 0.98), eps=1e-6, **kwargs)
+        for grad in steps:
+            for p, g in zip(copies, grad):
+                p.grad = g.clone()
+            opt.step()
+        return opt, copies
+
+    ours, after = stepped(patched)
+    theirs, upstream_after = stepped(upstream)
+    assert [g["foreach"] for g in ours.param_groups] == [True, True]
+    assert all(torch.equal(a, b) for a, b in zip(after, upstream_after))
+    assert not torch.equal(after[-1], params[-1])  # the steps moved the parameters
+    assert stepped(patched, foreach=False)[0].param_groups[0]["foreach"] is False
+
+
+def test_an_open_clip_without_its_optimizer_there_is_named(monkeypatch):
+    import types
+
+    import open_clip_train.main as oct_main
+
+    monkeypatch.setattr(oct_main, "optim", types.SimpleNamespace())
+    with pytest.raises(train.TrainingError, match="install_multi_tensor_adamw"):
+        train.install_multi_tensor_adamw()

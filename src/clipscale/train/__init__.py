@@ -27,8 +27,8 @@ from clipscale.train.entry import main
 from clipscale.train.launcher import (check_requeue, end_of_window, launch, refuse_hopeless, requeue_this_job,
                                       slurm_job_fields)
 from clipscale.train.patches import (LossGuard, MAX_SKIP_EXAMPLES, install_fast_data_path, install_guards,
-                                     install_safe_saving, install_shuffle_buffer, install_skip_counting,
-                                     install_wandb_offline, skipped_summary)
+                                     install_multi_tensor_adamw, install_safe_saving, install_shuffle_buffer,
+                                     install_skip_counting, install_wandb_offline, skipped_summary)
 from clipscale.train.records import (ATTEMPTS_NAME, DivergenceError, LOSSES_NAME, OPENCLIP_NAME, Requeued,
                                      SETTINGS_NAME, SKIPPED_NAME, SKIP_DIR_ENV, SUPERSEDED_NAME, TrainingError,
                                      check_resume_checkpoints, check_shards, checkpoint_dir, checkpoint_problem,
@@ -41,8 +41,8 @@ __all__ = [
     "SETTINGS_NAME", "SKIPPED_NAME", "SKIP_DIR_ENV", "SUPERSEDED_NAME", "TrainingError", "TrainingStopped",
     "check_requeue", "check_resume_checkpoints", "check_shards", "checkpoint_dir", "checkpoint_problem",
     "checkpoints", "device_of", "end_attempt", "end_of_window", "file_identity", "install_fast_data_path",
-    "install_guards", "install_safe_saving", "install_shuffle_buffer", "install_skip_counting",
-    "install_wandb_offline", "launch", "main", "open_clip_args", "rank", "read_attempts", "refuse_hopeless",
+    "install_guards", "install_multi_tensor_adamw", "install_safe_saving", "install_shuffle_buffer",
+    "install_skip_counting", "install_wandb_offline", "launch", "main", "open_clip_args", "rank", "read_attempts", "refuse_hopeless",
     "requeue_this_job", "resume_before_missing", "run_dir", "seed_branch", "skipped_summary", "slurm_job_fields",
     "start_attempt", "stop_on_signals", "supersede_other_settings", "train", "trunk_checkpoint",
 ]

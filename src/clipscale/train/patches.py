@@ -1,5 +1,6 @@
 """Patches installed into open_clip_train before its ``main`` runs: skip counting, the data path,
-the shuffle buffer, offline wandb, safe saving, and the loss guard (divergence)."""
+the shuffle buffer, the optimizer's multi-tensor steps, offline wandb, safe saving, and the loss
+guard (divergence)."""
 
 from __future__ import annotations
 
@@ -164,6 +165,43 @@ def install_shuffle_buffer(size: int) -> None:
         raise TrainingError("open_clip_train.data has no _SAMPLE_SHUFFLE_SIZE/_INITIAL: open_clip "
                             "changed; update clipscale.train.install_shuffle_buffer")
     oct_data._SAMPLE_SHUFFLE_SIZE, oct_data._SAMPLE_SHUFFLE_INITIAL = size, max(1, size // 5)
+
+
+def install_multi_tensor_adamw() -> None:
+    """open_clip_train's AdamW stepped by torch's multi-tensor (``foreach``) implementation on
+    CPU too. torch picks it by default only for CUDA tensors; on CPU its per-parameter loop cost
+    the embedded default's ViT-XS 8.1 ms a step (32 us a sample at batch 256; ViT-M 24.5 ms), the
+    multi-tensor one 4.2 ms (ViT-M 11.7), with the same parameters bit for bit
+    (tests/test_train.py). torch's fused CPU kernel is faster still (1.1 ms) but differs in the
+    last bit, so the default's numbers would move: not used. Patches the ``optim`` that
+    open_clip_train.main reads ``AdamW`` from (only for open_clip's ``main``: the rest of the
+    process keeps torch.optim); an explicit ``foreach`` is kept; fails loudly if upstream
+    stopped creating its optimizer there."""
+    import types
+
+    import open_clip_train.main as oct_main
+
+    optim = getattr(oct_main, "optim", None)
+    main = getattr(oct_main, "main", None)
+    if optim is None or not hasattr(optim, "AdamW") or (
+            getattr(main, "__module__", None) == oct_main.__name__ and "AdamW" not in main.__code__.co_names):
+        raise TrainingError("open_clip_train.main no longer creates optim.AdamW: open_clip changed; "
+                            "update clipscale.train.install_multi_tensor_adamw")
+    if getattr(optim.AdamW, "_clipscale_foreach", False):
+        return
+    upstream = optim.AdamW
+
+    class AdamW(upstream):
+        _clipscale_foreach = True
+
+        def __init__(self, params, *args, foreach=None, **kwargs):
+            super().__init__(params, *args, foreach=True if foreach is None else foreach, **kwargs)
+
+    AdamW.__name__ = AdamW.__qualname__ = "AdamW"  # open_clip logs "Created AdamW (adamw) optimizer"
+    patched = types.ModuleType(optim.__name__, optim.__doc__)
+    patched.__dict__.update({k: v for k, v in vars(optim).items() if k not in ("__name__", "__doc__")})
+    patched.AdamW = AdamW
+    oct_main.optim = patched
 
 
 def install_wandb_offline(run: grid.Run) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 from clipscale import files, grid, models, resume, shaping, stopping
 from clipscale.subsets import read_manifest
 from clipscale.train.arguments import device_of, open_clip_args, seed_branch, trunk_checkpoint
-from clipscale.train.patches import (LossGuard, install_fast_data_path, install_guards, install_safe_saving,
-                                     install_shuffle_buffer, install_skip_counting, install_wandb_offline,
-                                     skipped_summary)
+from clipscale.train.patches import (LossGuard, install_fast_data_path, install_guards, install_multi_tensor_adamw,
+                                     install_safe_saving, install_shuffle_buffer, install_skip_counting,
+                                     install_wandb_offline, skipped_summary)
 from clipscale.train.records import (LOSSES_NAME, OPENCLIP_NAME, SKIPPED_NAME, SKIP_DIR_ENV, TrainingError,
                                      _how_it_ended, _place, check_resume_checkpoints, check_shards, checkpoint_dir,
                                      checkpoints, end_attempt, file_identity, rank, read_attempts,
@@ -75,6 +75,7 @@ def train(config: dict, run: grid.Run, manifest_path: str | Path, until: int | N
         install_skip_counting()
         install_fast_data_path()
         install_shuffle_buffer(hp["shuffle_buffer"])
+        install_multi_tensor_adamw()
         stopping.keep_data_workers_through_stops()
         install_safe_saving()
         if "wandb" in (hp.get("report_to") or []) and rank() == 0:
