@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipscale import world
+from clipscale import drawing, world
 from clipscale.shards import iter_samples
 from conftest import SMALL_WORLD
 
@@ -100,7 +100,7 @@ def test_every_text_the_world_makes_fits_the_default_models_context(small_world)
              for _key, files in iter_samples(shard)]
     rng = np.random.default_rng(0)  # every template with every kind of description, beyond 6 shards
     texts += [world.caption(world.random_attrs(rng), rng, 0.2, 0.25)[0] for _ in range(5000)]
-    texts += [u.format(n=9999) for u in world.UNRELATED]
+    texts += [u.format(n=9999) for u in drawing.UNRELATED]
     for name, (kind, classes, templates, _group) in world.DOWNSTREAM_SETS.items():
         if kind == "classification":
             texts += [t.replace("{c}", c) for t in templates for c in classes]
