@@ -792,7 +792,9 @@ WINDOW_RUN = "results/train/vit-xs/1k/{samples}/run.json"
 # trains 640 steps beside the uninterrupted reference run and 1,200 alone, so the run still needs
 # at least three 2-minute windows from the time limit alone (60k and 90k samples, enough on slower
 # days, finished in the window after the requeue that day); on a day 2.5x slower, about 9 windows
-WINDOW_SAMPLES = "150k"
+# ~4,700 steps of batch 64: about 4 windows of 2 minutes on this machine with the data path of
+# 2026-12-06 (a window trains ~65 s, ~1,150 steps); more on a slower day (timeout: ~9 windows)
+WINDOW_SAMPLES = "300k"
 
 
 def _window_config(tmp_path: Path, samples: str, **train) -> Path:
@@ -881,7 +883,7 @@ def test_a_run_longer_than_its_walltime_finishes_over_several_windows(slurm_clus
     import torch
 
     prepared, config = windows_workdir
-    target = WINDOW_RUN.format(samples=WINDOW_SAMPLES)  # a window trains ~50 s
+    target = WINDOW_RUN.format(samples=WINDOW_SAMPLES)  # a window trains ~65 s
     ref, wd = tmp_path / "uninterrupted", tmp_path / "windows"
     shutil.copytree(prepared, ref, symlinks=True)
     shutil.copytree(prepared, wd, symlinks=True)
