@@ -1537,8 +1537,9 @@ def test_open_clips_adamw_steps_multi_tensor_with_the_same_parameters(monkeypatc
     import open_clip_train.main as oct_main
     import torch
 
-    monkeypatch.setattr(oct_main, "optim", oct_main.optim)  # put back after the test
-    upstream = oct_main.optim.AdamW
+    # as upstream has it (a training run earlier in this process installed the patch), put back after
+    monkeypatch.setattr(oct_main, "optim", torch.optim)
+    upstream = torch.optim.AdamW
     train.install_multi_tensor_adamw()
     train.install_multi_tensor_adamw()  # a second install wraps once
     patched = oct_main.optim.AdamW
