@@ -795,6 +795,7 @@ WINDOW_RUN = "results/train/vit-xs/1k/{samples}/run.json"
 # ~4,700 steps of batch 64: about 4 windows of 2 minutes on this machine with the data path of
 # 2026-12-06 (a window trains ~65 s, ~1,150 steps); more on a slower day (timeout: ~9 windows)
 WINDOW_SAMPLES = "300k"
+FAILING_SAMPLES = "150k"  # a run expected to fit one window: Snakemake retries it once
 
 
 def _window_config(tmp_path: Path, samples: str, **train) -> Path:
@@ -929,24 +930,32 @@ def test_a_run_longer_than_its_walltime_finishes_over_several_windows(slurm_clus
 
 @pytest.mark.slurm
 def test_a_run_that_fails_at_start_stops_after_one_retry(slurm_cluster, windows_workdir, tmp_path):
-    """A run that crashes without progress is tried twice (the profile's retries: 1), not
-    requeued, and the error names the run, its log and the reason."""
+    """A run that crashes without progress is tried twice (the profile's retries: 1, for a grid
+    whose runs are expected to fit one walltime window), not requeued, and the error names the
+    run, its log and the reason."""
+    import copy
+
+    from clipscale import checks, resources
+
     prepared, config = windows_workdir
     cfg = yaml.safe_load(config.read_text())
     cfg["train"]["extra_args"] = ["--no-such-open-clip-flag"]
+    cfg["grid"]["samples_seen"] = [FAILING_SAMPLES]
+    # more expected windows would give more retries (a third attempt then refuses to start)
+    assert resources.train_retries(checks.validate(copy.deepcopy(cfg))) == 1
     failing_config = tmp_path / "failing.yaml"
     failing_config.write_text(yaml.safe_dump(cfg))
     wd = tmp_path / "failing"
     shutil.copytree(prepared, wd, symlinks=True)
-    target = WINDOW_RUN.format(samples=WINDOW_SAMPLES)
+    target = WINDOW_RUN.format(samples=FAILING_SAMPLES)
     run = run_profile(wd, [target], failing_config, timeout_s=900)
     assert run.returncode != 0 and not run.timed_out, _explain(run)
     jobs = run.jobs_of("train")
     assert len(jobs) == 2 and len(run.jobs) == 2, _explain(run)  # the first attempt and one retry, nothing else
     recs = slurm_cluster.wait_jobcomp(jobs)
     assert all(recs[j]["JobState"] == "FAILED" for j in jobs), [recs[j] for j in jobs]
-    text = (wd / "results" / "logs" / "train" / "vit-xs" / "1k" / f"{WINDOW_SAMPLES}.log").read_text()
-    assert f"run vit-xs/1k/{WINDOW_SAMPLES}" in text and "no-such-open-clip-flag" in text, text[-3000:]
+    text = (wd / "results" / "logs" / "train" / "vit-xs" / "1k" / f"{FAILING_SAMPLES}.log").read_text()
+    assert f"run vit-xs/1k/{FAILING_SAMPLES}" in text and "no-such-open-clip-flag" in text, text[-3000:]
     assert "requeue" not in text.lower(), text[-3000:]
 
 
